@@ -1,0 +1,189 @@
+"""Exact-match accuracy by greedy generation, and answer-only validation loss.
+
+Works with any causal LM called as `model(input_ids=..., attention_mask=...)` that returns logits
+(an object with `.logits`, a tuple whose first item is the logits, or the logits tensor itself),
+so a Hugging Face model, the Cognate model or a test double all evaluate the same way.
+
+Batching without padding, on purpose: prompts are grouped by token length, so no batch holds
+padding and every row is decoded exactly as it would be alone. Left padding would shift the
+positions of a model that takes positions from the index rather than the mask, and that would
+make the measured accuracy depend on the batch composition.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .data import IGNORE_INDEX, Example, encode
+
+__all__ = ["exact_match", "generate_answers", "logits_of", "val_loss"]
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The (B, T, V) logits from a model output (`.logits`, a tuple's first item, or a tensor)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, (tuple, list)) and output:
+        logits = output[0]
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"model output has no logits tensor: {type(output).__name__}")
+    return logits
+
+
+def _check_positive(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class _EvalMode:
+    """Put the model in eval mode for the block and restore its previous mode afterwards."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.was_training = bool(getattr(model, "training", False))
+
+    def __enter__(self) -> None:
+        if hasattr(self.model, "eval"):
+            self.model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.was_training and hasattr(self.model, "train"):
+            self.model.train()
+
+
+@torch.no_grad()
+def generate_answers(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int = 32,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> list[str]:
+    """Greedy continuations of `<bos> prompt`, cut at the first `<eos>`, decoded to text.
+
+    Each step feeds the whole sequence (no KV cache needed) and appends argmax of the last
+    position's logits; a batch stops early once every row has produced `<eos>`. Special tokens
+    other than the stopping `<eos>` are decoded literally (e.g. "<pad>"), so they can never make a
+    wrong answer look right. Results come back in the order of `prompts`.
+    """
+    _check_positive("max_new_tokens", max_new_tokens)
+    _check_positive("batch_size", batch_size)
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    if bos is None or eos is None:
+        raise ValueError("tokenizer needs bos_token_id and eos_token_id")
+    if not prompts:
+        return []
+    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for i, ids in enumerate(encoded):
+        by_length[len(ids)].append(i)
+    results: list[str] = [""] * len(encoded)
+    with _EvalMode(model):
+        for indices in by_length.values():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                ids = torch.tensor(
+                    [[bos, *encoded[i]] for i in chunk], dtype=torch.long, device=device
+                )
+                prompt_len = ids.shape[1]
+                done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
+                for _ in range(max_new_tokens):
+                    mask = torch.ones_like(ids)
+                    logits = logits_of(model(input_ids=ids, attention_mask=mask))
+                    nxt = logits[:, -1, :].argmax(dim=-1)  # (B,)
+                    ids = torch.cat([ids, nxt[:, None]], dim=1)
+                    done |= nxt == eos
+                    if bool(done.all()):
+                        break
+                for row, i in enumerate(chunk):
+                    new = ids[row, prompt_len:].tolist()
+                    if eos in new:
+                        new = new[: new.index(eos)]
+                    results[i] = tokenizer.decode(new, skip_special_tokens=False)
+    return results
+
+
+@torch.no_grad()
+def exact_match(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    batch_size: int = 64,
+    max_new_tokens: int | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
+    """Fraction of examples whose greedy answer equals `answer` exactly, overall and per family.
+
+    accuracy = (1/N) * sum_i [generate(prompt_i) == answer_i]. The default token budget is the
+    longest answer (in tokens) plus one for `<eos>`: a generation that has not stopped by then is
+    longer than every reference answer and so is wrong anyway. Returns {"accuracy": ...,
+    "accuracy/<family>": ... for each family present, "n": N}.
+    """
+    if not examples:
+        raise ValueError("examples must not be empty")
+    _check_positive("batch_size", batch_size)
+    if max_new_tokens is None:
+        answer_ids = tokenizer([ex.answer for ex in examples], add_special_tokens=False)[
+            "input_ids"
+        ]
+        max_new_tokens = max(len(a) for a in answer_ids) + 1
+    outputs = generate_answers(
+        model, tokenizer, [ex.prompt for ex in examples], max_new_tokens, batch_size, device
+    )
+    correct: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for ex, out in zip(examples, outputs, strict=True):
+        tally = correct[ex.family]
+        tally[0] += int(out == ex.answer)
+        tally[1] += 1
+    result: dict[str, float] = {
+        "accuracy": sum(c for c, _ in correct.values()) / len(examples),
+    }
+    for family, (c, n) in correct.items():
+        result[f"accuracy/{family}"] = c / n
+    result["n"] = len(examples)
+    return result
+
+
+@torch.no_grad()
+def val_loss(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    batch_size: int = 64,
+    max_len: int = 128,
+    device: str | torch.device = "cpu",
+) -> float:
+    """Mean cross-entropy per answer token (answer and `<eos>`), computed from the logits.
+
+    L = -(1/|A|) * sum over answer positions t of log softmax(logits_{t-1})[x_t], pooled over all
+    examples (token-weighted). Computed here rather than taken from `output.loss`, because a model
+    may add auxiliary terms (deep supervision, ACT ponder cost) to its training loss.
+    """
+    if not examples:
+        raise ValueError("examples must not be empty")
+    _check_positive("batch_size", batch_size)
+    total, count = 0.0, 0
+    with _EvalMode(model):
+        for start in range(0, len(examples), batch_size):
+            batch = encode(tokenizer, examples[start : start + batch_size], max_len)
+            ids = batch["input_ids"].to(device)
+            mask = batch["attention_mask"].to(device)
+            labels = batch["labels"].to(device)
+            logits = logits_of(model(input_ids=ids, attention_mask=mask)).float()
+            shift_logits, shift_labels = logits[:, :-1, :], labels[:, 1:]
+            total += F.cross_entropy(
+                shift_logits.reshape(-1, shift_logits.shape[-1]),
+                shift_labels.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            ).item()
+            count += int((shift_labels != IGNORE_INDEX).sum())
+    return total / count

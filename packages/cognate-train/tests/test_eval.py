@@ -1,0 +1,169 @@
+"""Exact match against models whose outputs we control, and answer-only validation loss."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from cognate_train.data import Example, encode, make_split
+from cognate_train.evaluation import exact_match, generate_answers, val_loss
+from cognate_train.tokenizer import build_tokenizer
+from transformers import GPT2Config, GPT2LMHeadModel
+
+
+class ScriptedLM(torch.nn.Module):
+    """A fake causal LM that spells `script[prompt]` after `<bos> prompt`, then `tail` tokens.
+
+    Its logits are one-hot on the scripted next token, so greedy decoding reproduces the script
+    exactly: the expected accuracy is known in advance.
+    """
+
+    def __init__(self, tokenizer, script: dict[str, str], tail: str = "<eos>") -> None:
+        super().__init__()
+        self.tok, self.script, self.tail = tokenizer, script, tail
+        self.calls: list[tuple[int, ...]] = []
+
+    def forward(self, input_ids, attention_mask=None):
+        self.calls.append(tuple(input_ids.shape))
+        vocab = len(self.tok)
+        logits = torch.zeros(*input_ids.shape, vocab)
+        for row, ids in enumerate(input_ids.tolist()):
+            assert ids[0] == self.tok.bos_token_id
+            text = self.tok.decode(ids[1:])
+            prompt = max((p for p in self.script if text.startswith(p)), key=len)
+            produced = text[len(prompt) :]
+            target = self.tok(self.script[prompt], add_special_tokens=False)["input_ids"]
+            target += self.tok(self.tail, add_special_tokens=False)["input_ids"] * 50
+            n_done = len(self.tok(produced, add_special_tokens=False)["input_ids"])
+            logits[row, -1, target[n_done]] = 10.0
+        return SimpleNamespace(logits=logits)
+
+
+def _examples() -> list[Example]:
+    train, _ = make_split(["arith_add", "recall", "copy"], n_train=12, n_val=0, seed=4)
+    return train
+
+
+def test_exact_match_against_a_known_answer_per_family():
+    tok = build_tokenizer()
+    examples = _examples()
+    script = {}
+    for i, ex in enumerate(examples):
+        if ex.family == "arith_add":
+            script[ex.prompt] = ex.answer  # always right
+        elif ex.family == "recall":
+            script[ex.prompt] = ex.answer + "0"  # always wrong: one digit too many
+        else:
+            script[ex.prompt] = ex.answer if i % 3 == 0 else ex.answer[:-1]  # right 1 time in 3
+    expected_copy = sum(script[e.prompt] == e.answer for e in examples if e.family == "copy") / 12
+    result = exact_match(ScriptedLM(tok, script), tok, examples, batch_size=5)
+    assert result["accuracy/arith_add"] == 1.0
+    assert result["accuracy/recall"] == 0.0
+    assert result["accuracy/copy"] == pytest.approx(expected_copy) and 0 < expected_copy < 1
+    assert result["accuracy"] == pytest.approx((12 + 0 + 12 * expected_copy) / 36)
+    assert result["n"] == 36
+
+
+def test_answer_must_end_with_eos():
+    tok = build_tokenizer()
+    examples = _examples()
+    script = {ex.prompt: ex.answer for ex in examples}
+    # right characters but never stops: continues with "x", or with padding, instead of <eos>
+    assert exact_match(ScriptedLM(tok, script, tail="x"), tok, examples)["accuracy"] == 0.0
+    assert exact_match(ScriptedLM(tok, script, tail="<pad>"), tok, examples)["accuracy"] == 0.0
+    assert exact_match(ScriptedLM(tok, script), tok, examples)["accuracy"] == 1.0
+
+
+def test_batches_hold_no_padding_and_results_keep_order():
+    tok = build_tokenizer()
+    examples = _examples()
+    script = {ex.prompt: ex.answer[::-1] for ex in examples}
+    model = ScriptedLM(tok, script)
+    outputs = generate_answers(
+        model, tok, [ex.prompt for ex in examples], max_new_tokens=12, batch_size=4
+    )
+    assert outputs == [script[ex.prompt] for ex in examples]
+    assert all(b <= 4 for b, _ in model.calls)
+
+
+def test_greedy_decoding_matches_hf_generate_and_is_batch_invariant():
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=0,
+    )
+    model = GPT2LMHeadModel(cfg)
+    model.train()  # exact_match must switch to eval (dropout off) and restore the mode
+    examples = _examples()[::9]  # 4 prompts, one or two per family
+    prompts = [ex.prompt for ex in examples]
+    ours = generate_answers(model, tok, prompts, max_new_tokens=6, batch_size=64)
+    assert model.training
+    assert generate_answers(model, tok, prompts, max_new_tokens=6, batch_size=1) == ours
+    model.eval()
+    for prompt, got in zip(prompts, ours, strict=True):
+        ids = torch.tensor(
+            [[tok.bos_token_id, *tok(prompt, add_special_tokens=False)["input_ids"]]]
+        )
+        ref = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=6,
+            do_sample=False,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=0,
+        )
+        new = ref[0, ids.shape[1] :].tolist()
+        new = new[: new.index(tok.eos_token_id)] if tok.eos_token_id in new else new
+        assert got == tok.decode(new, skip_special_tokens=False)
+
+
+def test_val_loss_is_the_token_mean_cross_entropy_on_answers():
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2)
+    )
+    examples = _examples()
+    # reference 1: one batch holding everything -> HF's own shifted loss over the labels
+    batch = encode(tok, examples, max_len=64)
+    model.eval()
+    with torch.no_grad():
+        hf_loss = model(**batch).loss.item()
+    assert val_loss(model, tok, examples, batch_size=len(examples), max_len=64) == pytest.approx(
+        hf_loss, rel=1e-5
+    )
+    # reference 2: many batches -> still token-weighted, computed example by example
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ex in examples:
+            b = encode(tok, [ex], max_len=64)
+            logits = model(input_ids=b["input_ids"]).logits[0, :-1]
+            lab = b["labels"][0, 1:]
+            keep = lab != -100
+            total += F.cross_entropy(logits[keep], lab[keep], reduction="sum").item()
+            count += int(keep.sum())
+    assert val_loss(model, tok, examples, batch_size=5, max_len=64) == pytest.approx(
+        total / count, rel=1e-5
+    )
+
+
+def test_bad_input():
+    tok = build_tokenizer()
+    model = ScriptedLM(tok, {})
+    with pytest.raises(ValueError, match="examples"):
+        exact_match(model, tok, [])
+    with pytest.raises(ValueError, match="batch_size"):
+        exact_match(model, tok, _examples(), batch_size=0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate_answers(model, tok, ["1+1="], max_new_tokens=0)
+    with pytest.raises(ValueError, match="examples"):
+        val_loss(model, tok, [], 4, 32)
