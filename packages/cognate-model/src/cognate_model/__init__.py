@@ -1,2 +1,30 @@
-"""Cognate: TRM x Titans-MAG recursive model."""
+"""Cognate: TRM recursive refinement on a Titans-MAG backbone, as a Hugging Face model.
+
+Importing the package registers `CognateConfig` with `AutoConfig` and `CognateForCausalLM`
+with `AutoModelForCausalLM` (model_type "cognate").
+"""
+
+from .configuration_cognate import PRESETS, SPECIALIZATIONS, CognateConfig
+from .memory import linear_scan, linear_scan_reference
+from .modeling_cognate import (
+    CognateCausalLMOutput,
+    CognateForCausalLM,
+    CognateModel,
+    CognateModelOutput,
+    CognatePreTrainedModel,
+)
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "SPECIALIZATIONS",
+    "CognateCausalLMOutput",
+    "CognateConfig",
+    "CognateForCausalLM",
+    "CognateModel",
+    "CognateModelOutput",
+    "CognatePreTrainedModel",
+    "linear_scan",
+    "linear_scan_reference",
+]

@@ -1,0 +1,149 @@
+"""Causal sliding-window attention, rotary positions and the SwiGLU block of the backbone.
+
+Sliding-window attention is the Titans "short-term memory": position t attends to keys
+s with t - window < s <= t, so its cost is O(T * window) in the limit and it never sees the
+future. The long-term memory (`memory.py`) supplies what falls out of the window.
+
+One boolean mask (True = may attend) is built per forward and shared by every attention
+layer, the backbone's self-attention and the recursion's cross-attention alike:
+
+    allowed[b, t, s] = (s <= t) and (t - s < window) and (key s is not padding or s == t)
+
+The diagonal is always allowed so that a padding query (left padding under `generate`) still
+has one key and `scaled_dot_product_attention` never produces NaN; real tokens never see
+padding because padding keys are masked for every other query.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def sliding_window_mask(
+    seq_len: int,
+    window: int,
+    attention_mask: Tensor | None = None,
+    device: torch.device | None = None,
+) -> Tensor:
+    """Boolean attention mask, True where query t may attend key s.
+
+    Returns (1, 1, T, T) without padding, else (B, 1, T, T) from a (B, T) 0/1 `attention_mask`.
+    """
+    idx = torch.arange(seq_len, device=device)
+    dist = idx[:, None] - idx[None, :]  # t - s
+    band = (dist >= 0) & (dist < window)  # (T, T)
+    if attention_mask is None:
+        return band[None, None]
+    keys = attention_mask.to(torch.bool)[:, None, None, :]  # (B, 1, 1, T)
+    diag = torch.eye(seq_len, dtype=torch.bool, device=device)[None, None]
+    return band[None, None] & (keys | diag)
+
+
+def rotary_cos_sin(
+    seq_len: int, head_dim: int, theta: float, device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """cos/sin tables (T, head_dim/2) for rotary embeddings, computed on the fly (no buffers).
+
+    Rotary encodes position by rotating each pair (x_i, x_{i+d/2}) by angle t * theta^(-2i/d),
+    so q_t . k_s depends on t - s only: padding on the left does not change real tokens' scores.
+    """
+    inv_freq = 1.0 / (
+        theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    )
+    t = torch.arange(seq_len, device=device, dtype=torch.float32)
+    angles = torch.outer(t, inv_freq)  # (T, head_dim/2)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate (B, H, T, head_dim) by position: [x1, x2] -> [x1 cos - x2 sin, x1 sin + x2 cos]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class Attention(nn.Module):
+    """Multi-head attention over the shared sliding-window mask, via SDPA.
+
+    Used as self-attention in the backbone (`kv` from the same stream) and as the recursion's
+    cross-attention (queries from the latent z, keys/values from the backbone features, which
+    `project_kv` computes once per forward and every recursion step reuses).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.q_proj = nn.Linear(d_model, d_model, bias=False)
+        self.k_proj = nn.Linear(d_model, d_model, bias=False)
+        self.v_proj = nn.Linear(d_model, d_model, bias=False)
+        self.o_proj = nn.Linear(d_model, d_model, bias=False)
+        self.o_proj.is_residual_output = True  # init scaled down, see _init_weights
+        self.dropout = dropout
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape  # (B, T, D) -> (B, H, T, hd)
+        return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def project_kv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys (rotated) and values, each (B, H, T, head_dim)."""
+        return apply_rotary(self._heads(self.k_proj(x)), cos, sin), self._heads(self.v_proj(x))
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        kv: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """x: (B, T, D) queries; kv: precomputed keys/values, or None for self-attention."""
+        b, t, d = x.shape
+        q = apply_rotary(self._heads(self.q_proj(x)), cos, sin)
+        k, v = kv if kv is not None else self.project_kv(x, cos, sin)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, T, hd)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, d))
+
+
+class SwiGLU(nn.Module):
+    """out = W_down(silu(W_gate x) * W_up x): the gated MLP of LLaMA-style blocks."""
+
+    def __init__(self, d_model: int, d_ff: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(d_model, d_ff, bias=False)
+        self.up_proj = nn.Linear(d_model, d_ff, bias=False)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=False)
+        self.down_proj.is_residual_output = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + Attn(RMSNorm x), then x + SwiGLU(RMSNorm x)."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, eps: float, dropout: float) -> None:
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(d_model, eps=eps)
+        self.attn = Attention(d_model, n_heads, dropout)
+        self.mlp_norm = nn.RMSNorm(d_model, eps=eps)
+        self.mlp = SwiGLU(d_model, d_ff)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), mask, cos, sin))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+__all__ = [
+    "Attention",
+    "Block",
+    "SwiGLU",
+    "apply_rotary",
+    "rotary_cos_sin",
+    "sliding_window_mask",
+]

@@ -1,0 +1,290 @@
+"""Configuration of the Cognate model (TRM recursion on a Titans-MAG backbone).
+
+`CognateConfig` is a Hugging Face `PretrainedConfig`: it saves to / loads from `config.json`,
+and `AutoConfig` knows it once `cognate_model` is imported. Every value is validated on
+construction; a bad value raises `ValueError` naming the field.
+
+Presets (`CognateConfig.from_preset`) fix the sizes; the three specializations change only
+behaviour knobs (recursion depth, halting, memory size and time scales), never the code:
+
+- ``reasoning``: more refinement cycles, a stricter halting threshold, light ponder cost;
+- ``memory``: twice the memory width and longer memory time scales (decays up to 0.9999);
+- ``speed``: fewer cycles and micro steps, an eager halting threshold, a heavier ponder cost,
+  so it spends fewer cycles per token on average.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, ClassVar
+
+from transformers import PretrainedConfig
+
+# The default deep-supervision weights for y0..y3 (3 cycles), from the original design.
+DEFAULT_SUPERVISION_WEIGHTS: tuple[float, ...] = (0.33, 0.5, 0.75, 1.0)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # For tests: tens of thousands of parameters, runs in milliseconds.
+    "cognate-tiny": dict(
+        vocab_size=256,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        d_ff=128,
+        max_seq_len=256,
+        window_size=16,
+        d_memory=16,
+        ltm_chunk_size=8,
+    ),
+    # CPU-trainable in minutes (~1.7M parameters with a 4096 vocabulary).
+    "cognate-small": dict(
+        vocab_size=4096,
+        d_model=128,
+        n_layers=4,
+        n_heads=4,
+        d_ff=384,
+        max_seq_len=512,
+        window_size=128,
+        d_memory=64,
+    ),
+    # The original design's size: ~25M parameters, GPU-sized training.
+    "cognate-25m": dict(
+        vocab_size=32768,
+        d_model=320,
+        n_layers=8,
+        n_heads=5,
+        d_ff=1280,
+        max_seq_len=1024,
+        window_size=256,
+        d_memory=160,
+    ),
+}
+
+SPECIALIZATIONS: dict[str, dict[str, Any]] = {
+    "reasoning": dict(
+        trm_cycles=4,
+        trm_micro_steps=2,
+        act_threshold=0.6,
+        ponder_weight=0.005,
+    ),
+    "memory": dict(
+        trm_cycles=3,
+        trm_micro_steps=2,
+        d_memory_multiplier=2,
+        ltm_decay_max=0.9999,
+    ),
+    "speed": dict(
+        trm_cycles=2,
+        trm_micro_steps=1,
+        act_threshold=0.4,
+        ponder_weight=0.05,
+    ),
+}
+
+
+def _interpolated_supervision_weights(cycles: int) -> tuple[float, ...]:
+    """Deep-supervision weights for y0..y_cycles.
+
+    The default curve (0.33, 0.5, 0.75, 1.0) is defined for 3 cycles; for another count it is
+    sampled piecewise-linearly at c / cycles, so y0 always weighs 0.33 and the final answer 1.0.
+    """
+    if cycles == len(DEFAULT_SUPERVISION_WEIGHTS) - 1:
+        return DEFAULT_SUPERVISION_WEIGHTS
+    n = len(DEFAULT_SUPERVISION_WEIGHTS) - 1
+    out = []
+    for c in range(cycles + 1):
+        pos = c / cycles * n
+        i = min(int(math.floor(pos)), n - 1)
+        frac = pos - i
+        w = DEFAULT_SUPERVISION_WEIGHTS[i] * (1 - frac) + DEFAULT_SUPERVISION_WEIGHTS[i + 1] * frac
+        out.append(round(w, 6))
+    return tuple(out)
+
+
+class CognateConfig(PretrainedConfig):
+    """Hyperparameters of `CognateForCausalLM`.
+
+    Architecture:
+        vocab_size, d_model, n_layers, n_heads, d_ff (SwiGLU hidden width), max_seq_len (longest
+        input accepted), window_size (sliding-window attention: position t sees t-window+1..t),
+        rope_theta, rms_norm_eps, dropout, initializer_range, tie_word_embeddings.
+    Long-term memory (Titans MAG):
+        use_ltm, d_memory (width of the decaying memory stream), ltm_decay_min / ltm_decay_max
+        (initial per-channel decays a, spread geometrically in time scale 1/(1-a)),
+        ltm_chunk_size (block length of the parallel scan; a speed knob, not a semantic one),
+        gate_entropy_weight (weight of ln2 - H(g), which keeps the gate from saturating early).
+    TRM recursion:
+        trm_cycles, trm_micro_steps, detach_between_cycles (True: every cycle runs with gradient
+        from a detached (y, z), so each deep-supervision term trains its own cycle; False: TRM's
+        deep recursion, all but the last cycle under no_grad), deep_supervision_weights (one per
+        answer y0..y_cycles; None picks the default curve), normalised to sum to 1 in the loss.
+    ACT halting:
+        use_act, act_threshold (a token halts at the first cycle whose halting probability
+        exceeds it; at inference its y and z freeze there), act_loss_weight (BCE of the halting
+        logit against "this cycle's argmax already equals the label"), ponder_weight (on the
+        expected number of cycles / trm_cycles), act_diversity_weight and act_diversity_target
+        (hinge max(0, target - Var_tokens(p)) from the original design).
+    """
+
+    model_type: ClassVar[str] = "cognate"
+    attribute_map: ClassVar[dict[str, str]] = {
+        "hidden_size": "d_model",
+        "num_hidden_layers": "n_layers",
+        "num_attention_heads": "n_heads",
+        "intermediate_size": "d_ff",
+        "max_position_embeddings": "max_seq_len",
+        "sliding_window": "window_size",
+    }
+
+    vocab_size: int = 32768
+    d_model: int = 320
+    n_layers: int = 8
+    n_heads: int = 5
+    d_ff: int = 1280
+    max_seq_len: int = 1024
+    window_size: int = 256
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    dropout: float = 0.0
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = True
+
+    use_ltm: bool = True
+    d_memory: int = 160
+    ltm_decay_min: float = 0.5
+    ltm_decay_max: float = 0.999
+    ltm_chunk_size: int = 32
+    gate_entropy_weight: float = 0.01
+
+    trm_cycles: int = 3
+    trm_micro_steps: int = 2
+    detach_between_cycles: bool = True
+    deep_supervision_weights: list[float] | None = None
+
+    use_act: bool = True
+    act_threshold: float = 0.5
+    act_loss_weight: float = 0.1
+    ponder_weight: float = 0.01
+    act_diversity_weight: float = 0.01
+    act_diversity_target: float = 0.1
+
+    specialization: str | None = None
+    preset: str | None = None
+
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise `ValueError` naming the first invalid field."""
+        positive_ints = (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "d_ff",
+            "max_seq_len",
+            "window_size",
+            "d_memory",
+            "ltm_chunk_size",
+            "trm_cycles",
+            "trm_micro_steps",
+        )
+        for name in positive_ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads != 0:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
+        if (self.d_model // self.n_heads) % 2 != 0:
+            raise ValueError(
+                f"d_model / n_heads must be even for rotary embeddings, got "
+                f"{self.d_model // self.n_heads} (d_model={self.d_model}, n_heads={self.n_heads})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("rope_theta", "rms_norm_eps", "initializer_range"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0.0 < self.ltm_decay_min <= self.ltm_decay_max < 1.0:
+            raise ValueError(
+                "ltm_decay_min and ltm_decay_max must satisfy 0 < ltm_decay_min <= ltm_decay_max "
+                f"< 1, got ltm_decay_min={self.ltm_decay_min!r}, ltm_decay_max={self.ltm_decay_max!r}"
+            )
+        if not 0.0 < self.act_threshold < 1.0:
+            raise ValueError(f"act_threshold must be in (0, 1), got {self.act_threshold!r}")
+        for name in (
+            "gate_entropy_weight",
+            "act_loss_weight",
+            "ponder_weight",
+            "act_diversity_weight",
+            "act_diversity_target",
+        ):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        w = self.deep_supervision_weights
+        if w is not None:
+            w = list(w)
+            if len(w) != self.trm_cycles + 1:
+                raise ValueError(
+                    f"deep_supervision_weights needs trm_cycles + 1 = {self.trm_cycles + 1} "
+                    f"entries (y0..y{self.trm_cycles}), got {len(w)}"
+                )
+            if any(not math.isfinite(x) or x < 0 for x in w) or sum(w) <= 0:
+                raise ValueError(
+                    f"deep_supervision_weights must be finite, >= 0 and not all 0, got {w!r}"
+                )
+            self.deep_supervision_weights = [float(x) for x in w]
+        if self.specialization is not None and self.specialization not in SPECIALIZATIONS:
+            raise ValueError(
+                f"specialization must be one of {sorted(SPECIALIZATIONS)} or None, "
+                f"got {self.specialization!r}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def supervision_weights(self) -> tuple[float, ...]:
+        """The weights of y0..y_cycles, normalised to sum to 1 (so the loss is a weighted CE)."""
+        w = self.deep_supervision_weights or _interpolated_supervision_weights(self.trm_cycles)
+        total = float(sum(w))
+        return tuple(float(x) / total for x in w)
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def from_preset(
+        cls, name: str, specialization: str | None = None, **overrides: Any
+    ) -> CognateConfig:
+        """Build a config from a named size preset and an optional specialization.
+
+        `overrides` win over both (e.g. ``vocab_size=len(tokenizer)``). Presets:
+        ``cognate-tiny`` (tests), ``cognate-small`` (CPU training), ``cognate-25m`` (20-30M).
+        """
+        if name not in PRESETS:
+            raise ValueError(f"name must be one of {sorted(PRESETS)}, got {name!r}")
+        if specialization is not None and specialization not in SPECIALIZATIONS:
+            raise ValueError(
+                f"specialization must be one of {sorted(SPECIALIZATIONS)} or None, "
+                f"got {specialization!r}"
+            )
+        values = copy.deepcopy(PRESETS[name])
+        if specialization is not None:
+            spec = dict(SPECIALIZATIONS[specialization])
+            multiplier = spec.pop("d_memory_multiplier", 1)
+            values["d_memory"] = values["d_memory"] * multiplier
+            values.update(spec)
+        values.update(overrides)
+        return cls(preset=name, specialization=specialization, **values)
+
+
+__all__ = ["CognateConfig", "PRESETS", "SPECIALIZATIONS", "DEFAULT_SUPERVISION_WEIGHTS"]
