@@ -1,0 +1,118 @@
+"""Metric sinks: ``metrics.jsonl`` always; Weights & Biases and TensorBoard when asked.
+
+One JSON object a line, each with ``step``. On resume the records past the checkpoint's step are
+dropped (they belong to steps that are about to be re-run), so the file of a resumed run reads
+like the file of a run that was never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError
+
+
+def check_backends(backends: list[str]) -> None:
+    """Fail up front (exit 2) when an optional sink is asked for but not installed."""
+    for backend in backends:
+        if backend == "wandb":
+            try:
+                import wandb  # noqa: F401
+            except ImportError:
+                raise ConfigError(
+                    "log: wandb is not installed; install the extra: "
+                    "uv sync --extra wandb (pip install 'cognate-train[wandb]')"
+                ) from None
+        elif backend == "tensorboard":
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+            except ImportError:
+                raise ConfigError(
+                    "log: tensorboard is not installed; install the extra: "
+                    "uv sync --extra tensorboard (pip install 'cognate-train[tensorboard]')"
+                ) from None
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no nan/inf; keep them visible as strings
+    return value
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+    return out
+
+
+class MetricsLogger:
+    """Writes metric records to every configured sink."""
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        backends: list[str],
+        run_name: str,
+        config: dict[str, Any],
+        resume_step: int | None = None,
+    ) -> None:
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            self.path.unlink(missing_ok=True)
+        else:
+            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            os.replace(tmp, self.path)
+        self._fh = self.path.open("a")
+        self._wandb = None
+        self._tb = None
+        if "wandb" in backends:
+            import wandb
+
+            self._wandb = wandb.init(
+                project=os.environ.get("WANDB_PROJECT", "cognate-train"),
+                name=run_name,
+                dir=str(out_dir),
+                config=config,
+                mode=os.environ.get("WANDB_MODE", "offline"),
+                resume="allow",
+            )
+        if "tensorboard" in backends:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(Path(out_dir) / "tensorboard"))
+
+    def log(self, record: dict[str, Any]) -> None:
+        record = {k: _clean(v) for k, v in record.items()}
+        self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+        step = int(record["step"])
+        numbers = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
+        if self._wandb is not None:
+            self._wandb.log(numbers, step=step)
+        if self._tb is not None:
+            for k, v in numbers.items():
+                self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self._fh.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+        if self._tb is not None:
+            self._tb.close()

@@ -1,0 +1,99 @@
+"""Optimizer and learning-rate schedule construction.
+
+``--optimizer`` choices (for comparisons on the same run):
+
+* ``mugrokfast``: ``mugrokfast.MuGrokfast`` over ``mugrokfast.param_groups(model)``: the Grokfast
+  EMA filter on the raw gradients, then Muon for hidden matrices and AdamW for embeddings, the
+  head, norms and biases.
+* ``muon``: the same routing with the filter off (``grokfast=None``).
+* ``grokfast-adamw``: ``mugrokfast.Grokfast`` (EMA filter) in front of ``torch.optim.AdamW``.
+* ``adamw``: plain ``torch.optim.AdamW``.
+
+The schedule is linear warmup then cosine decay, as a multiplier of each group's base lr (so
+Muon's and AdamW's learning rates follow the same shape)::
+
+    f(s) = (s + 1) / W                                   for s < W
+    f(s) = r + (1 - r) * (1 + cos(pi * (s - W) / (S - W))) / 2   otherwise
+
+with W warmup steps, S total steps and r the final ratio ``min_lr_ratio``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+
+def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(
+    optimizer: Any, warmup_steps: int, total_steps: int, min_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    # a plain closure: LambdaLR's state_dict then stores no function state, only counters
+    def fn(step: int) -> float:
+        return lr_multiplier(step, warmup_steps, total_steps, min_ratio)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+
+
+def build_optimizer(name: str, model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
+    """Build the optimizer ``name`` for ``model`` from a TrainConfig/GrokConfig's fields."""
+    betas = tuple(cfg.betas)
+    if name == "adamw":
+        return torch.optim.AdamW(
+            model.parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay
+        )
+    import mugrokfast
+
+    if name == "grokfast-adamw":
+        base = torch.optim.AdamW(
+            model.parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay
+        )
+        return mugrokfast.Grokfast(
+            base, filter="ema", alpha=cfg.grokfast_alpha, lamb=cfg.grokfast_lambda
+        )
+    if name in ("mugrokfast", "muon"):
+        return mugrokfast.MuGrokfast(
+            mugrokfast.param_groups(model),
+            lr=cfg.lr,
+            betas=betas,
+            weight_decay=cfg.weight_decay,
+            muon_lr=cfg.muon_lr,
+            grokfast="ema" if name == "mugrokfast" else None,
+            grokfast_alpha=cfg.grokfast_alpha,
+            grokfast_lambda=cfg.grokfast_lambda,
+        )
+    raise ValueError(
+        f"optimizer must be one of mugrokfast, adamw, muon, grokfast-adamw; got {name!r}"
+    )
+
+
+def grokfast_lambda(optimizer: Any) -> float | None:
+    """The current Grokfast amplification, or None when the optimizer has no filter."""
+    if hasattr(optimizer, "set_grokfast_lambda"):
+        group = optimizer.param_groups[0]
+        if group.get("grokfast", "ema") is None:
+            return None
+        return float(group.get("grokfast_lambda", 0.0))
+    if hasattr(optimizer, "lamb"):
+        return float(optimizer.lamb)
+    return None
+
+
+def set_grokfast_lambda(optimizer: Any, value: float) -> bool:
+    """Set the Grokfast lambda where the optimizer has one; returns whether it did."""
+    if grokfast_lambda(optimizer) is None:
+        return False
+    if hasattr(optimizer, "set_grokfast_lambda"):
+        optimizer.set_grokfast_lambda(value)
+    else:
+        optimizer.lamb = value
+    return True

@@ -1,0 +1,130 @@
+"""Training plots from ``metrics.jsonl`` records (matplotlib, Agg backend: no display needed).
+
+``plot_run`` writes three PNGs into ``plots/``:
+
+* ``loss.png``: train loss (log scale) and val loss against the step, curriculum stage changes
+  shaded;
+* ``accuracy.png``: val exact-match accuracy (overall and per family) and train accuracy when
+  recorded, with the grokking step marked;
+* ``lr.png``: the learning rate and, on a second axis, the Grokfast lambda (its boost shows as a
+  step up at the grokking event).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for r in records:
+        v = r.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            xs.append(r["step"])
+            ys.append(float(v))
+    return xs, ys
+
+
+def _mark_grokking(ax: Any, step: int | None) -> None:
+    if step is not None:
+        ax.axvline(
+            step, color="crimson", linestyle="--", linewidth=1.2, label=f"grokking (step {step})"
+        )
+
+
+def _shade_stages(ax: Any, records: list[dict[str, Any]]) -> None:
+    xs, stages = _series(records, "curriculum/stage")
+    for i in range(1, len(xs)):
+        if stages[i] != stages[i - 1]:
+            ax.axvline(xs[i - 1], color="grey", linestyle=":", linewidth=1)
+
+
+def plot_run(
+    records: list[dict[str, Any]],
+    out_dir: str | Path,
+    grokking_step: int | None = None,
+    title: str = "",
+    converged_step: int | None = None,
+) -> list[Path]:
+    """Write loss.png, accuracy.png and lr.png for one run; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("train/loss", "train loss"), ("val/loss", "val loss")):
+        xs, ys = _series(records, key)
+        if xs:
+            ax.plot(
+                xs, ys, label=label, marker="o" if key.startswith("val") else None, markersize=3
+            )
+    _shade_stages(ax, records)
+    _mark_grokking(ax, grokking_step)
+    if any(r.get("train/loss", 1) > 0 for r in records if "train/loss" in r):
+        ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (answer tokens)")
+    ax.set_title(f"{title}: loss" if title else "loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    paths.append(out / "loss.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs, ys = _series(records, "train/accuracy")
+    if xs:
+        ax.plot(xs, ys, label="train accuracy", color="tab:blue", linewidth=2)
+    xs, ys = _series(records, "val/accuracy")
+    if xs:
+        ax.plot(xs, ys, label="val accuracy", color="tab:orange", linewidth=2)
+    families = sorted({k for r in records for k in r if k.startswith("val/accuracy/")})
+    for key in families:
+        fx, fy = _series(records, key)
+        ax.plot(fx, fy, label=key.split("/", 2)[2], linewidth=0.8, alpha=0.6)
+    _mark_grokking(ax, grokking_step)
+    if converged_step is not None:
+        ax.axvline(
+            converged_step,
+            color="green",
+            linestyle="--",
+            linewidth=1.2,
+            label=f"converged (step {converged_step})",
+        )
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("exact-match accuracy")
+    ax.set_title(f"{title}: accuracy" if title else "accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2 if len(families) > 4 else 1)
+    fig.tight_layout()
+    paths.append(out / "accuracy.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs, ys = _series(records, "lr")
+    ax.plot(xs, ys, color="tab:blue", label="learning rate")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate", color="tab:blue")
+    ax.grid(alpha=0.3)
+    lx, ly = _series(records, "grokfast/lambda")
+    if lx:
+        ax2 = ax.twinx()
+        ax2.plot(lx, ly, color="tab:red", label="Grokfast lambda")
+        ax2.set_ylabel("Grokfast lambda", color="tab:red")
+        ax2.set_ylim(0, max(ly) * 1.2 if max(ly) > 0 else 1)
+    _mark_grokking(ax, grokking_step)
+    ax.set_title(f"{title}: schedule" if title else "schedule")
+    fig.tight_layout()
+    paths.append(out / "lr.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths

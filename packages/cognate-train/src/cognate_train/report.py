@@ -1,0 +1,79 @@
+"""The end-of-run report: one table per model, sample generations, where the plots are.
+
+Every figure in it is read from the run's own ``summary.json`` (measured at the final
+evaluation); nothing is estimated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _fmt(v: Any, spec: str = ".3f") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return format(v, spec)
+    return str(v)
+
+
+def model_table(summary: dict[str, Any]) -> str:
+    final = summary.get("final", {})
+    rows = [
+        ("val loss", _fmt(final.get("val/loss"), ".4f")),
+        ("exact match (all families)", _fmt(final.get("val/accuracy"))),
+    ]
+    for key in sorted(k for k in final if k.startswith("val/accuracy/")):
+        rows.append((f"  {key.split('/', 2)[2]}", _fmt(final[key])))
+    rows += [
+        ("avg ACT cycles", _fmt(summary.get("act_cycles_mean"), ".2f")),
+        ("steps", f"{summary['steps']} ({summary['stop_reason']})"),
+        ("time", f"{summary['time_s']:.1f} s"),
+        ("params", f"{summary['n_params'] / 1e6:.2f}M"),
+    ]
+    if summary.get("skipped_steps"):
+        rows.append(("skipped (non-finite) steps", str(summary["skipped_steps"])))
+    if summary.get("grokking_step") is not None:
+        rows.append(("grokking detected at step", str(summary["grokking_step"])))
+    width = max(len(k) for k, _ in rows)
+    head = (
+        f"{summary['specialization']} ({summary['model_preset']}, {summary['optimizer']}, "
+        f"{summary['device']})"
+    )
+    lines = [head, "-" * len(head)]
+    lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
+    return "\n".join(lines)
+
+
+def render(summaries: list[dict[str, Any]], root: str | Path) -> str:
+    """The whole report as text (also written to ``report.md`` by the CLI)."""
+    out = ["# cognate-train report", ""]
+    for s in summaries:
+        out.append("```")
+        out.append(model_table(s))
+        out.append("```")
+        if s.get("samples"):
+            out.append("Sample generations (validation prompts, greedy):")
+            for smp in s["samples"]:
+                mark = "ok" if smp["generated"] == smp["expected"] else "wrong"
+                prompt = smp["prompt"].replace("\n", " / ")
+                out.append(
+                    f"- [{smp['family']}] `{prompt}` -> `{smp['generated']}` "
+                    f"(expected `{smp['expected']}`, {mark})"
+                )
+        out.append(f"Plots: {Path(s['output_dir']) / 'plots'}/{{loss,accuracy,lr}}.png")
+        out.append("")
+    if len(summaries) > 1:
+        out.append("| model | val loss | exact match | avg ACT cycles | time (s) |")
+        out.append("|---|---|---|---|---|")
+        for s in summaries:
+            f = s.get("final", {})
+            out.append(
+                f"| {s['specialization']} | {_fmt(f.get('val/loss'), '.4f')} | "
+                f"{_fmt(f.get('val/accuracy'))} | {_fmt(s.get('act_cycles_mean'), '.2f')} | "
+                f"{s['time_s']:.1f} |"
+            )
+        out.append("")
+    out.append(f"Outputs: {root}")
+    return "\n".join(out)
