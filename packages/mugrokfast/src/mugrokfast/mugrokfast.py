@@ -1,0 +1,302 @@
+"""MuGrokfast: Grokfast gradient filter -> Muon (matrices) | AdamW (everything else), one optimizer.
+
+Per step and per param group:
+
+1. Grokfast on the raw gradient (``grokfast`` in None | "ema" | "ma" | "dual")::
+
+       ema:  g' = g + lambda * h,   h = alpha*h + (1-alpha)*g   (h starts at the first g)
+       ma:   g' = g + ma_lambda * mean(last `window` g)         (once the window is full)
+       dual: g' = g + lambda * h + ma_lambda * mean(...)        (both from the raw g)
+
+   During the first ``grokfast_warmup_steps`` steps the filter state is updated but g' = g.
+2. Groups with ``use_muon=True``: Muon on g' (momentum, Newton-Schulz, decoupled wd), exactly
+   :func:`~mugrokfast.muon.muon_step`; other groups: ``torch.optim.AdamW``'s own functional
+   update (same numbers, same foreach choice).
+
+With ``grokfast=None`` the result equals ``torch.optim.Muon`` on the Muon groups and
+``torch.optim.AdamW`` on the others. ``p.grad`` is never modified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.adamw import adamw as _adamw
+
+from ._state import restore_state_dtypes, saved_state_dtypes
+from .filters import check_grad, grokfast_filter, validate_filter_args
+from .muon import muon_step, validate_muon_args
+from .newton_schulz import DEFAULT_NS_COEFFICIENTS, DEFAULT_NS_EPS
+
+_FILTER_NAMES = (
+    "grokfast",
+    "grokfast_alpha",
+    "grokfast_lambda",
+    "grokfast_window",
+    "grokfast_ma_lambda",
+    "grokfast_warmup_steps",
+    "grokfast_history_dtype",
+)
+_MUON_NAMES = (
+    "lr",
+    "weight_decay",
+    "momentum",
+    "ns_coefficients",
+    "ns_eps",
+    "ns_steps",
+    "adjust_lr_fn",
+    "ns_dtype",
+)
+
+
+def _scalar_dtype() -> torch.dtype:
+    # what torch.optim.AdamW uses for state["step"]
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+class MuGrokfast(Optimizer):
+    """Grokfast + Muon + AdamW in one ``torch.optim.Optimizer``.
+
+    Args:
+        params: tensors or param-group dicts. A group's ``use_muon`` says which update it gets;
+            a group without ``use_muon`` is split into a Muon group (params with ``ndim >= 2``)
+            and an AdamW group (the rest). Prefer :func:`mugrokfast.param_groups(model)`, which
+            also keeps embeddings and the output head on AdamW. Any hyperparameter below can be
+            set per group.
+        lr: AdamW learning rate. betas, eps, weight_decay: AdamW's (``weight_decay`` also is
+            Muon's decoupled decay ``p *= 1 - lr*wd``).
+        muon_lr: learning rate of Muon groups. It is copied into the group's ``"lr"`` (unless
+            the group sets ``lr`` itself), so LR schedulers scale Muon and AdamW groups alike.
+        momentum, nesterov, ns_steps, adjust_lr_fn, ns_dtype, ns_coefficients, ns_eps: Muon's
+            (see :class:`mugrokfast.Muon`).
+        grokfast: None | "ema" | "ma" | "dual". grokfast_alpha, grokfast_lambda: the EMA filter.
+            grokfast_window, grokfast_ma_lambda: the MA filter (ring buffer of ``window``
+            gradients per parameter: memory ``window x numel`` in ``grokfast_history_dtype``,
+            default the gradient dtype). grokfast_warmup_steps: steps with filter updates but no
+            amplification.
+        foreach: passed to torch's AdamW functional (None: torch's default choice).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        muon_lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        adjust_lr_fn: str | None = None,
+        ns_dtype: torch.dtype | None = None,
+        grokfast: str | None = "ema",
+        grokfast_alpha: float = 0.98,
+        grokfast_lambda: float = 2.0,
+        grokfast_window: int = 100,
+        grokfast_ma_lambda: float = 5.0,
+        grokfast_warmup_steps: int = 0,
+        *,
+        ns_coefficients: tuple[float, float, float] = DEFAULT_NS_COEFFICIENTS,
+        ns_eps: float = DEFAULT_NS_EPS,
+        grokfast_history_dtype: torch.dtype | None = None,
+        foreach: bool | None = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            muon_lr=muon_lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            ns_steps=ns_steps,
+            adjust_lr_fn=adjust_lr_fn,
+            ns_dtype=ns_dtype,
+            ns_coefficients=tuple(ns_coefficients),
+            ns_eps=ns_eps,
+            grokfast=grokfast,
+            grokfast_alpha=grokfast_alpha,
+            grokfast_lambda=grokfast_lambda,
+            grokfast_window=grokfast_window,
+            grokfast_ma_lambda=grokfast_ma_lambda,
+            grokfast_warmup_steps=grokfast_warmup_steps,
+            grokfast_history_dtype=grokfast_history_dtype,
+            foreach=foreach,
+        )
+        self._validate(defaults | {"use_muon": False})
+        if not 0.0 <= muon_lr:
+            raise ValueError(f"muon_lr must be >= 0 (got {muon_lr!r})")
+        super().__init__(params, defaults)
+
+    # ---------------------------------------------------------------- groups and validation
+
+    @staticmethod
+    def _validate(g: dict[str, Any]) -> None:
+        if not 0.0 <= g["lr"]:
+            raise ValueError(f"lr must be >= 0 (got {g['lr']!r})")
+        b = g["betas"]
+        if len(b) != 2 or not (0.0 <= b[0] < 1.0 and 0.0 <= b[1] < 1.0):
+            raise ValueError(f"betas must be two floats in [0, 1) (got {b!r})")
+        if not g["eps"] >= 0.0:
+            raise ValueError(f"eps must be >= 0 (got {g['eps']!r})")
+        if not isinstance(g["use_muon"], bool):
+            raise ValueError(f"use_muon must be a bool (got {g['use_muon']!r})")
+        if not isinstance(g["nesterov"], bool):
+            raise ValueError(f"nesterov must be a bool (got {g['nesterov']!r})")
+        validate_muon_args(
+            g["lr"], g["weight_decay"], g["momentum"], g["ns_coefficients"], g["ns_eps"],
+            g["ns_steps"], g["adjust_lr_fn"], g["ns_dtype"], names=_MUON_NAMES,
+        )  # fmt: skip
+        validate_filter_args(
+            g["grokfast"], g["grokfast_alpha"], g["grokfast_lambda"], g["grokfast_window"],
+            g["grokfast_ma_lambda"], g["grokfast_warmup_steps"], g["grokfast_history_dtype"],
+            names=_FILTER_NAMES,
+        )  # fmt: skip
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group; without ``use_muon`` it is split by ``ndim`` (see the class docstring)."""
+        group = dict(param_group)
+        params = group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        if "use_muon" not in group:
+            matrices = [p for p in params if p.ndim >= 2]
+            vectors = [p for p in params if p.ndim < 2]
+            for use_muon, ps in ((True, matrices), (False, vectors)):
+                if ps:
+                    self.add_param_group(group | {"params": ps, "use_muon": use_muon})
+            if params:
+                return
+            group["use_muon"] = False
+        group["params"] = params
+        if group["use_muon"]:
+            for p in params:
+                if p.ndim < 2:
+                    raise ValueError(
+                        f"use_muon: a Muon group got a parameter of shape {tuple(p.shape)}; "
+                        "Muon needs >= 2 dims (send vectors to a group with use_muon=False)"
+                    )
+            if "lr" not in group:
+                group["lr"] = group.get("muon_lr", self.defaults["muon_lr"])
+        super().add_param_group(group)
+        self._validate(self.param_groups[-1])
+
+    def set_grokfast_lambda(self, lamb: float, ma_lamb: float | None = None) -> None:
+        """Set the amplification of every group (e.g. boost it when grokking stalls).
+
+        Writes ``grokfast_lambda`` (the EMA term) into every group. Groups filtering with
+        ``"ma"`` alone have no EMA term, so there it also sets ``grokfast_ma_lambda``; pass
+        ``ma_lamb`` to set ``grokfast_ma_lambda`` of every group explicitly.
+        """
+        if not lamb >= 0.0:
+            raise ValueError(f"lamb must be >= 0 (got {lamb!r})")
+        if ma_lamb is not None and not ma_lamb >= 0.0:
+            raise ValueError(f"ma_lamb must be >= 0 (got {ma_lamb!r})")
+        for group in self.param_groups:
+            group["grokfast_lambda"] = float(lamb)
+            if ma_lamb is not None:
+                group["grokfast_ma_lambda"] = float(ma_lamb)
+            elif group["grokfast"] == "ma":
+                group["grokfast_ma_lambda"] = float(lamb)
+
+    @classmethod
+    def from_preset(
+        cls, name: str, params: Iterable[Tensor] | Iterable[dict[str, Any]], **overrides: Any
+    ) -> MuGrokfast:
+        """Build from a named preset (:data:`mugrokfast.presets.PRESETS`); kwargs override it."""
+        from .presets import get_preset
+
+        preset = get_preset(name)
+        opt = cls(params, **(preset.kwargs | overrides))
+        opt.preset = preset
+        return opt
+
+    # ------------------------------------------------------------------------------- state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        dtypes = saved_state_dtypes(state_dict)
+        super().load_state_dict(state_dict)
+        restore_state_dtypes(self, dtypes, state_dict)
+
+    # -------------------------------------------------------------------------------- step
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        """One step: filter the raw gradients, then Muon or AdamW per group."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            for g in grads:
+                check_grad(g, "MuGrokfast")
+            states = [self.state[p] for p in params]
+            grads = grokfast_filter(
+                grads,
+                states,
+                filter=group["grokfast"],
+                alpha=group["grokfast_alpha"],
+                lamb=group["grokfast_lambda"],
+                window=group["grokfast_window"],
+                ma_lamb=group["grokfast_ma_lambda"],
+                warmup_steps=group["grokfast_warmup_steps"],
+                history_dtype=group["grokfast_history_dtype"],
+            )
+            if group["use_muon"]:
+                self._muon(group, params, grads, states)
+            else:
+                self._adamw(group, params, grads, states)
+        return loss
+
+    @staticmethod
+    def _muon(group: dict, params: list[Tensor], grads: list[Tensor], states: list[dict]):
+        for p, st in zip(params, states, strict=True):
+            if "momentum_buffer" not in st:
+                st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        muon_step(
+            params,
+            grads,
+            [st["momentum_buffer"] for st in states],
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            momentum=group["momentum"],
+            nesterov=group["nesterov"],
+            ns_coefficients=group["ns_coefficients"],
+            ns_steps=group["ns_steps"],
+            eps=group["ns_eps"],
+            adjust_lr_fn=group["adjust_lr_fn"],
+            ns_dtype=group["ns_dtype"],
+        )
+
+    @staticmethod
+    def _adamw(group: dict, params: list[Tensor], grads: list[Tensor], states: list[dict]):
+        for p, st in zip(params, states, strict=True):
+            if "exp_avg" not in st:
+                st["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        beta1, beta2 = group["betas"]
+        _adamw(
+            params,
+            grads,
+            [st["exp_avg"] for st in states],
+            [st["exp_avg_sq"] for st in states],
+            [],
+            [st["step"] for st in states],
+            foreach=group["foreach"],
+            amsgrad=False,
+            beta1=beta1,
+            beta2=beta2,
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            maximize=False,
+        )

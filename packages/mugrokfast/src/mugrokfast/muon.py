@@ -1,0 +1,246 @@
+"""Muon: momentum SGD whose update is orthogonalised by Newton-Schulz (Keller Jordan, 2024).
+
+Per matrix parameter ``W`` (shape A x B, fan-out x fan-in) with gradient ``G``:
+
+    buf <- lerp(buf, G, 1 - mu)                      (= mu*buf + (1-mu)*G)
+    U   <- lerp(G, buf, mu) if nesterov else buf
+    O   <- NS(U)                                     (zeropower_via_newtonschulz)
+    W   <- W * (1 - lr * wd)                         (decoupled weight decay, unadjusted lr)
+    W   <- W - adjust(lr, A, B) * O
+
+``adjust``: "original"/None ``sqrt(max(1, A/B))``; "match_rms_adamw" ``0.2*sqrt(max(A, B))``
+(Moonlight; lets Muon reuse AdamW's lr and wd); "spectral_unclamped" ``sqrt(A/B)``. These are
+the arithmetic and the arguments of ``torch.optim.Muon``; tensors with more than two dims (conv
+kernels) are flattened to ``(out, -1)`` and the scale uses the flattened shape. Matrices of the
+same shape are orthogonalised together in one batched call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .filters import check_grad
+from .newton_schulz import (
+    DEFAULT_NS_COEFFICIENTS,
+    DEFAULT_NS_EPS,
+    DEFAULT_NS_STEPS,
+    default_ns_dtype,
+    zeropower_via_newtonschulz,
+)
+
+ADJUST_LR_FNS = (None, "original", "match_rms_adamw", "spectral_unclamped")
+
+
+def adjust_lr(lr: float, adjust_lr_fn: str | None, shape: tuple[int, ...]) -> float:
+    """Scale ``lr`` for a matrix of ``shape`` (flattened to ``(shape[0], prod(shape[1:]))``)."""
+    A = shape[0]
+    B = math.prod(shape[1:])
+    if adjust_lr_fn is None or adjust_lr_fn == "original":
+        ratio = math.sqrt(max(1, A / B))
+    elif adjust_lr_fn == "match_rms_adamw":
+        ratio = 0.2 * math.sqrt(max(A, B))
+    elif adjust_lr_fn == "spectral_unclamped":
+        ratio = math.sqrt(A / B)
+    else:
+        raise ValueError(f"adjust_lr_fn must be one of {ADJUST_LR_FNS} (got {adjust_lr_fn!r})")
+    return lr * ratio
+
+
+def validate_muon_args(
+    lr: Any,
+    weight_decay: Any,
+    momentum: Any,
+    ns_coefficients: Any,
+    eps: Any,
+    ns_steps: Any,
+    adjust_lr_fn: Any,
+    ns_dtype: Any,
+    names: tuple[str, ...] = (
+        "lr",
+        "weight_decay",
+        "momentum",
+        "ns_coefficients",
+        "eps",
+        "ns_steps",
+        "adjust_lr_fn",
+        "ns_dtype",
+    ),
+) -> None:
+    """ValueError naming the offending argument (``names``: the caller's spelling)."""
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError(f"{names[0]} must be a float or a 1-element tensor")
+    if not 0.0 <= lr:
+        raise ValueError(f"{names[0]} must be >= 0 (got {lr!r})")
+    if not 0.0 <= weight_decay:
+        raise ValueError(f"{names[1]} must be >= 0 (got {weight_decay!r})")
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"{names[2]} must be in [0, 1) (got {momentum!r})")
+    if len(tuple(ns_coefficients)) != 3:
+        raise ValueError(f"{names[3]} must be 3 floats (a, b, c) (got {ns_coefficients!r})")
+    if not eps > 0.0:
+        raise ValueError(f"{names[4]} must be > 0 (got {eps!r})")
+    if isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or not 1 <= ns_steps < 100:
+        raise ValueError(f"{names[5]} must be an int in [1, 100) (got {ns_steps!r})")
+    if adjust_lr_fn not in ADJUST_LR_FNS:
+        raise ValueError(f"{names[6]} must be one of {ADJUST_LR_FNS} (got {adjust_lr_fn!r})")
+    if ns_dtype is not None and not (
+        isinstance(ns_dtype, torch.dtype) and ns_dtype.is_floating_point
+    ):
+        raise ValueError(f"{names[7]} must be None or a floating torch.dtype (got {ns_dtype!r})")
+
+
+@torch.no_grad()
+def muon_step(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    *,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    nesterov: bool,
+    ns_coefficients: tuple[float, float, float],
+    ns_steps: int,
+    eps: float,
+    adjust_lr_fn: str | None,
+    ns_dtype: torch.dtype | None,
+) -> None:
+    """Functional Muon update (see the module docstring) on lists of tensors, in place."""
+    if not params:
+        return
+    lr = float(lr)
+    torch._foreach_lerp_(momentum_buffers, grads, 1 - momentum)
+    updates = (
+        torch._foreach_lerp(grads, momentum_buffers, momentum) if nesterov else momentum_buffers
+    )
+
+    # Batch same-shaped matrices: one NS call (one bmm per product) per (shape, dtype, device).
+    batches: dict[tuple, list[int]] = defaultdict(list)
+    for i, p in enumerate(params):
+        if p.ndim < 2:
+            raise ValueError(
+                f"Muon needs parameters with >= 2 dims; got shape {tuple(p.shape)} "
+                "(send vectors such as biases and norm gains to AdamW)"
+            )
+        flat = (p.shape[0], math.prod(p.shape[1:]))
+        batches[(flat, updates[i].dtype, updates[i].device)].append(i)
+
+    for (flat, _, device), idx in batches.items():
+        dtype = default_ns_dtype(device) if ns_dtype is None else ns_dtype
+        if len(idx) == 1:
+            stacked = updates[idx[0]].reshape(flat)
+        else:
+            stacked = torch.stack([updates[i].reshape(flat) for i in idx])
+        ortho = zeropower_via_newtonschulz(stacked, ns_steps, ns_coefficients, eps, dtype)
+        if len(idx) == 1:
+            ortho = ortho.unsqueeze(0)
+        for j, i in enumerate(idx):
+            p = params[i]
+            p.mul_(1 - lr * weight_decay)
+            p.add_(ortho[j].view(p.shape), alpha=-adjust_lr(lr, adjust_lr_fn, tuple(p.shape)))
+
+
+class Muon(Optimizer):
+    """Muon for matrix parameters; the arguments and the numbers of ``torch.optim.Muon``.
+
+    Differences from torch's: parameters with more than two dims are accepted (flattened to
+    ``(out, -1)``), same-shaped matrices share one batched Newton-Schulz call, and ``ns_dtype``
+    picks the NS compute dtype (``None``: bf16 on CUDA, fp32 on CPU, see
+    :func:`~mugrokfast.newton_schulz.default_ns_dtype`; torch always uses bf16, so pass
+    ``ns_dtype=torch.bfloat16`` for torch's exact numbers on CPU). Use it for hidden matrices
+    only; embeddings, the output head, gains and biases belong to AdamW (see
+    :func:`mugrokfast.param_groups` and :class:`mugrokfast.MuGrokfast`).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_coefficients: tuple[float, float, float] = DEFAULT_NS_COEFFICIENTS,
+        eps: float = DEFAULT_NS_EPS,
+        ns_steps: int = DEFAULT_NS_STEPS,
+        adjust_lr_fn: str | None = None,
+        ns_dtype: torch.dtype | None = None,
+    ) -> None:
+        validate_muon_args(
+            lr, weight_decay, momentum, ns_coefficients, eps, ns_steps, adjust_lr_fn, ns_dtype
+        )
+        defaults = dict(
+            lr=lr,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            nesterov=nesterov,
+            ns_coefficients=tuple(ns_coefficients),
+            eps=eps,
+            ns_steps=ns_steps,
+            adjust_lr_fn=adjust_lr_fn,
+            ns_dtype=ns_dtype,
+        )
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        g = self.param_groups[-1]
+        validate_muon_args(
+            g["lr"],
+            g["weight_decay"],
+            g["momentum"],
+            g["ns_coefficients"],
+            g["eps"],
+            g["ns_steps"],
+            g["adjust_lr_fn"],
+            g["ns_dtype"],
+        )
+        for p in g["params"]:
+            if p.ndim < 2:
+                raise ValueError(
+                    f"params: Muon needs parameters with >= 2 dims; got shape {tuple(p.shape)} "
+                    "(send vectors such as biases and norm gains to AdamW)"
+                )
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        """Perform one Muon step; ``closure`` re-evaluates the loss (optional)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, bufs = [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                check_grad(p.grad, "Muon")
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(
+                        p.grad, memory_format=torch.preserve_format
+                    )
+                params.append(p)
+                grads.append(p.grad)
+                bufs.append(state["momentum_buffer"])
+            muon_step(
+                params,
+                grads,
+                bufs,
+                lr=group["lr"],
+                weight_decay=group["weight_decay"],
+                momentum=group["momentum"],
+                nesterov=group["nesterov"],
+                ns_coefficients=group["ns_coefficients"],
+                ns_steps=group["ns_steps"],
+                eps=group["eps"],
+                adjust_lr_fn=group["adjust_lr_fn"],
+                ns_dtype=group["ns_dtype"],
+            )
+        return loss

@@ -1,0 +1,90 @@
+"""Quintic Newton-Schulz orthogonalisation (the "zeroth power" of a matrix) used by Muon.
+
+For ``G = U S V^T`` we want ``U V^T``: the update direction with every singular value set to one.
+Newton-Schulz gets there with matrix products only. Each step applies the odd polynomial
+
+    X <- a X + b (X X^T) X + c (X X^T)^2 X
+
+which maps every singular value ``s`` of ``X`` to ``f(s) = a s + b s^3 + c s^5`` and leaves the
+singular vectors alone. The coefficients (3.4445, -4.7750, 2.0315) maximise the slope at zero, so
+five steps push every not-too-small singular value into a band around one (roughly 0.7..1.2, see
+the tests) instead of converging exactly; in practice that does not hurt training and it is cheap.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+DEFAULT_NS_COEFFICIENTS: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
+DEFAULT_NS_STEPS = 5
+DEFAULT_NS_EPS = 1e-7
+
+
+def default_ns_dtype(device: torch.device | str) -> torch.dtype:
+    """The compute dtype ``dtype=None`` picks: bfloat16 on CUDA, float32 elsewhere.
+
+    CUDA tensor cores run bf16 GEMMs several times faster than fp32 and the quintic only needs
+    ~2-3 significant digits (it does not converge to 1 exactly anyway), which is why Keller
+    Jordan's Muon and ``torch.optim.Muon`` use bf16. On CPU the answer depends on the ISA: with
+    AVX512-BF16 (this project's machine) bf16 NS is ~2x faster than fp32 but ~1000x less accurate
+    (relative error vs float64 NS 1e-2 instead of 1e-5, ``scripts/bench_ns_dtype.py``); without
+    it bf16 GEMM is emulated and slower than fp32. CPU runs are small models where NS is not the
+    bottleneck, so float32 is the predictable choice there. Pass ``ns_dtype=torch.bfloat16`` to
+    reproduce ``torch.optim.Muon`` bit for bit on CPU.
+    """
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def zeropower_via_newtonschulz(
+    G: Tensor,
+    steps: int = DEFAULT_NS_STEPS,
+    coefficients: tuple[float, float, float] = DEFAULT_NS_COEFFICIENTS,
+    eps: float = DEFAULT_NS_EPS,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Approximately orthogonalise ``G`` over its last two dims; leading dims are a batch.
+
+    Steps: cast to ``dtype`` (``None``: :func:`default_ns_dtype`), work on the wide side
+    (transpose when rows > cols so the Gram matrix ``X X^T`` is the small one), divide each
+    matrix by its Frobenius norm (clamped below by ``eps``; the Frobenius norm bounds the spectral
+    norm, so all singular values start in [0, 1]), then ``steps`` quintic iterations. Same-shaped
+    matrices stacked along a leading dim go through one batched GEMM per product.
+
+    The arithmetic is the one of ``torch.optim.Muon`` (``addmm``/``baddbmm`` with the same
+    ``beta``/``alpha``), so with ``dtype=torch.bfloat16`` the result is bit-identical to torch's
+    for 2-D inputs. Returns a tensor of ``G``'s shape in the compute dtype.
+    """
+    if G.ndim < 2:
+        raise ValueError(f"G must have at least 2 dims (got shape {tuple(G.shape)})")
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int (got {steps!r})")
+    if len(coefficients) != 3:
+        raise ValueError(f"coefficients must be 3 floats (a, b, c) (got {coefficients!r})")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0 (got {eps!r})")
+    if G.is_complex():
+        raise ValueError("G must be real; complex matrices are not supported")
+    a, b, c = coefficients
+    dtype = default_ns_dtype(G.device) if dtype is None else dtype
+    shape = G.shape
+    X = G.reshape(-1, shape[-2], shape[-1]) if G.ndim > 3 else G
+    X = X.to(dtype=dtype, copy=True)
+    tall = shape[-2] > shape[-1]
+    if tall:
+        X = X.mT
+    if X.ndim == 2:
+        X.div_(X.norm().clamp(min=eps))
+        for _ in range(steps):
+            A = X @ X.mT
+            B = torch.addmm(A, A, A, beta=b, alpha=c)  # b A + c A^2
+            X = torch.addmm(X, B, X, beta=a)  # a X + B X
+    else:
+        X.div_(X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps))
+        for _ in range(steps):
+            A = X @ X.mT
+            B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+            X = torch.baddbmm(X, B, X, beta=a)
+    if tall:
+        X = X.mT
+    return X.reshape(shape)

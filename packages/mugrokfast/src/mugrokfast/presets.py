@@ -1,0 +1,62 @@
+"""Named MuGrokfast configurations: ``MuGrokfast.from_preset(name, params, **overrides)``.
+
+Each preset is a set of constructor keyword arguments plus training advice the optimizer itself
+cannot apply (``grad_clip``: pass it to ``torch.nn.utils.clip_grad_norm_``). After
+``from_preset`` the chosen preset is available as ``optimizer.preset``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named configuration: ``kwargs`` for MuGrokfast, ``grad_clip`` for the training loop."""
+
+    name: str
+    description: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    grad_clip: float | None = None
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            "default",
+            "The constructor defaults: AdamW lr 1e-3, Muon lr 0.02, Grokfast-EMA (0.98, 2.0).",
+            {},
+            grad_clip=None,
+        ),
+        Preset(
+            "phase1",
+            "Cognate Phase 1 pre-training: AdamW lr 5e-4, Muon lr 5e-3, gentle Grokfast-EMA "
+            "(lambda 0.02) so the filter helps without destabilising a 25M-param LM; clip 1.0.",
+            dict(lr=5e-4, muon_lr=5e-3, grokfast="ema", grokfast_alpha=0.98, grokfast_lambda=0.02),
+            grad_clip=1.0,
+        ),
+        Preset(
+            "grokking",
+            "The Grokfast paper's algorithmic task setting (x*y mod 97): Adam betas "
+            "(0.9, 0.98), lr 1e-3, weight decay 0.005, Grokfast-EMA alpha 0.98 lambda 2.0.",
+            dict(
+                lr=1e-3,
+                betas=(0.9, 0.98),
+                weight_decay=0.005,
+                grokfast="ema",
+                grokfast_alpha=0.98,
+                grokfast_lambda=2.0,
+            ),
+            grad_clip=None,
+        ),
+    )
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; ValueError listing the known names otherwise."""
+    if name not in PRESETS:
+        raise ValueError(f"name: unknown preset {name!r}; known presets: {sorted(PRESETS)}")
+    return PRESETS[name]

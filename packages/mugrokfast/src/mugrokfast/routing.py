@@ -1,0 +1,133 @@
+"""``param_groups(model)``: which parameters Muon should update, decided by module type.
+
+Muon orthogonalises updates of *hidden* weight matrices: maps from one hidden representation to
+another, where every direction of the update matters equally. It is the wrong tool for
+
+* embeddings: a lookup table, each row updated only by its own token (rows are not a linear map);
+* the output head (tied to, or the size of, an embedding): it maps into vocabulary space;
+* norm gains, biases and any other vector.
+
+Those go to AdamW. Rules, first match wins, each parameter listed once even when shared (tied):
+
+1. explicit overrides: ``muon=[...]`` / ``adamw=[...]`` (parameters, or names as in
+   ``model.named_parameters()``), then ``route(name, param, module) -> bool | None``
+   (True: Muon, False: AdamW, None: no opinion);
+2. parameters with fewer than 2 dims -> AdamW;
+3. ``nn.Embedding``/``nn.EmbeddingBag`` weights -> AdamW;
+4. the output head's parameters -> AdamW. The head is ``head=`` (a module, a module name, or a
+   list of them), else detected: a Linear whose weight is shared with an embedding, or the
+   last Linear whose ``out_features`` equals some embedding's ``num_embeddings``;
+5. weights of ``nn.Linear`` and ``nn.Conv{1,2,3}d``/``nn.ConvTranspose{1,2,3}d`` -> Muon;
+6. anything else (parameters of custom modules, e.g. learned initial states) -> AdamW.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from torch import Tensor, nn
+
+MUON_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
+EMBEDDING_MODULES: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
+
+Route = Callable[[str, nn.Parameter, nn.Module], "bool | None"]
+
+
+def _as_list(x: Any) -> list:
+    if x is None:
+        return []
+    if isinstance(x, (str, nn.Module, Tensor)):
+        return [x]
+    return list(x)
+
+
+def _detect_heads(model: nn.Module, head: Any) -> set[int]:
+    """ids of the modules treated as output heads."""
+    modules = dict(model.named_modules())
+    if head is not None:
+        ids = set()
+        for h in _as_list(head):
+            if isinstance(h, str):
+                if h not in modules:
+                    raise ValueError(f"head: no module named {h!r} in the model")
+                h = modules[h]
+            if not isinstance(h, nn.Module):
+                raise ValueError(f"head: expected module names or modules (got {type(h)})")
+            ids.add(id(h))
+        return ids
+    embeddings = [m for m in modules.values() if isinstance(m, EMBEDDING_MODULES)]
+    if not embeddings:
+        return set()
+    emb_weights = {id(m.weight) for m in embeddings}
+    vocab_sizes = {m.num_embeddings for m in embeddings}
+    linears = [m for m in modules.values() if isinstance(m, nn.Linear)]
+    heads = {id(m) for m in linears if id(m.weight) in emb_weights}
+    sized = [m for m in linears if m.out_features in vocab_sizes]
+    if sized:
+        heads.add(id(sized[-1]))
+    return heads
+
+
+def param_groups(
+    model: nn.Module,
+    *,
+    head: str | nn.Module | Iterable[str | nn.Module] | None = None,
+    muon: Iterable[Tensor | str] | None = None,
+    adamw: Iterable[Tensor | str] | None = None,
+    route: Route | None = None,
+    muon_group: dict[str, Any] | None = None,
+    adamw_group: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Split ``model``'s trainable parameters into a Muon group and an AdamW group.
+
+    Returns ``[{"params": [...], "use_muon": True, **muon_group}, {"params": [...],
+    "use_muon": False, **adamw_group}]`` (empty groups left out), ready for
+    :class:`mugrokfast.MuGrokfast`. ``muon_group`` / ``adamw_group`` add per-group
+    hyperparameters (e.g. ``{"weight_decay": 0.0}``). Routing rules: see the module docstring.
+    """
+    named = dict(model.named_parameters(remove_duplicate=False))
+    force: dict[int, bool] = {}
+    for flag, items, arg in ((True, muon, "muon"), (False, adamw, "adamw")):
+        for item in _as_list(items):
+            if isinstance(item, str):
+                if item not in named:
+                    raise ValueError(f"{arg}: no parameter named {item!r} in the model")
+                item = named[item]
+            if not isinstance(item, Tensor):
+                raise ValueError(f"{arg}: expected parameters or names (got {type(item)})")
+            if force.get(id(item), flag) != flag:
+                raise ValueError(f"{arg}: a parameter is listed in both muon= and adamw=")
+            force[id(item)] = flag
+
+    heads = _detect_heads(model, head)
+    seen: set[int] = set()
+    to_muon: list[nn.Parameter] = []
+    to_adamw: list[nn.Parameter] = []
+    for mod_name, module in model.named_modules():
+        for p_name, p in module.named_parameters(recurse=False):
+            if id(p) in seen or not p.requires_grad:
+                continue
+            seen.add(id(p))
+            name = f"{mod_name}.{p_name}" if mod_name else p_name
+            if id(p) in force:
+                use = force[id(p)]
+            else:
+                use = route(name, p, module) if route is not None else None
+                if use is None:
+                    use = (
+                        p.ndim >= 2
+                        and isinstance(module, MUON_MODULES)
+                        and id(module) not in heads
+                        and p is getattr(module, "weight", None)
+                    )
+            if use and p.ndim < 2:
+                raise ValueError(f"muon: {name} has shape {tuple(p.shape)}; Muon needs >= 2 dims")
+            (to_muon if use else to_adamw).append(p)
+
+    groups = []
+    if to_muon:
+        groups.append({"params": to_muon, "use_muon": True, **(muon_group or {})})
+    if to_adamw:
+        groups.append({"params": to_adamw, "use_muon": False, **(adamw_group or {})})
+    return groups
