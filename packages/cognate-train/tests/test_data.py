@@ -155,7 +155,8 @@ def test_max_len_bounds_every_example():
         ({"seed": None}, "seed"),
         ({"max_len": 2}, "max_len"),
         ({"families": ["copy"], "max_len": 8}, "copy"),  # shortest copy example has 14 tokens
-        ({"families": ["parity"], "n_train": 40000}, "parity"),  # fewer distinct prompts than asked
+        # 'parity bbbb:' + answer fits 15 tokens only with 4 bits: 16 distinct prompts < 30 asked
+        ({"families": ["parity"], "n_train": 25, "max_len": 15}, "parity"),
     ],
 )
 def test_make_split_rejects_bad_input(kwargs, name):

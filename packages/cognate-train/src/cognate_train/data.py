@@ -120,19 +120,21 @@ def make_split(
         need = n_train + n_val
         seen: set[str] = set()
         drawn: list[Example] = []
-        budget = 50 * need + 1000
-        for _ in range(budget):
-            if len(drawn) == need:
-                break
+        # give up when the family looks exhausted: too many draws in all, or in a row rejected
+        budget, stall_limit, stall, draws = 50 * need + 1000, 2000 + 2 * need, 0, 0
+        while len(drawn) < need and draws < budget and stall < stall_limit:
+            draws += 1
             prompt, answer = generate(rng)
             if prompt in seen or (max_len is not None and example_length(prompt, answer) > max_len):
+                stall += 1
                 continue
+            stall = 0
             seen.add(prompt)
             drawn.append(Example(name, prompt, answer))
         if len(drawn) < need:
             raise ValueError(
                 f"family {name!r}: only {len(drawn)} distinct prompts (max_len={max_len}) after "
-                f"{budget} draws, need n_train + n_val = {need}; lower n_train/n_val or raise max_len"
+                f"{draws} draws, need n_train + n_val = {need}; lower n_train/n_val or raise max_len"
             )
         val.extend(drawn[:n_val])
         train.extend(drawn[n_val:])
