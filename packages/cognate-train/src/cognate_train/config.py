@@ -32,6 +32,10 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 class ConfigError(ValueError):
     """A bad flag, config file or output directory; the message names the culprit."""
 
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
 
 @dataclass
 class TrainConfig:
@@ -309,8 +313,14 @@ def build_config(
     toml_values.pop("preset", None)
     if toml_path is not None:
         _apply(cfg, toml_values, f"--config {toml_path}")
-    _apply(cfg, {k: v for k, v in flags.items() if v is not None}, "flag")
-    validate(cfg)
+    flag_values = {k: v for k, v in flags.items() if v is not None}
+    _apply(cfg, flag_values, "flag")
+    try:
+        validate(cfg)
+    except ConfigError as exc:
+        if toml_path is not None and exc.field in toml_values and exc.field not in flag_values:
+            raise ConfigError(f"--config {toml_path}: {exc}", field=exc.field) from None
+        raise
     return cfg
 
 
@@ -320,7 +330,7 @@ def build_config(
 
 def _check(cond: bool, name: str, msg: str) -> None:
     if not cond:
-        raise ConfigError(f"{name.replace('_', '-')}: {msg}")
+        raise ConfigError(f"{name.replace('_', '-')}: {msg}", field=name)
 
 
 def _validate_common(cfg: TrainConfig | GrokConfig) -> None:

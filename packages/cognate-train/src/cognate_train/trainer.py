@@ -31,6 +31,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -423,7 +424,11 @@ class Trainer:
             self.state.nonfinite_streak += 1
             skipped = True
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # a skipped first step makes LambdaLR warn about the call order; the schedule is
+            # indexed by step on purpose, skipped or not
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
         return {
             "loss": loss_sum if finite else math.nan,
             "grad_norm": grad_norm,

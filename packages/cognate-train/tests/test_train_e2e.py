@@ -1,0 +1,231 @@
+"""End-to-end runs of the smoke preset: outputs, metrics, checkpoints, resume, eval/generate."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from cognate_train import checkpoints as ck
+from cognate_train import trainer as trainer_mod
+from cognate_train.cli import main
+from cognate_train.config import TRAIN_PRESETS, build_config
+from cognate_train.metrics import read_metrics
+
+SMOKE = TRAIN_PRESETS["smoke"]
+
+
+def test_output_layout(smoke_run):
+    for name in ("metrics.jsonl", "summary.json", "report.md", "best", "final"):
+        assert (smoke_run / name).exists(), name
+    steps = sorted(p.name for p in (smoke_run / "checkpoints").iterdir())
+    # checkpoint_every 8 over 24 steps, keep_last 2: the last two survive
+    assert steps == ["step-000016", "step-000024"]
+    for s in steps:
+        ck.verify(smoke_run / "checkpoints" / s)
+    for png in ("loss.png", "accuracy.png", "lr.png"):
+        assert (smoke_run / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    assert summary["world_size"] == 1
+    assert summary["steps"] == SMOKE["max_steps"] and summary["stop_reason"] == "max_steps"
+    assert summary["grokking_step"] is None
+    assert len(summary["samples"]) == SMOKE["samples"]
+
+
+def test_metrics_jsonl_contents(smoke_run):
+    records = read_metrics(smoke_run / "metrics.jsonl")
+    train = [r for r in records if "train/loss" in r]
+    evals = [r for r in records if "val/loss" in r]
+    assert [r["step"] for r in train] == list(range(4, 25, 4))  # log_every 4
+    assert [r["step"] for r in evals] == [12, 24]  # eval_every 12 and the end
+    for r in train:
+        for key in (
+            "lr",
+            "grad_norm",
+            "tokens_per_s",
+            "curriculum/stage",
+            "skipped_steps",
+            "grokfast/lambda",
+            "act/steps_mean",
+            "ltm/gate_mean",
+        ):
+            assert key in r, key
+        assert r["train/perplexity"] == pytest.approx(math.exp(r["train/loss"]), rel=1e-12)
+        assert r["skipped_steps"] == 0 and r["grad_norm"] > 0
+    # warmup + cosine, recomputed here from the formula (AdamW groups' base lr = cfg.lr)
+    cfg = build_config("train", "smoke", None, {})
+    w, total, r_min = cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio
+    for r in train:
+        s = r["step"]
+        f = (
+            (s + 1) / w
+            if s < w
+            else r_min + (1 - r_min) * 0.5 * (1 + math.cos(math.pi * (s - w) / (total - w)))
+        )
+        assert r["lr"] == pytest.approx(cfg.lr * f, rel=1e-9)
+        assert r["lr/muon"] == pytest.approx(cfg.muon_lr * f, rel=1e-9)
+    # the curriculum goes foundation -> reasoning -> advanced over fractions 0.3/0.3/0.4
+    stages = [r["curriculum/stage"] for r in train]
+    assert stages == sorted(stages) and stages[0] == 0 and stages[-1] == 2
+    for r in evals:
+        fams = {k: v for k, v in r.items() if k.startswith("val/accuracy/")}
+        assert len(fams) >= 10
+        # equal n per family, so the overall accuracy is the mean over families
+        assert r["val/accuracy"] == pytest.approx(sum(fams.values()) / len(fams))
+
+
+def test_final_loads_with_auto_classes_and_matches_summary(smoke_run, same_weights):
+    import cognate_model  # noqa: F401
+    from cognate_train.data import families_for_stage, make_split
+    from cognate_train.evaluation import val_loss
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    final = smoke_run / "final"
+    model = AutoModelForCausalLM.from_pretrained(final)
+    tok = AutoTokenizer.from_pretrained(final)
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    _, val = make_split(
+        families_for_stage("advanced"), SMOKE["n_train"], SMOKE["n_val"], 0, SMOKE["max_len"]
+    )
+    assert val_loss(model, tok, val, 32, SMOKE["max_len"]) == pytest.approx(
+        summary["final"]["val/loss"], rel=1e-5
+    )
+    # final/ holds the last step's weights (no EMA in the smoke preset)
+    same_weights(final, smoke_run / "checkpoints" / "step-000024")
+
+
+def test_eval_and_generate_commands(smoke_run, capsys):
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(smoke_run / "final"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    assert result["val/loss"] == pytest.approx(summary["final"]["val/loss"], rel=1e-5)
+    assert result["val/accuracy"] == summary["final"]["val/accuracy"]
+    sample = summary["samples"][0]
+    assert (
+        main(
+            [
+                "generate",
+                "--checkpoint",
+                str(smoke_run / "final"),
+                "--prompt",
+                sample["prompt"],
+                "--max-new-tokens",
+                "16",
+            ]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out == sample["prompt"] + sample["generated"] + "\n"
+
+
+def test_resume_after_crash_equals_uninterrupted(smoke_run, tmp_path, monkeypatch, same_weights):
+    out = tmp_path / "run"
+    real_save = trainer_mod.Trainer.save_checkpoint
+    calls = []
+
+    def crash_after_first(self):
+        path = real_save(self)
+        calls.append(path)
+        raise KeyboardInterrupt  # the process dies right after the step-8 checkpoint
+
+    monkeypatch.setattr(trainer_mod.Trainer, "save_checkpoint", crash_after_first)
+    assert main(["train", "--preset", "smoke", "--output-dir", str(out)]) == 130
+    assert [p.name for p in calls] == ["step-000008"] and not (out / "final").exists()
+    monkeypatch.setattr(trainer_mod.Trainer, "save_checkpoint", real_save)
+    assert main(["train", "--preset", "smoke", "--output-dir", str(out)]) == 0
+    same_weights(out / "final", smoke_run / "final")
+    # the resumed run's metrics read like the uninterrupted run's (losses are bit-identical)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rs]  # noqa: E731
+    assert strip(read_metrics(out / "metrics.jsonl")) == strip(
+        read_metrics(smoke_run / "metrics.jsonl")
+    )
+    # the same command once more: nothing to do, the same weights
+    assert main(["train", "--preset", "smoke", "--output-dir", str(out)]) == 0
+    same_weights(out / "final", smoke_run / "final")
+
+
+def test_damaged_newest_checkpoint_is_named_and_skipped(smoke_run, tmp_path, capsys, same_weights):
+    out = tmp_path / "run"
+    shutil.copytree(smoke_run, out)
+    shutil.rmtree(out / "final")
+    victim = out / "checkpoints" / "step-000024" / "model.safetensors"
+    data = bytearray(victim.read_bytes())
+    data[-10] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["train", "--preset", "smoke", "--output-dir", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "step-000024 is damaged: model.safetensors checksum mismatch" in err
+    assert "resumed from" in err and "step-000016" in err
+    # the damaged checkpoint was kept (renamed), not deleted
+    kept = [p for p in (out / "checkpoints").iterdir() if p.name.startswith("step-000024.damaged")]
+    assert len(kept) == 1 and (kept[0] / "model.safetensors").read_bytes() == bytes(data)
+    same_weights(out / "final", smoke_run / "final")
+
+
+def _nan_model_factory(nan_calls):
+    """The real model, with the loss replaced by nan on the forward calls in ``nan_calls``."""
+
+    def factory(tok):
+        model = trainer_mod.build_model("cognate-tiny", "reasoning", tok, SMOKE["max_len"])
+        original = model.forward
+        count = [0]
+
+        def forward(*args, **kwargs):
+            out = original(*args, **kwargs)
+            if kwargs.get("labels") is not None:
+                count[0] += 1
+                if nan_calls is None or count[0] in nan_calls:
+                    out.loss = out.loss * float("nan")
+            return out
+
+        model.forward = forward
+        return model
+
+    return factory
+
+
+def test_nonfinite_step_is_skipped_without_touching_optimizer_state(
+    tmp_path, single_thread, same_weights, load_weights
+):
+    cfg = build_config(
+        "train",
+        "smoke",
+        None,
+        {"max_steps": 4, "checkpoint_every": 1, "keep_last": 4, "eval_every": 100, "samples": 0},
+    )
+    out = tmp_path / "run"
+    t = trainer_mod.Trainer(
+        cfg, "reasoning", out, model_factory=_nan_model_factory({3}), log=lambda m: None
+    )
+    summary = t.run()
+    assert summary["skipped_steps"] == 1 and summary["steps"] == 4
+    before, after = out / "checkpoints" / "step-000002", out / "checkpoints" / "step-000003"
+    same_weights(before, after)
+    sa, sb = ck.load_torch_state(before), ck.load_torch_state(after)
+    for pid, st in sa["optimizer"]["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                assert torch.equal(v, sb["optimizer"]["state"][pid][k]), (pid, k)
+    # step 4 trained normally again
+    w3, w4 = load_weights(after), load_weights(out / "checkpoints" / "step-000004")
+    assert any(not torch.equal(w3[k], w4[k]) for k in w3)
+    assert all(torch.isfinite(v).all() for v in w4.values())
+    records = read_metrics(out / "metrics.jsonl")
+    assert any(r.get("skipped_steps") == 1 for r in records)
+
+
+def test_too_many_nonfinite_steps_stop_the_run(tmp_path, single_thread):
+    cfg = build_config("train", "smoke", None, {"max_nonfinite": 3, "samples": 0})
+    t = trainer_mod.Trainer(
+        cfg,
+        "reasoning",
+        tmp_path / "run",
+        model_factory=_nan_model_factory(None),
+        log=lambda m: None,
+    )
+    with pytest.raises(trainer_mod.TrainingStopped, match="3 non-finite steps in a row"):
+        t.run()
