@@ -167,3 +167,37 @@ def test_bad_input():
         generate_answers(model, tok, ["1+1="], max_new_tokens=0)
     with pytest.raises(ValueError, match="examples"):
         val_loss(model, tok, [], 4, 32)
+
+
+def test_verdicts_do_not_depend_on_the_token_budget():
+    tok = build_tokenizer()
+    examples = _examples()
+    script = {}
+    for i, ex in enumerate(examples):
+        # right; right then a stray character; a prefix; something much longer than the answer
+        script[ex.prompt] = [ex.answer, ex.answer + "7", ex.answer[:1], ex.answer * 4][i % 4]
+    expected = sum(script[ex.prompt] == ex.answer for ex in examples) / len(examples)
+    default = exact_match(ScriptedLM(tok, script), tok, examples)
+    generous = exact_match(ScriptedLM(tok, script), tok, examples, max_new_tokens=40)
+    assert default == generous
+    assert default["accuracy"] == pytest.approx(expected)
+
+
+def test_an_answer_cut_off_by_the_budget_is_not_counted():
+    tok = build_tokenizer()
+    ex = Example("copy", "copy abc:", "abc")
+    model = ScriptedLM(tok, {ex.prompt: "abc"})
+    assert exact_match(model, tok, [ex], max_new_tokens=3)["accuracy"] == 0.0  # no room for <eos>
+    assert exact_match(model, tok, [ex], max_new_tokens=4)["accuracy"] == 1.0
+    assert generate_answers(model, tok, [ex.prompt], max_new_tokens=3) == ["abc"]
+
+
+def test_cognate_model_decodes_the_same_alone_or_batched():
+    from cognate_model import CognateConfig, CognateForCausalLM
+
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    model = CognateForCausalLM(CognateConfig.from_preset("cognate-tiny", vocab_size=len(tok)))
+    prompts = [ex.prompt for ex in _examples()[::4]]
+    batched = generate_answers(model, tok, prompts, max_new_tokens=4, batch_size=64)
+    assert generate_answers(model, tok, prompts, max_new_tokens=4, batch_size=1) == batched

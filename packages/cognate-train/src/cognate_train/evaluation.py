@@ -58,6 +58,52 @@ class _EvalMode:
             self.model.train()
 
 
+def _greedy(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    budgets: Sequence[int],
+    batch_size: int,
+    device: str | torch.device,
+) -> list[tuple[list[int], bool]]:
+    """Greedy decoding of `<bos> prompt` for each prompt: (new token ids before `<eos>`, stopped).
+
+    Prompts are grouped by token length (no padding) and, inside a group, by budget, so a batch
+    runs only as many steps as its largest budget needs; a batch also stops once every row has
+    produced `<eos>`. Each row gets at least its own budget of new tokens.
+    """
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    if bos is None or eos is None:
+        raise ValueError("tokenizer needs bos_token_id and eos_token_id")
+    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, ids in enumerate(encoded):
+        groups[len(ids)].append(i)
+    results: list[tuple[list[int], bool]] = [([], False)] * len(encoded)
+    with _EvalMode(model):
+        for indices in groups.values():
+            indices = sorted(indices, key=lambda i: budgets[i])
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                ids = torch.tensor(
+                    [[bos, *encoded[i]] for i in chunk], dtype=torch.long, device=device
+                )
+                prompt_len = ids.shape[1]
+                done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
+                for _ in range(max(budgets[i] for i in chunk)):
+                    logits = logits_of(model(input_ids=ids, attention_mask=torch.ones_like(ids)))
+                    nxt = logits[:, -1, :].argmax(dim=-1)  # (B,)
+                    ids = torch.cat([ids, nxt[:, None]], dim=1)
+                    done |= nxt == eos
+                    if bool(done.all()):
+                        break
+                for row, i in enumerate(chunk):
+                    new = ids[row, prompt_len:].tolist()
+                    stopped = eos in new
+                    results[i] = (new[: new.index(eos)] if stopped else new, stopped)
+    return results
+
+
 @torch.no_grad()
 def generate_answers(
     model: Any,
@@ -69,46 +115,15 @@ def generate_answers(
 ) -> list[str]:
     """Greedy continuations of `<bos> prompt`, cut at the first `<eos>`, decoded to text.
 
-    Each step feeds the whole sequence (no KV cache needed) and appends argmax of the last
-    position's logits; a batch stops early once every row has produced `<eos>`. Special tokens
-    other than the stopping `<eos>` are decoded literally (e.g. "<pad>"), so they can never make a
-    wrong answer look right. Results come back in the order of `prompts`.
+    Each step feeds the whole sequence (no KV cache needed) and appends the argmax of the last
+    position's logits, for at most `max_new_tokens` steps. Special tokens other than the stopping
+    `<eos>` are decoded literally (e.g. "<pad>"), so they can never make a wrong answer look
+    right. Results come back in the order of `prompts`.
     """
     _check_positive("max_new_tokens", max_new_tokens)
     _check_positive("batch_size", batch_size)
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    if bos is None or eos is None:
-        raise ValueError("tokenizer needs bos_token_id and eos_token_id")
-    if not prompts:
-        return []
-    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    by_length: dict[int, list[int]] = defaultdict(list)
-    for i, ids in enumerate(encoded):
-        by_length[len(ids)].append(i)
-    results: list[str] = [""] * len(encoded)
-    with _EvalMode(model):
-        for indices in by_length.values():
-            for start in range(0, len(indices), batch_size):
-                chunk = indices[start : start + batch_size]
-                ids = torch.tensor(
-                    [[bos, *encoded[i]] for i in chunk], dtype=torch.long, device=device
-                )
-                prompt_len = ids.shape[1]
-                done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
-                for _ in range(max_new_tokens):
-                    mask = torch.ones_like(ids)
-                    logits = logits_of(model(input_ids=ids, attention_mask=mask))
-                    nxt = logits[:, -1, :].argmax(dim=-1)  # (B,)
-                    ids = torch.cat([ids, nxt[:, None]], dim=1)
-                    done |= nxt == eos
-                    if bool(done.all()):
-                        break
-                for row, i in enumerate(chunk):
-                    new = ids[row, prompt_len:].tolist()
-                    if eos in new:
-                        new = new[: new.index(eos)]
-                    results[i] = tokenizer.decode(new, skip_special_tokens=False)
-    return results
+    out = _greedy(model, tokenizer, prompts, [max_new_tokens] * len(prompts), batch_size, device)
+    return [tokenizer.decode(ids, skip_special_tokens=False) for ids, _ in out]
 
 
 @torch.no_grad()
@@ -122,10 +137,11 @@ def exact_match(
 ) -> dict[str, float]:
     """Fraction of examples whose greedy answer equals `answer` exactly, overall and per family.
 
-    accuracy = (1/N) * sum_i [generate(prompt_i) == answer_i]. The default token budget is the
-    longest answer (in tokens) plus one for `<eos>`: a generation that has not stopped by then is
-    longer than every reference answer and so is wrong anyway. Returns {"accuracy": ...,
-    "accuracy/<family>": ... for each family present, "n": N}.
+    accuracy = (1/N) * sum_i [model emits answer_i and then <eos>]. By default each example may
+    generate len(answer_i tokens) + 1 tokens: enough for the answer and its `<eos>`, and a
+    generation that has not stopped by then cannot be right, so a larger budget would change no
+    verdict (it would only cost time). `max_new_tokens` sets one budget for all instead. Returns
+    {"accuracy": ..., "accuracy/<family>": ... for each family present, "n": N}.
     """
     if not examples:
         raise ValueError("examples must not be empty")
@@ -134,19 +150,17 @@ def exact_match(
         answer_ids = tokenizer([ex.answer for ex in examples], add_special_tokens=False)[
             "input_ids"
         ]
-        max_new_tokens = max(len(a) for a in answer_ids) + 1
-    outputs = generate_answers(
-        model, tokenizer, [ex.prompt for ex in examples], max_new_tokens, batch_size, device
-    )
-    correct: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for ex, out in zip(examples, outputs, strict=True):
-        tally = correct[ex.family]
-        tally[0] += int(out == ex.answer)
+        budgets = [len(a) + 1 for a in answer_ids]
+    else:
+        budgets = [_check_positive("max_new_tokens", max_new_tokens)] * len(examples)
+    outputs = _greedy(model, tokenizer, [ex.prompt for ex in examples], budgets, batch_size, device)
+    tallies: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for ex, (ids, stopped) in zip(examples, outputs, strict=True):
+        tally = tallies[ex.family]
+        tally[0] += int(stopped and tokenizer.decode(ids, skip_special_tokens=False) == ex.answer)
         tally[1] += 1
-    result: dict[str, float] = {
-        "accuracy": sum(c for c, _ in correct.values()) / len(examples),
-    }
-    for family, (c, n) in correct.items():
+    result: dict[str, float] = {"accuracy": sum(c for c, _ in tallies.values()) / len(examples)}
+    for family, (c, n) in tallies.items():
         result[f"accuracy/{family}"] = c / n
     result["n"] = len(examples)
     return result
