@@ -1,0 +1,110 @@
+"""Muon against torch.optim.Muon: same arguments, same numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from mugrokfast import Muon
+
+from .conftest import grad_stream
+
+SHAPES = [(8, 8), (8, 8), (12, 4), (4, 12), (8, 8)]  # same shapes share one batched NS call
+
+
+def _run(opt_cls, shapes, steps=5, **kw):
+    torch.manual_seed(1)
+    params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    opt = opt_cls(params, **kw)
+    for grads in grad_stream(shapes, steps, seed=3):
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        opt.step()
+    return params, opt
+
+
+@pytest.mark.parametrize(
+    "adjust_lr_fn", [None, "original", "match_rms_adamw", "spectral_unclamped"]
+)
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_bit_identical_to_torch_muon_with_bf16_ns(adjust_lr_fn, nesterov):
+    kw = dict(lr=0.02, weight_decay=0.1, momentum=0.9, nesterov=nesterov, adjust_lr_fn=adjust_lr_fn)
+    ours, opt = _run(Muon, SHAPES, ns_dtype=torch.bfloat16, **kw)
+    ref, ref_opt = _run(torch.optim.Muon, SHAPES, **kw)
+    for a, b in zip(ours, ref, strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(ours, ref, strict=True):
+        assert torch.equal(opt.state[a]["momentum_buffer"], ref_opt.state[b]["momentum_buffer"])
+
+
+def test_default_fp32_ns_on_cpu_is_close_to_torch():
+    """fp32 NS is the more accurate one; the difference is bf16 rounding of the update."""
+    torch.manual_seed(1)
+    start = [torch.randn(s) for s in SHAPES]
+    ours, _ = _run(Muon, SHAPES, lr=0.02)
+    ref, _ = _run(torch.optim.Muon, SHAPES, lr=0.02)
+    for a, b, p0 in zip(ours, ref, start, strict=True):
+        moved = (b - p0).norm()
+        assert (a - b).norm() < 0.03 * moved
+
+
+def test_conv_kernels_are_flattened_to_out_by_rest():
+    """A (out, in, k, k) kernel behaves exactly as torch's Muon on its (out, in*k*k) view."""
+    shape4 = (6, 3, 2, 2)
+    torch.manual_seed(1)
+    w4 = torch.nn.Parameter(torch.randn(shape4))
+    w2 = torch.nn.Parameter(w4.detach().reshape(6, 12).clone())
+    ours = Muon([w4], lr=0.05, ns_dtype=torch.bfloat16, adjust_lr_fn="match_rms_adamw")
+    ref = torch.optim.Muon([w2], lr=0.05, adjust_lr_fn="match_rms_adamw")
+    for (g,) in grad_stream([shape4], 4):
+        w4.grad, w2.grad = g, g.reshape(6, 12)
+        ours.step()
+        ref.step()
+    assert torch.equal(w4.detach().reshape(6, 12), w2.detach())
+
+
+def test_lr_scheduler_and_closure():
+    p = torch.nn.Parameter(torch.randn(4, 4))
+    opt = Muon([p], lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+
+    def closure():
+        opt.zero_grad()
+        loss = (p**2).sum()
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    sched.step()
+    assert loss.item() > 0 and opt.param_groups[0]["lr"] == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(lr=-1.0), "lr"),
+        (dict(weight_decay=-0.1), "weight_decay"),
+        (dict(momentum=1.0), "momentum"),
+        (dict(ns_coefficients=(1.0, 2.0)), "ns_coefficients"),
+        (dict(eps=0.0), "eps"),
+        (dict(ns_steps=0), "ns_steps"),
+        (dict(adjust_lr_fn="bogus"), "adjust_lr_fn"),
+        (dict(ns_dtype=torch.int32), "ns_dtype"),
+    ],
+)
+def test_bad_hyperparameters_name_the_argument(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Muon([torch.nn.Parameter(torch.randn(3, 3))], **kwargs)
+
+
+def test_vectors_and_sparse_and_complex_are_refused():
+    with pytest.raises(ValueError, match="params"):
+        Muon([torch.nn.Parameter(torch.randn(3))])
+    p = torch.nn.Parameter(torch.randn(3, 3))
+    opt = Muon([p])
+    p.grad = torch.randn(3, 3).to_sparse()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+    c = torch.nn.Parameter(torch.randn(3, 3, dtype=torch.complex64))
+    c.grad = torch.randn(3, 3, dtype=torch.complex64)
+    with pytest.raises(RuntimeError, match="complex"):
+        Muon([c]).step()
