@@ -17,7 +17,9 @@ from cognate_train.data import (
     example_length,
     families_for_stage,
     make_split,
+    read_examples,
     split_by_stage,
+    write_examples,
 )
 from cognate_train.tokenizer import build_tokenizer
 
@@ -311,3 +313,31 @@ def test_batches_are_reproducible_given_rng_free_generators():
         first = [fam.generate(r1) for _ in range(20)]
         random.seed(999)
         assert first == [fam.generate(r2) for _ in range(20)]
+
+
+# ---------------------------------------------------------------- JSON Lines files
+
+
+def test_examples_round_trip_through_jsonl(tmp_path):
+    train, val = make_split(["word_problem", "recall"], n_train=20, n_val=5, seed=0)
+    write_examples(tmp_path / "train.jsonl", train + val)
+    assert read_examples(tmp_path / "train.jsonl") == train + val
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", ":2: not valid JSON"),
+        ('["copy", "a", "b"]', ":2: expected an object"),
+        ('{"family": "copy", "prompt": "a"}', ":2: expected an object"),
+        ('{"family": "copy", "prompt": "a", "answer": 3}', ":2: answer must be a string"),
+        ('{"family": "copy", "prompt": "", "answer": "x"}', ":2: prompt must not be empty"),
+    ],
+)
+def test_read_examples_names_the_bad_row(tmp_path, line, message):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"family": "copy", "prompt": "copy ab:", "answer": "ab"}\n' + line + "\n")
+    with pytest.raises(ValueError, match=message):
+        read_examples(path)
+    with pytest.raises(ValueError, match="cannot read"):
+        read_examples(tmp_path / "missing.jsonl")

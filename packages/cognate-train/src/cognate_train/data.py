@@ -21,9 +21,11 @@ resumes exactly there.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,7 +41,9 @@ __all__ = [
     "example_length",
     "families_for_stage",
     "make_split",
+    "read_examples",
     "split_by_stage",
+    "write_examples",
 ]
 
 IGNORE_INDEX = -100
@@ -143,7 +147,47 @@ def make_split(
 
 def split_by_stage(train: Sequence[Example]) -> dict[str, list[Example]]:
     """Per-stage training sets from one pool: stage s gets the examples of `families_for_stage(s)`."""
-    return {s: [ex for ex in train if ex.family in set(families_for_stage(s))] for s in STAGES}
+    allowed = {s: set(families_for_stage(s)) for s in STAGES}
+    return {s: [ex for ex in train if ex.family in allowed[s]] for s in STAGES}
+
+
+def write_examples(path: str | Path, examples: Sequence[Example]) -> None:
+    """Write examples as JSON Lines, one `{"family", "prompt", "answer"}` object a line."""
+    with open(path, "w", encoding="utf-8") as f:
+        for ex in examples:
+            f.write(json.dumps(asdict(ex), ensure_ascii=False) + "\n")
+
+
+def read_examples(path: str | Path) -> list[Example]:
+    """Read examples written by `write_examples` (or by hand), validating every row.
+
+    A bad row raises ValueError naming the file and line: not JSON, not an object, a missing
+    or non-string field, unknown fields, or an empty prompt. Blank lines are skipped.
+    """
+    fields = {"family", "prompt", "answer"}
+    examples = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read examples ({exc})") from None
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or set(row) != fields:
+            raise ValueError(
+                f"{path}:{n}: expected an object with exactly the keys {sorted(fields)}"
+            )
+        bad = [k for k in sorted(fields) if not isinstance(row[k], str)]
+        if bad:
+            raise ValueError(f"{path}:{n}: {bad[0]} must be a string")
+        if not row["prompt"]:
+            raise ValueError(f"{path}:{n}: prompt must not be empty")
+        examples.append(Example(row["family"], row["prompt"], row["answer"]))
+    return examples
 
 
 def _special_id(tokenizer: Any, attr: str) -> int:
