@@ -139,6 +139,14 @@ def test_validation_does_not_depend_on_train_size():
     assert not {ex.prompt for ex in train_big} & {ex.prompt for ex in val_big}
 
 
+def test_a_family_gets_the_same_examples_whatever_else_is_in_the_split():
+    # adding a family to a stage must not reshuffle the data of the others
+    alone_train, alone_val = make_split(["recall"], n_train=30, n_val=10, seed=9)
+    mixed_train, mixed_val = make_split(["sort", "recall", "copy"], n_train=30, n_val=10, seed=9)
+    assert [ex for ex in mixed_train if ex.family == "recall"] == alone_train
+    assert [ex for ex in mixed_val if ex.family == "recall"] == alone_val
+
+
 def test_max_len_bounds_every_example():
     train, val = make_split(
         ["recall_long", "word_problem"], n_train=200, n_val=20, seed=0, max_len=40
