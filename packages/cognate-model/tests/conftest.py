@@ -22,5 +22,11 @@ def make_tiny() -> Callable[..., CognateForCausalLM]:
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_one_thread():
+    """Seeded, single-threaded: these tensors are tiny, and on a loaded 2-core machine
+    intra-op threads contend (100x slower matmuls measured). Restored after each test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)

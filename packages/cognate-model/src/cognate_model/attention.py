@@ -49,10 +49,9 @@ def rotary_cos_sin(
     Rotary encodes position by rotating each pair (x_i, x_{i+d/2}) by angle t * theta^(-2i/d),
     so q_t . k_s depends on t - s only: padding on the left does not change real tokens' scores.
     """
-    inv_freq = 1.0 / (
-        theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
-    )
-    t = torch.arange(seq_len, device=device, dtype=torch.float32)
+    work = torch.promote_types(dtype, torch.float32)  # float64 models get float64 angles
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=work) / head_dim))
+    t = torch.arange(seq_len, device=device, dtype=work)
     angles = torch.outer(t, inv_freq)  # (T, head_dim/2)
     return angles.cos().to(dtype), angles.sin().to(dtype)
 

@@ -200,6 +200,8 @@ class CognateConfig(PretrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.ltm_chunk_size < 2:
+            raise ValueError(f"ltm_chunk_size must be >= 2, got {self.ltm_chunk_size!r}")
         if self.d_model % self.n_heads != 0:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"

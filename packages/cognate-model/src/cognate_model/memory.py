@@ -63,8 +63,8 @@ def linear_scan(log_a: Tensor, b: Tensor, chunk_size: int = 32) -> Tensor:
     O(B * T * C * chunk_size), depth is O(log T / log chunk_size) Python-level recursion levels,
     independent of the decay values.
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if chunk_size < 2:
+        raise ValueError(f"chunk_size must be >= 2, got {chunk_size}")
     log_a, b = torch.broadcast_tensors(log_a, b)
     bsz, T, C = b.shape
     if T <= chunk_size:
@@ -137,10 +137,11 @@ class LongTermMemory(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """x: (B, T, d_model) -> (M (B, T, d_model), m (B, T, d_memory), final state (B, d_memory)).
 
-        The scan runs in float32 whatever the autocast dtype: with a near 1 the decays need it.
+        The scan runs in float32 or wider whatever the autocast dtype: decays near 1 need it.
         """
-        u = self.down(x).float()  # (B, T, Cm)
-        logit = self.decay_logit.float()
+        scan_dtype = torch.promote_types(x.dtype, torch.float32)
+        u = self.down(x).to(scan_dtype)  # (B, T, Cm)
+        logit = self.decay_logit.to(scan_dtype)
         log_a = F.logsigmoid(logit).expand_as(u)  # log a
         b = torch.sigmoid(-logit) * u  # (1 - a) u
         if attention_mask is not None:  # padding: a = 1, no input
@@ -148,7 +149,7 @@ class LongTermMemory(nn.Module):
             log_a = log_a * keep
             b = b * keep
         if state is not None:  # fold the incoming state into the first step: h_0 = a_0 s + b_0
-            first = b[:, :1] + torch.exp(log_a[:, :1]) * state.float()[:, None, :]
+            first = b[:, :1] + torch.exp(log_a[:, :1]) * state.to(scan_dtype)[:, None, :]
             b = torch.cat((first, b[:, 1:]), dim=1)
         m = linear_scan(log_a, b, self.chunk_size)
         return self.up(m.to(x.dtype)), m, m[:, -1]

@@ -68,9 +68,11 @@ class CognateCausalLMOutput(ModelOutput):
     logits: (B, T, V) from the final answer y_C (with ACT halting at inference: per-token).
     lm_loss: next-token CE of `logits` alone (what perplexity and validation should use).
     cycle_losses: (C+1,) CE of y_0..y_C. act_steps: (B, T) cycles each token used.
+    halt_probs: (C, B, T) halting probability of each token after each cycle.
     act_steps_mean / act_steps_std: over real (non-padding) tokens. ponder_cost: mean expected
     cycles. ltm_gate_mean: mean g (weight of the attention path; 1 - g is memory usage).
     memory_norm: mean L2 norm of m_t. memory_state: (B, Cm) final LTM state.
+    hidden_states (with output_hidden_states): the recursion's answers (y_0, ..., y_C).
     metrics: plain floats keyed "act/...", "ltm/...", "trm/..." for the trainer's logs.
     """
 
@@ -79,6 +81,7 @@ class CognateCausalLMOutput(ModelOutput):
     lm_loss: Tensor | None = None
     cycle_losses: Tensor | None = None
     act_steps: Tensor | None = None
+    halt_probs: Tensor | None = None
     act_steps_mean: Tensor | None = None
     act_steps_std: Tensor | None = None
     ponder_cost: Tensor | None = None
@@ -326,6 +329,7 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         if steps is not None:
             stepsf = steps.float()
             out.act_steps = steps
+            out.halt_probs = torch.sigmoid(rec.halt_logits.detach())
             out.act_steps_mean = masked_mean(stepsf, real)
             out.act_steps_std = masked_std(stepsf, real)
             out.ponder_cost = masked_mean(expected_steps(rec.halt_logits.detach()), real)
@@ -342,7 +346,8 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         """No KV cache: every step re-reads the whole prefix (metrics off)."""
         return {"input_ids": input_ids, "attention_mask": attention_mask, "return_metrics": False}
 
-    def _supports_default_dynamic_cache(self) -> bool:  # no KV cache to build
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:  # no KV cache to build
         return False
 
 
