@@ -198,6 +198,6 @@ def test_cognate_model_decodes_the_same_alone_or_batched():
     torch.manual_seed(0)
     tok = build_tokenizer()
     model = CognateForCausalLM(CognateConfig.from_preset("cognate-tiny", vocab_size=len(tok)))
-    prompts = [ex.prompt for ex in _examples()[::7]]  # 6 prompts over 3 families
-    batched = generate_answers(model, tok, prompts, max_new_tokens=3, batch_size=64)
-    assert generate_answers(model, tok, prompts, max_new_tokens=3, batch_size=1) == batched
+    prompts = [ex.prompt for ex in _examples()[::9]]  # 4 prompts over 3 families
+    batched = generate_answers(model, tok, prompts, max_new_tokens=2, batch_size=64)
+    assert generate_answers(model, tok, prompts, max_new_tokens=2, batch_size=1) == batched
