@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from mugrokfast import Muon
@@ -108,3 +110,18 @@ def test_vectors_and_sparse_and_complex_are_refused():
     c.grad = torch.randn(3, 3, dtype=torch.complex64)
     with pytest.raises(RuntimeError, match="complex"):
         Muon([c]).step()
+
+
+def test_loads_a_torch_muon_state_dict_and_continues_identically():
+    shapes = [(6, 4), (4, 6)]
+    ref, ref_opt = _run(torch.optim.Muon, shapes, steps=3, lr=0.02)
+    ours = [torch.nn.Parameter(p.detach().clone()) for p in ref]
+    opt = Muon(ours, lr=0.02, ns_dtype=torch.bfloat16)
+    opt.load_state_dict(copy.deepcopy(ref_opt.state_dict()))  # no ns_dtype: our default fills it
+    assert opt.param_groups[0]["ns_dtype"] == torch.bfloat16
+    for grads in grad_stream(shapes, 3, seed=7):
+        for p, q, g in zip(ours, ref, grads, strict=True):
+            p.grad, q.grad = g, g.clone()
+        opt.step()
+        ref_opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(ours, ref, strict=True))

@@ -87,3 +87,17 @@ def test_custom_parameters_and_frozen_params():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         param_groups(TinyLM(), **kwargs)
+
+
+def test_multihead_attention_projections_go_to_muon():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok = nn.Embedding(10, 8)
+            self.attn = nn.MultiheadAttention(8, 2)
+            self.head = nn.Linear(8, 10, bias=False)
+
+    m = Block()
+    groups = param_groups(m)
+    assert _ids(groups, True) == {id(m.attn.in_proj_weight), id(m.attn.out_proj.weight)}
+    assert id(m.attn.in_proj_bias) in _ids(groups, False)

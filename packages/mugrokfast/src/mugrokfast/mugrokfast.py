@@ -217,6 +217,14 @@ class MuGrokfast(Optimizer):
 
     # ------------------------------------------------------------------------------- state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # also runs in load_state_dict: fill options missing from older/foreign state dicts
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("use_muon", all(p.ndim >= 2 for p in group["params"]))
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         dtypes = saved_state_dtypes(state_dict)
         super().load_state_dict(state_dict)

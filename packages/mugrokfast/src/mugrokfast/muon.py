@@ -208,6 +208,13 @@ class Muon(Optimizer):
                     "(send vectors such as biases and norm gains to AdamW)"
                 )
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # also runs in load_state_dict: fill options a torch.optim.Muon state dict lacks
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
         """Perform one Muon step; ``closure`` re-evaluates the loss (optional)."""

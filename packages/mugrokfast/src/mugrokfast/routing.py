@@ -17,7 +17,9 @@ Those go to AdamW. Rules, first match wins, each parameter listed once even when
 4. the output head's parameters -> AdamW. The head is ``head=`` (a module, a module name, or a
    list of them), else detected: a Linear whose weight is shared with an embedding, or the
    last Linear whose ``out_features`` equals some embedding's ``num_embeddings``;
-5. weights of ``nn.Linear`` and ``nn.Conv{1,2,3}d``/``nn.ConvTranspose{1,2,3}d`` -> Muon;
+5. weights of ``nn.Linear``, ``nn.Conv{1,2,3}d``/``nn.ConvTranspose{1,2,3}d`` and the input
+   projections of ``nn.MultiheadAttention`` (``in_proj_weight`` or ``q/k/v_proj_weight``;
+   its ``out_proj`` is an ``nn.Linear``) -> Muon;
 6. anything else (parameters of custom modules, e.g. learned initial states) -> AdamW.
 """
 
@@ -28,7 +30,12 @@ from typing import Any
 
 from torch import Tensor, nn
 
-MUON_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
+# module type -> names of its parameters that are hidden weight matrices
+MUON_WEIGHTS: dict[type[nn.Module], tuple[str, ...]] = {
+    nn.Linear: ("weight",),
+    nn.modules.conv._ConvNd: ("weight",),
+    nn.MultiheadAttention: ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"),
+}
 EMBEDDING_MODULES: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
 
 Route = Callable[[str, nn.Parameter, nn.Module], "bool | None"]
@@ -67,6 +74,10 @@ def _detect_heads(model: nn.Module, head: Any) -> set[int]:
     if sized:
         heads.add(id(sized[-1]))
     return heads
+
+
+def _is_hidden_weight(module: nn.Module, p_name: str) -> bool:
+    return any(isinstance(module, cls) and p_name in names for cls, names in MUON_WEIGHTS.items())
 
 
 def param_groups(
@@ -117,9 +128,8 @@ def param_groups(
                 if use is None:
                     use = (
                         p.ndim >= 2
-                        and isinstance(module, MUON_MODULES)
                         and id(module) not in heads
-                        and p is getattr(module, "weight", None)
+                        and _is_hidden_weight(module, p_name)
                     )
             if use and p.ndim < 2:
                 raise ValueError(f"muon: {name} has shape {tuple(p.shape)}; Muon needs >= 2 dims")
