@@ -229,3 +229,42 @@ def test_too_many_nonfinite_steps_stop_the_run(tmp_path, single_thread):
     )
     with pytest.raises(trainer_mod.TrainingStopped, match="3 non-finite steps in a row"):
         t.run()
+
+
+def test_modes_resume_mid_supervision_with_ema_and_accumulation(
+    tmp_path, monkeypatch, single_thread, same_weights
+):
+    """Deep supervision (2 steps a batch), grad accumulation, weight EMA and grokking-aware
+    evaluation together; a crash after the step-3 checkpoint (mid-way through a batch's
+    supervision steps) and a restart still end bit-identical to an uninterrupted run."""
+    args = ["train", "--preset", "smoke", "--max-steps", "8", "--checkpoint-every", "3", "--eval-every", "4",
+            "--supervision-steps", "2", "--grad-accum", "2", "--ema-decay", "0.9", "--grokking-aware",
+            "--samples", "0"]  # fmt: skip
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    assert main([*args, "--output-dir", str(ref)]) == 0
+    records = read_metrics(ref / "metrics.jsonl")
+    evals = [r for r in records if "val/loss" in r]
+    assert [r["step"] for r in evals] == [4, 8]
+    assert all(0.0 <= r["train/accuracy"] <= 1.0 and "grokking/gap" in r for r in evals)
+    # final/ holds the EMA weights, the step checkpoint the raw ones
+    fin, raw = load_file_dir(ref / "final"), load_file_dir(ref / "checkpoints" / "step-000008")
+    assert any(not torch.equal(fin[k], raw[k]) for k in fin)
+
+    real_save = trainer_mod.Trainer.save_checkpoint
+
+    def crash_after_first(self):
+        real_save(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_mod.Trainer, "save_checkpoint", crash_after_first)
+    assert main([*args, "--output-dir", str(out)]) == 130
+    monkeypatch.setattr(trainer_mod.Trainer, "save_checkpoint", real_save)
+    assert main([*args, "--output-dir", str(out)]) == 0
+    same_weights(out / "final", ref / "final")
+    same_weights(out / "checkpoints" / "step-000008", ref / "checkpoints" / "step-000008")
+
+
+def load_file_dir(d):
+    from safetensors.torch import load_file
+
+    return load_file(str(d / "model.safetensors"))

@@ -80,15 +80,40 @@ def plot_run(
 
     fig, ax = plt.subplots(figsize=(7, 4))
     xs, ys = _series(records, "train/accuracy")
+    few = len(xs) <= 30  # markers keep sparse evaluations visible
     if xs:
-        ax.plot(xs, ys, label="train accuracy", color="tab:blue", linewidth=2)
+        ax.plot(
+            xs,
+            ys,
+            label="train accuracy",
+            color="tab:blue",
+            linewidth=2,
+            marker="o" if few else None,
+            markersize=3,
+        )
     xs, ys = _series(records, "val/accuracy")
+    few = len(xs) <= 30
     if xs:
-        ax.plot(xs, ys, label="val accuracy", color="tab:orange", linewidth=2)
+        ax.plot(
+            xs,
+            ys,
+            label="val accuracy",
+            color="tab:orange",
+            linewidth=2,
+            marker="o" if few else None,
+            markersize=4,
+        )
     families = sorted({k for r in records for k in r if k.startswith("val/accuracy/")})
     for key in families:
         fx, fy = _series(records, key)
-        ax.plot(fx, fy, label=key.split("/", 2)[2], linewidth=0.8, alpha=0.6)
+        ax.plot(
+            fx,
+            fy,
+            label=key.split("/", 2)[2],
+            linewidth=0.8,
+            alpha=0.6,
+            marker="." if few else None,
+        )
     _mark_grokking(ax, grokking_step)
     if converged_step is not None:
         ax.axvline(
@@ -111,9 +136,14 @@ def plot_run(
 
     fig, ax = plt.subplots(figsize=(7, 4))
     xs, ys = _series(records, "lr")
-    ax.plot(xs, ys, color="tab:blue", label="learning rate")
+    ax.plot(xs, ys, color="tab:blue", label="lr (AdamW groups)")
+    mx, my = _series(records, "lr/muon")
+    if mx:
+        ax.plot(mx, my, color="tab:purple", linestyle="--", label="lr (Muon groups)")
+        ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate", color="tab:blue")
+    ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
     lx, ly = _series(records, "grokfast/lambda")
     if lx:

@@ -262,6 +262,7 @@ class Trainer:
         self.ckpt = ck.CheckpointManager(self.out, cfg.keep_last, self.fingerprint)
         self.current_batches: list[dict[str, torch.Tensor]] = []
         self.data_at_draw: dict[str, Any] = self.dataset.state_dict()
+        self.draw_stage = STAGE_NAMES[0]
 
     # ------------------------------------------------------------------------ checkpoints
 
@@ -291,6 +292,7 @@ class Trainer:
             "detector": self.detector.state_dict(),
             "data": self.dataset.state_dict(),
             "data_at_draw": self.data_at_draw,
+            "draw_stage": self.draw_stage,
             "python_rng": list(random.getstate()),
         }
         ck.save_json(directory / "trainer_state.json", trainer_state)
@@ -339,9 +341,8 @@ class Trainer:
         if self.state.step % sup != 0:
             # mid-way through a batch's supervision steps: redraw that batch
             self.dataset.load_state_dict(ts["data_at_draw"])
-            self.current_batches = self._draw(
-                stage_at(self.state.step, self.total_steps, self.cfg.stage_fractions)
-            )
+            self.draw_stage = ts["draw_stage"]
+            self.current_batches = self._draw(self.draw_stage)
         self.dataset.load_state_dict(ts["data"])
         version, internal, gauss = ts["python_rng"]
         random.setstate((version, tuple(internal), gauss))
@@ -549,6 +550,7 @@ class Trainer:
                 stage = stage_at(self.state.step, self.total_steps, cfg.stage_fractions)
                 if self.state.step % sup == 0 or not self.current_batches:
                     self.data_at_draw = self.dataset.state_dict()
+                    self.draw_stage = stage
                     self.current_batches = self._draw(stage)
                 res = self.train_step(self.current_batches)
                 self.state.step += 1
