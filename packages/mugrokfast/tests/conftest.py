@@ -37,7 +37,7 @@ class TinyLM(nn.Module):
 
 def lm_loss(model: nn.Module, seed: int, vocab: int = 13) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, vocab, (4, 6), generator=g)
+    x = torch.randint(0, vocab, (4, 6), generator=g).to(next(model.parameters()).device)
     return nn.functional.cross_entropy(model(x).flatten(0, 1), x.roll(1, dims=1).flatten())
 
 

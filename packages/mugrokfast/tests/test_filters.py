@@ -202,3 +202,17 @@ def test_core_does_not_modify_inputs_and_bf16_history_is_close():
         for t, ref in enumerate(paper_ma([s[k] for s in stream], 3, 5.0)):
             # bf16 keeps 8 mantissa bits: the mean is within ~2^-8 relative of the fp32 one
             torch.testing.assert_close(outs[t][k], ref, rtol=2e-2, atol=3e-2)
+
+
+def test_gradfilter_ma_is_bit_identical_to_a_plain_python_mean():
+    """The reference computes sum(list) / len(list) in the gradient dtype; so do we."""
+    model = _two_param_model()
+    shapes = [p.shape for p in model.parameters()]
+    stream = grad_stream(shapes, 9)
+    outs, _ = _model_stream(model, stream, gradfilter_ma, window_size=3, lamb=5.0)
+    for k in range(len(shapes)):
+        for t in range(len(stream)):
+            window = [s[k] for s in stream[max(0, t - 2) : t + 1]]
+            g = stream[t][k]
+            expect = g + (sum(window) / len(window)) * 5.0 if len(window) == 3 else g
+            assert torch.equal(outs[t][k], expect)

@@ -55,7 +55,7 @@ def check_grad(grad: Tensor, who: str = "Grokfast") -> None:
 
 @torch.no_grad()
 def gradfilter_ema(
-    m: nn.Module,
+    model: nn.Module,
     grads: dict[str, Tensor] | None = None,
     alpha: float = 0.98,
     lamb: float = 2.0,
@@ -70,7 +70,7 @@ def gradfilter_ema(
         raise ValueError(f"alpha must be in [0, 1] (got {alpha})")
     if grads is None:
         grads = {}
-    for n, p in m.named_parameters():
+    for n, p in model.named_parameters():
         if not (p.requires_grad and p.grad is not None):
             continue
         g = p.grad.detach()
@@ -84,7 +84,7 @@ def gradfilter_ema(
 
 @torch.no_grad()
 def gradfilter_ma(
-    m: nn.Module,
+    model: nn.Module,
     grads: dict[str, deque] | None = None,
     window_size: int = 100,
     lamb: float = 5.0,
@@ -106,7 +106,7 @@ def gradfilter_ma(
         raise ValueError(f"filter_type must be 'mean' or 'sum' (got {filter_type!r})")
     if grads is None:
         grads = {}
-    for n, p in m.named_parameters():
+    for n, p in model.named_parameters():
         if not (p.requires_grad and p.grad is not None):
             continue
         g = p.grad.detach()

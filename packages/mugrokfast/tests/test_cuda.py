@@ -1,0 +1,56 @@
+"""CUDA: same algorithm as on CPU (bf16 NS by default there), resume bit-identical.
+
+Skipped on machines without a GPU."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from mugrokfast import MuGrokfast, param_groups
+
+from .conftest import TinyLM, lm_loss
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _train(model, opt, steps, start=0):
+    for t in range(start, start + steps):
+        opt.zero_grad()
+        lm_loss(model, t).backward()
+        opt.step()
+
+
+@cuda
+def test_cuda_matches_cpu_and_resumes_bit_identically():
+    kw = dict(grokfast="dual", grokfast_window=3, grokfast_history_dtype=torch.bfloat16,
+              ns_dtype=torch.float32)  # fmt: skip
+    cpu = TinyLM()
+    gpu = copy.deepcopy(cpu).cuda()
+    _train(cpu, MuGrokfast(param_groups(cpu), **kw), 5)
+    opt = MuGrokfast(param_groups(gpu), **kw)
+    _train(gpu, opt, 5)
+    for a, b in zip(cpu.parameters(), gpu.parameters(), strict=True):
+        torch.testing.assert_close(a, b.cpu(), rtol=1e-3, atol=1e-3)
+    assert opt.state[gpu.fc1.weight]["grokfast_ma_buffer"].dtype == torch.bfloat16
+    # resume on the GPU
+    resumed = copy.deepcopy(gpu)
+    sd = copy.deepcopy(opt.state_dict())
+    _train(gpu, opt, 3, start=5)
+    opt2 = MuGrokfast(param_groups(resumed), **kw)
+    opt2.load_state_dict(sd)
+    _train(resumed, opt2, 3, start=5)
+    assert all(
+        torch.equal(a, b) for a, b in zip(gpu.parameters(), resumed.parameters(), strict=True)
+    )
+
+
+@cuda
+def test_default_ns_dtype_on_cuda_is_bf16_and_close_to_fp32():
+    model = TinyLM().cuda()
+    ref = copy.deepcopy(model)
+    _train(model, MuGrokfast(param_groups(model), grokfast=None), 3)
+    _train(ref, MuGrokfast(param_groups(ref), grokfast=None, ns_dtype=torch.float32), 3)
+    for a, b in zip(model.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
