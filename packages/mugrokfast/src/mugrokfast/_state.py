@@ -1,8 +1,9 @@
-"""Helpers shared by the optimizers: keep filter history dtypes across ``load_state_dict``."""
+"""Helpers shared by the optimizers: closures, and history dtypes across ``load_state_dict``."""
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,3 +38,11 @@ def restore_state_dtypes(
     for (pid, key), dtype in dtypes.items():
         st = optimizer.state[id_map[pid]]
         st[key] = st[key].to(dtype)
+
+
+def run_closure(closure: Callable[[], Any] | None) -> Any:
+    """Evaluate a ``step(closure)`` closure with grad enabled (``step`` itself runs in no_grad)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()

@@ -48,6 +48,15 @@ def check_grad(grad: Tensor, who: str = "Grokfast") -> None:
         )
 
 
+def params_with_grad(group: dict[str, Any], who: str) -> tuple[list[Tensor], list[Tensor]]:
+    """The group's params that have a gradient, and those gradients (checked)."""
+    params = [p for p in group["params"] if p.grad is not None]
+    grads = [p.grad for p in params]
+    for g in grads:
+        check_grad(g, who)
+    return params, grads
+
+
 # --------------------------------------------------------------------------------------------
 # Reference-compatible functional API
 # --------------------------------------------------------------------------------------------
@@ -274,3 +283,35 @@ def grokfast_filter(
                 for i, t in zip(fresh, added, strict=True):
                     out[i] = t
     return out
+
+
+def filter_group(group: dict[str, Any], grads: list[Tensor], states: list[dict]) -> list[Tensor]:
+    """:func:`grokfast_filter` with the hyperparameters stored in a param group."""
+    return grokfast_filter(
+        grads,
+        states,
+        filter=group["grokfast"],
+        alpha=group["grokfast_alpha"],
+        lamb=group["grokfast_lambda"],
+        window=group["grokfast_window"],
+        ma_lamb=group["grokfast_ma_lambda"],
+        warmup_steps=group["grokfast_warmup_steps"],
+        history_dtype=group["grokfast_history_dtype"],
+    )
+
+
+def set_grokfast_lambda(
+    param_groups: list[dict[str, Any]], lamb: float, ma_lamb: float | None = None
+) -> None:
+    """Write ``grokfast_lambda`` into every group (also ``grokfast_ma_lambda`` for "ma" groups,
+    whose only amplification it is, unless ``ma_lamb`` sets that of every group)."""
+    if not lamb >= 0.0:
+        raise ValueError(f"lamb must be >= 0 (got {lamb!r})")
+    if ma_lamb is not None and not ma_lamb >= 0.0:
+        raise ValueError(f"ma_lamb must be >= 0 (got {ma_lamb!r})")
+    for group in param_groups:
+        group["grokfast_lambda"] = float(lamb)
+        if ma_lamb is not None:
+            group["grokfast_ma_lambda"] = float(ma_lamb)
+        elif group["grokfast"] == "ma":
+            group["grokfast_ma_lambda"] = float(lamb)

@@ -27,9 +27,14 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.adamw import adamw as _adamw
 
-from ._state import restore_state_dtypes, saved_state_dtypes
-from .filters import check_grad, grokfast_filter, validate_filter_args
-from .muon import muon_step, validate_muon_args
+from ._state import restore_state_dtypes, run_closure, saved_state_dtypes
+from .filters import (
+    filter_group,
+    params_with_grad,
+    set_grokfast_lambda,
+    validate_filter_args,
+)
+from .muon import muon_group_options, muon_step, validate_muon_args
 from .newton_schulz import DEFAULT_NS_COEFFICIENTS, DEFAULT_NS_EPS
 
 _FILTER_NAMES = (
@@ -192,16 +197,7 @@ class MuGrokfast(Optimizer):
         ``"ma"`` alone have no EMA term, so there it also sets ``grokfast_ma_lambda``; pass
         ``ma_lamb`` to set ``grokfast_ma_lambda`` of every group explicitly.
         """
-        if not lamb >= 0.0:
-            raise ValueError(f"lamb must be >= 0 (got {lamb!r})")
-        if ma_lamb is not None and not ma_lamb >= 0.0:
-            raise ValueError(f"ma_lamb must be >= 0 (got {ma_lamb!r})")
-        for group in self.param_groups:
-            group["grokfast_lambda"] = float(lamb)
-            if ma_lamb is not None:
-                group["grokfast_ma_lambda"] = float(ma_lamb)
-            elif group["grokfast"] == "ma":
-                group["grokfast_ma_lambda"] = float(lamb)
+        set_grokfast_lambda(self.param_groups, lamb, ma_lamb)
 
     @classmethod
     def from_preset(
@@ -235,29 +231,13 @@ class MuGrokfast(Optimizer):
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
         """One step: filter the raw gradients, then Muon or AdamW per group."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            params, grads = params_with_grad(group, "MuGrokfast")
             if not params:
                 continue
-            grads = [p.grad for p in params]
-            for g in grads:
-                check_grad(g, "MuGrokfast")
             states = [self.state[p] for p in params]
-            grads = grokfast_filter(
-                grads,
-                states,
-                filter=group["grokfast"],
-                alpha=group["grokfast_alpha"],
-                lamb=group["grokfast_lambda"],
-                window=group["grokfast_window"],
-                ma_lamb=group["grokfast_ma_lambda"],
-                warmup_steps=group["grokfast_warmup_steps"],
-                history_dtype=group["grokfast_history_dtype"],
-            )
+            grads = filter_group(group, grads, states)
             if group["use_muon"]:
                 self._muon(group, params, grads, states)
             else:
@@ -269,20 +249,8 @@ class MuGrokfast(Optimizer):
         for p, st in zip(params, states, strict=True):
             if "momentum_buffer" not in st:
                 st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        muon_step(
-            params,
-            grads,
-            [st["momentum_buffer"] for st in states],
-            lr=group["lr"],
-            weight_decay=group["weight_decay"],
-            momentum=group["momentum"],
-            nesterov=group["nesterov"],
-            ns_coefficients=group["ns_coefficients"],
-            ns_steps=group["ns_steps"],
-            eps=group["ns_eps"],
-            adjust_lr_fn=group["adjust_lr_fn"],
-            ns_dtype=group["ns_dtype"],
-        )
+        bufs = [st["momentum_buffer"] for st in states]
+        muon_step(params, grads, bufs, **muon_group_options(group, eps_key="ns_eps"))
 
     @staticmethod
     def _adamw(group: dict, params: list[Tensor], grads: list[Tensor], states: list[dict]):

@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .filters import check_grad
+from ._state import run_closure
+from .filters import params_with_grad
 from .newton_schulz import (
     DEFAULT_NS_COEFFICIENTS,
     DEFAULT_NS_EPS,
@@ -94,6 +95,14 @@ def validate_muon_args(
         isinstance(ns_dtype, torch.dtype) and ns_dtype.is_floating_point
     ):
         raise ValueError(f"{names[7]} must be None or a floating torch.dtype (got {ns_dtype!r})")
+
+
+def muon_group_options(group: dict[str, Any], eps_key: str = "eps") -> dict[str, Any]:
+    """The keyword arguments of :func:`muon_step` read from a param group."""
+    keys = ("weight_decay", "momentum", "nesterov", "ns_coefficients", "ns_steps", "adjust_lr_fn")
+    return {"lr": group["lr"], "eps": group[eps_key], "ns_dtype": group["ns_dtype"]} | {
+        k: group[k] for k in keys
+    }
 
 
 @torch.no_grad()
@@ -218,36 +227,14 @@ class Muon(Optimizer):
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
         """Perform one Muon step; ``closure`` re-evaluates the loss (optional)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
-            params, grads, bufs = [], [], []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                check_grad(p.grad, "Muon")
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(
-                        p.grad, memory_format=torch.preserve_format
+            params, grads = params_with_grad(group, "Muon")
+            for p in params:
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format
                     )
-                params.append(p)
-                grads.append(p.grad)
-                bufs.append(state["momentum_buffer"])
-            muon_step(
-                params,
-                grads,
-                bufs,
-                lr=group["lr"],
-                weight_decay=group["weight_decay"],
-                momentum=group["momentum"],
-                nesterov=group["nesterov"],
-                ns_coefficients=group["ns_coefficients"],
-                ns_steps=group["ns_steps"],
-                eps=group["eps"],
-                adjust_lr_fn=group["adjust_lr_fn"],
-                ns_dtype=group["ns_dtype"],
-            )
+            bufs = [self.state[p]["momentum_buffer"] for p in params]
+            muon_step(params, grads, bufs, **muon_group_options(group))
         return loss

@@ -18,7 +18,13 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from .filters import check_grad, grokfast_filter, validate_filter_args
+from ._state import run_closure
+from .filters import (
+    filter_group,
+    params_with_grad,
+    set_grokfast_lambda,
+    validate_filter_args,
+)
 
 _NAMES = ("filter", "alpha", "lamb", "window_size", "ma_lamb", "warmup_steps", "history_dtype")
 _KEYS = (
@@ -91,42 +97,17 @@ class Grokfast(Optimizer):
 
     def set_grokfast_lambda(self, lamb: float, ma_lamb: float | None = None) -> None:
         """Same contract as :meth:`mugrokfast.MuGrokfast.set_grokfast_lambda`."""
-        if not lamb >= 0.0:
-            raise ValueError(f"lamb must be >= 0 (got {lamb!r})")
-        if ma_lamb is not None and not ma_lamb >= 0.0:
-            raise ValueError(f"ma_lamb must be >= 0 (got {ma_lamb!r})")
-        for group in self.param_groups:
-            group["grokfast_lambda"] = float(lamb)
-            if ma_lamb is not None:
-                group["grokfast_ma_lambda"] = float(ma_lamb)
-            elif group["grokfast"] == "ma":
-                group["grokfast_ma_lambda"] = float(lamb)
+        set_grokfast_lambda(self.param_groups, lamb, ma_lamb)
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
         """Filter every ``p.grad`` in place, then step the base optimizer (closure run once)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            params, grads = params_with_grad(group, "Grokfast")
             if not params or group["grokfast"] is None:
                 continue
-            grads = [p.grad for p in params]
-            for g in grads:
-                check_grad(g, "Grokfast")
-            filtered = grokfast_filter(
-                grads,
-                [self.state[p] for p in params],
-                filter=group["grokfast"],
-                alpha=group["grokfast_alpha"],
-                lamb=group["grokfast_lambda"],
-                window=group["grokfast_window"],
-                ma_lamb=group["grokfast_ma_lambda"],
-                warmup_steps=group["grokfast_warmup_steps"],
-                history_dtype=group["grokfast_history_dtype"],
-            )
+            filtered = filter_group(group, grads, [self.state[p] for p in params])
             changed = [(g, f) for g, f in zip(grads, filtered, strict=True) if f is not g]
             if changed:
                 torch._foreach_copy_([g for g, _ in changed], [f for _, f in changed])
