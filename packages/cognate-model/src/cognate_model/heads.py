@@ -45,7 +45,8 @@ class ACTHead(nn.Module):
         self.proj = HaltingLinear(d_model, 1)
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.proj(self.norm(z)).squeeze(-1).float()
+        logit = self.proj(self.norm(z)).squeeze(-1)
+        return logit.to(torch.promote_types(logit.dtype, torch.float32))
 
 
 def shift_labels(labels: Tensor) -> Tensor:
@@ -54,10 +55,10 @@ def shift_labels(labels: Tensor) -> Tensor:
 
 
 def token_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean CE over positions whose target is not -100 (0 if there are none). fp32."""
+    """Mean CE over positions whose target is not -100 (0 if there are none), in >= fp32."""
     valid = targets != IGNORE_INDEX
     ce = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
+        logits.to(torch.promote_types(logits.dtype, torch.float32)).reshape(-1, logits.shape[-1]),
         targets.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="sum",

@@ -252,6 +252,7 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         if unexpected:
             raise TypeError(f"unexpected arguments to forward: {sorted(unexpected)}")
         cfg = self.config
+        _check_input_ids(input_ids, cfg)
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(
                 f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
@@ -293,8 +294,9 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         terms: dict[str, Tensor] = {}
         if labels is not None:
             targets = shift_labels(labels)
-            if attention_mask is not None:
-                targets = targets.masked_fill(~shift_labels(attention_mask).bool(), IGNORE_INDEX)
+            if attention_mask is not None:  # neither the position nor its target is padding
+                pad = ~(attention_mask.bool() & (shift_labels(attention_mask) == 1))
+                targets = targets.masked_fill(pad, IGNORE_INDEX)
             valid = targets != IGNORE_INDEX
             weights = cfg.supervision_weights()
             cycle_ce, correct = [], []
