@@ -271,6 +271,7 @@ def train_run(
     threads: int = 1,
     device: str = "cpu",
     log_every: int = 0,
+    time_limit: float | None = None,
 ) -> dict[str, Any]:
     """Train one (optimizer, seed) run; return the run record of the JSON schema."""
     torch.set_num_threads(threads)
@@ -289,7 +290,7 @@ def train_run(
         torch.cuda.reset_peak_memory_stats(dev)
 
     curve: list[list[float]] = []  # [step, train_acc, val_acc, train_loss, val_loss]
-    step, t0 = 0, time.perf_counter()
+    step, t0, stop_reason = 0, time.perf_counter(), "max_steps"
     n_train, n_val = train_data.shape[1], val_data.shape[1]
     while step < max_steps:
         train_data = train_data[:, torch.randperm(n_train).to(dev)]
@@ -315,10 +316,15 @@ def train_run(
         row = [step, acc_sum / n_train, v_acc / n_val, loss_sum / n_train, v_loss / n_val]
         curve.append([row[0]] + [round(v, 5) for v in row[1:]])
         if not all(math.isfinite(v) for v in row[3:]):
+            stop_reason = "non_finite_loss"
             break
         if log_every and step % log_every < 10:
             print(f"[{name} s{seed}] step {step} train {row[1]:.3f} val {row[2]:.3f}", flush=True)
         if stop_at is not None and row[1] >= stop_at and row[2] >= stop_at:
+            stop_reason = "stop_at"
+            break
+        if time_limit is not None and time.perf_counter() - t0 > time_limit:
+            stop_reason = "time_limit"
             break
     wall = time.perf_counter() - t0
     if dev.type == "cuda":
@@ -333,6 +339,7 @@ def train_run(
         "steps_to_99": milestone(curve, 2, 0.99),
         "train_steps_to_99": milestone(curve, 1, 0.99),
         "steps_run": step,
+        "stop_reason": stop_reason,
         "final_val_acc": curve[-1][2] if curve else None,
         "wall_s": round(wall, 2),
         "s_per_step": round(wall / max(step, 1), 5),
@@ -344,7 +351,15 @@ def train_run(
 
 
 def _run_job(job: tuple) -> dict[str, Any]:
-    return train_run(*job)
+    """One run in a worker process; a failure becomes a record with ``error`` (not a lost sweep)."""
+    try:
+        return train_run(*job)
+    except Exception as exc:  # reported in the JSON and on stdout, never silently dropped
+        name, seed = job[0], job[1]
+        return {"optimizer": name, "seed": seed, "hp": job[2], "error": repr(exc),
+                "steps_to_95": None, "steps_to_99": None, "train_steps_to_99": None,
+                "steps_run": 0, "stop_reason": "error", "wall_s": 0.0, "s_per_step": 0.0,
+                "peak_mem_mb": None, "curve": []}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- results
@@ -402,7 +417,8 @@ def plot(runs: list[dict[str, Any]], path: str, title: str = "") -> None:
 
     by: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
-        by.setdefault(r["optimizer"], []).append(r)
+        if r["curve"]:
+            by.setdefault(r["optimizer"], []).append(r)
     fig, ax = plt.subplots(figsize=(8, 5))
     for name, rs in by.items():
         # A finished run holds its last value (runs stop early once train and val reach --stop-at).
@@ -495,7 +511,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (one process each)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--log-every", type=int, default=0, help="print progress every N steps")
+    ap.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="end a run after this many seconds (its record says stop_reason)",
+    )
     ap.add_argument("--out", default=None, help="results JSON (a PNG plot is written next to it)")
+    ap.add_argument(
+        "--reuse",
+        nargs="*",
+        default=[],
+        metavar="JSON",
+        help="take identical runs (optimizer, seed, hp, max-steps, stop-at) from these "
+        "result files instead of training them again",
+    )
     ap.add_argument(
         "--plot",
         nargs="+",
@@ -533,16 +563,50 @@ def main(argv: list[str] | None = None) -> int:
     overrides = parse_hp(args.hp)
     hps = {n: {**OPTIMIZERS[n]["hp"], **overrides.get(n, {})} for n in names}
     jobs = [
-        (n, s, hps[n], args.max_steps, args.stop_at, args.threads, args.device, args.log_every)
+        (
+            n,
+            s,
+            hps[n],
+            args.max_steps,
+            args.stop_at,
+            args.threads,
+            args.device,
+            args.log_every,
+            args.time_limit,
+        )
         for n in names
         for s in seeds
     ]
 
+    # --reuse: a run with the same optimizer, seed, hyperparameters, max_steps and stop_at is
+    # deterministic (same seed -> same RNG stream and arithmetic), so it is taken from an
+    # earlier result file instead of being trained again; it keeps its wall time and says so.
+    reused: dict[tuple, dict[str, Any]] = {}
+    for path in args.reuse:
+        with open(path) as f:
+            old = json.load(f)
+        for r in old["runs"]:
+            if "error" in r or old.get("max_steps") != args.max_steps:
+                continue
+            if old.get("stop_at") != args.stop_at:
+                continue
+            key = (r["optimizer"], r["seed"], json.dumps(r["hp"], sort_keys=True))
+            reused[key] = {**r, "reused_from": {"file": path, "command": old.get("command")}}
+    todo, runs = [], []
+    for job in jobs:
+        key = (job[0], job[1], json.dumps(job[2], sort_keys=True))
+        (runs if key in reused else todo).append(reused.get(key, job))
+    for r in runs:
+        print(f"{r['optimizer']:16s} seed {r['seed']:3d}: reused from {r['reused_from']['file']}")
+
     # One fresh process per run: clean peak-memory figures and no state shared between runs.
     ctx = mp.get_context("spawn")
     with ctx.Pool(max(1, args.jobs), maxtasksperchild=1) as pool:
-        runs = []
-        for r in pool.imap(_run_job, jobs):
+        for r in pool.imap(_run_job, todo):
+            if "error" in r:
+                print(f"{r['optimizer']} seed {r['seed']}: ERROR {r['error']}", flush=True)
+                runs.append(r)
+                continue
             print(
                 f"{r['optimizer']:16s} seed {r['seed']:3d}: 95% at {r['steps_to_95']}, 99% at "
                 f"{r['steps_to_99']}, train 99% at {r['train_steps_to_99']}, {r['steps_run']} "
@@ -550,6 +614,8 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             runs.append(r)
+    order = {(n, s): i for i, (n, s) in enumerate((j[0], j[1]) for j in jobs)}
+    runs.sort(key=lambda r: order[(r["optimizer"], r["seed"])])
     summary = summarize(runs)
     print_table(summary)
     if args.out:

@@ -1,0 +1,429 @@
+"""Step cost of the optimizers: time per ``step()`` and state memory, as ratios in one run.
+
+Parameters are random tensors with the shapes (and the Muon/AdamW routing) of a real model,
+with fixed random gradients; only ``optimizer.step()`` is timed. Shape sets:
+
+- ``cognate-25m``: the parameters of ``CognateForCausalLM(CognateConfig.from_preset("cognate-25m"))``
+  (built on the meta device, routed with ``mugrokfast.param_groups``); if ``cognate_model`` cannot
+  be imported, a documented stand-in list (see ``COGNATE_25M_FALLBACK``).
+- ``gpt2-small``: GPT-2 small's shapes (vocab 50257 x 768 tied embedding, 1024 x 768 positions,
+  per layer: qkv 2304 x 768, proj 768 x 768, fc 3072 x 768, fc-proj 768 x 3072, LayerNorms and
+  biases), ``--gpt2-layers`` layers (12 in GPT-2 small; fewer on a CPU, where Newton-Schulz on 48
+  matrices takes tens of seconds per step: the per-layer cost is the same).
+
+Comparisons (each a ratio against its baseline, timed interleaved, median of ``--reps``):
+
+1. ``MuGrokfast`` (grokfast None / ema / ma / dual) vs ``torch.optim.Muon`` (hidden matrices) +
+   ``torch.optim.AdamW(foreach=True)`` (the rest), same lr, wd and Newton-Schulz dtype (bf16,
+   torch's only choice); MA with ``--ma-window`` (memory: window x numel floats).
+2. ``Grokfast(AdamW, "ema")`` vs the reference style (a dict of EMA tensors updated per parameter
+   before ``AdamW.step()``, as in ironjr/grokfast's ``gradfilter_ema``), on every parameter.
+3. MA step time at windows 10, 100, 200: ``Grokfast(AdamW, "ma")`` (ring buffer + running sum) and
+   the reference style (a deque re-summed every step), on the first hidden matrices only, up to
+   ``--ma-params`` parameters (a full 25M model at window 200 would need 20 GB).
+
+    python benchmarks/optimizer_step.py --out benchmarks/results/optimizer_step.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import mugrokfast
+import torch
+
+Shape = tuple[tuple[int, ...], bool]  # (shape, use_muon)
+
+# Stand-in for the Cognate 25M model when cognate_model is not importable: a tied 32768 x 320
+# embedding and 8 blocks of attention (q, k, v, o: 320 x 320) + SwiGLU MLP (1280 x 320 twice,
+# 320 x 1280) with two RMSNorm gains, plus a final norm.
+COGNATE_25M_FALLBACK: list[Shape] = (
+    [((32768, 320), False)]
+    + [((320, 320), True)] * 4 * 8
+    + [((1280, 320), True), ((1280, 320), True), ((320, 1280), True)] * 8
+    + [((320,), False)] * (2 * 8 + 1)
+)
+
+
+def cognate_shapes() -> tuple[list[Shape], str]:
+    try:
+        from cognate_model import CognateConfig, CognateForCausalLM
+
+        with torch.device("meta"):
+            model = CognateForCausalLM(CognateConfig.from_preset("cognate-25m"))
+        shapes: list[Shape] = []
+        for group in mugrokfast.param_groups(model):
+            shapes += [(tuple(p.shape), bool(group["use_muon"])) for p in group["params"]]
+        return (
+            shapes,
+            "CognateForCausalLM(CognateConfig.from_preset('cognate-25m')), mugrokfast.param_groups",
+        )
+    except Exception as exc:  # the model package may be missing or mid-change
+        return COGNATE_25M_FALLBACK, f"fallback shape list ({type(exc).__name__}: {exc})"
+
+
+def gpt2_shapes(n_layers: int) -> list[Shape]:
+    d, v = 768, 50257
+    layer = [
+        ((d,), False), ((d,), False),  # ln_1
+        ((3 * d, d), True), ((3 * d,), False),  # qkv
+        ((d, d), True), ((d,), False),  # attn proj
+        ((d,), False), ((d,), False),  # ln_2
+        ((4 * d, d), True), ((4 * d,), False),  # fc
+        ((d, 4 * d), True), ((d,), False),  # fc proj
+    ]  # fmt: skip
+    return [((v, d), False), ((1024, d), False)] + layer * n_layers + [((d,), False)] * 2
+
+
+def make_params(
+    shapes: list[Shape], seed: int = 0
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    muon, rest = [], []
+    for shape, use_muon in shapes:
+        p = torch.nn.Parameter(torch.randn(shape, generator=g) * 0.02)
+        p.grad = torch.randn(shape, generator=g) * 1e-3
+        (muon if use_muon else rest).append(p)
+    return muon, rest
+
+
+# ----------------------------------------------------------------------------- steppers
+LR, MUON_LR, WD, BETAS = 1e-3, 0.02, 0.01, (0.9, 0.95)
+
+
+class Stepper:
+    """Something with ``step()`` and a list of optimizers whose state we measure."""
+
+    def __init__(self, step: Callable[[], None], opts: list[Any], extra_state: Any = None) -> None:
+        self.step, self.opts, self.extra_state = step, opts, extra_state
+
+
+def torch_muon_adamw(muon: list, rest: list) -> Stepper:
+    m = torch.optim.Muon(muon, lr=MUON_LR, weight_decay=WD)
+    a = torch.optim.AdamW(rest, lr=LR, betas=BETAS, weight_decay=WD, foreach=True)
+
+    def step() -> None:
+        m.step()
+        a.step()
+
+    return Stepper(step, [m, a])
+
+
+def mugrokfast_stepper(muon: list, rest: list, grokfast: str | None, window: int) -> Stepper:
+    opt = mugrokfast.MuGrokfast(
+        [{"params": muon, "use_muon": True}, {"params": rest, "use_muon": False}],
+        lr=LR, betas=BETAS, weight_decay=WD, muon_lr=MUON_LR, ns_dtype=torch.bfloat16,
+        grokfast=grokfast, grokfast_window=window, foreach=True,
+    )  # fmt: skip
+    return Stepper(opt.step, [opt])
+
+
+def adamw(params: list) -> torch.optim.AdamW:
+    return torch.optim.AdamW(params, lr=LR, betas=BETAS, weight_decay=WD, foreach=True)
+
+
+def wrapper_stepper(params: list, filt: str, window: int = 100) -> Stepper:
+    opt = mugrokfast.Grokfast(adamw(params), filter=filt, window_size=window)
+    return Stepper(opt.step, [opt])
+
+
+def reference_ema_stepper(params: list, alpha: float = 0.98, lamb: float = 2.0) -> Stepper:
+    """The reference's gradfilter_ema, over a list instead of named_parameters (same work)."""
+    base = adamw(params)
+    grads: dict[int, torch.Tensor] = {}
+    raw = {id(p): p.grad for p in params}
+
+    def step() -> None:
+        for p in params:
+            p.grad = raw[id(p)]  # the benchmark's fixed gradient (the reference rewrites p.grad)
+            h = grads.get(id(p))
+            h = p.grad.detach() if h is None else h
+            grads[id(p)] = h * alpha + p.grad.detach() * (1 - alpha)
+            p.grad = p.grad + grads[id(p)] * lamb
+        base.step()
+
+    return Stepper(step, [base], grads)
+
+
+def reference_ma_stepper(params: list, window: int, lamb: float = 5.0) -> Stepper:
+    """The reference's gradfilter_ma: a deque of past gradients, re-summed every step."""
+    base = adamw(params)
+    hist: dict[int, collections.deque] = {id(p): collections.deque(maxlen=window) for p in params}
+    raw = {id(p): p.grad for p in params}
+
+    def step() -> None:
+        for p in params:
+            p.grad = raw[id(p)]
+            # the reference appends p.grad itself; the clone stands for the fresh grad tensor
+            # a real backward pass allocates every step
+            hist[id(p)].append(p.grad.detach().clone())
+            if len(hist[id(p)]) == window:
+                p.grad = p.grad + sum(hist[id(p)]) / window * lamb
+        base.step()
+
+    return Stepper(step, [base], hist)
+
+
+# ----------------------------------------------------------------------------- measuring
+def tensor_bytes(obj: Any, seen: set[int]) -> int:
+    if isinstance(obj, torch.Tensor):
+        if id(obj) in seen or obj.device.type == "meta":
+            return 0
+        seen.add(id(obj))
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple, collections.deque)):
+        return sum(tensor_bytes(v, seen) for v in obj)
+    return 0
+
+
+def state_mb(s: Stepper) -> float:
+    seen: set[int] = set()
+    total = 0
+    for opt in s.opts:
+        total += tensor_bytes(opt.state, seen)
+        base = getattr(opt, "base_optimizer", None)
+        if base is not None:
+            total += tensor_bytes(base.state, seen)
+    total += tensor_bytes(s.extra_state, seen)
+    return total / 2**20
+
+
+def time_steppers(
+    makers: dict[str, Callable[[], Stepper]], reps: int, steps: int, warmup: int
+) -> dict[str, dict[str, Any]]:
+    """Build each stepper, warm it up, then time ``steps`` steps per rep, interleaved."""
+    steppers = {}
+    out: dict[str, dict[str, Any]] = {}
+    for name, make in makers.items():
+        s = make()
+        for _ in range(warmup):
+            s.step()
+        steppers[name] = s
+        out[name] = {"state_mb": round(state_mb(s), 2), "times_ms": []}
+    for _ in range(reps):
+        for name, s in steppers.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                s.step()
+            out[name]["times_ms"].append((time.perf_counter() - t0) / steps * 1e3)
+    for v in out.values():
+        v["median_ms"] = round(statistics.median(v["times_ms"]), 3)
+        v["times_ms"] = [round(t, 3) for t in v["times_ms"]]
+    steppers.clear()
+    gc.collect()
+    return out
+
+
+def add_ratios(res: dict[str, dict[str, Any]], base: str) -> None:
+    for v in res.values():
+        v["ratio_vs_" + base] = round(v["median_ms"] / res[base]["median_ms"], 3)
+        v["extra_state_mb_vs_" + base] = round(v["state_mb"] - res[base]["state_mb"], 2)
+
+
+def bench_shape_set(name: str, shapes: list[Shape], args: argparse.Namespace) -> dict[str, Any]:
+    muon, rest = make_params(shapes)
+    n_muon, n_rest = sum(p.numel() for p in muon), sum(p.numel() for p in rest)
+    print(
+        f"[{name}] {len(muon)} Muon matrices ({n_muon / 1e6:.2f}M), {len(rest)} AdamW params "
+        f"({n_rest / 1e6:.2f}M)",
+        flush=True,
+    )
+    w = args.ma_window
+    makers = {
+        "torch Muon+AdamW": lambda: torch_muon_adamw(muon, rest),
+        "MuGrokfast(None)": lambda: mugrokfast_stepper(muon, rest, None, w),
+        "MuGrokfast(ema)": lambda: mugrokfast_stepper(muon, rest, "ema", w),
+        f"MuGrokfast(ma, w={w})": lambda: mugrokfast_stepper(muon, rest, "ma", w),
+        f"MuGrokfast(dual, w={w})": lambda: mugrokfast_stepper(muon, rest, "dual", w),
+    }
+    # MA/dual amplify only once the window is full: warm up past it.
+    muon_res = time_steppers(makers, args.reps, args.steps, warmup=w + 1)
+    add_ratios(muon_res, "torch Muon+AdamW")
+    print_table(muon_res)
+
+    params = muon + rest
+    wrap_res = time_steppers(
+        {
+            "AdamW": lambda: Stepper(adamw(params).step, []),
+            "reference-style EMA + AdamW": lambda: reference_ema_stepper(params),
+            "Grokfast(AdamW, ema)": lambda: wrapper_stepper(params, "ema"),
+        },
+        args.reps, args.steps * 3, warmup=2,
+    )  # fmt: skip
+    add_ratios(wrap_res, "reference-style EMA + AdamW")
+    print_table(wrap_res)
+
+    sub, n_sub = [], 0
+    for p in muon:  # hidden matrices, in model order, up to --ma-params parameters
+        if n_sub >= args.ma_params:
+            break
+        sub.append(p)
+        n_sub += p.numel()
+    ma_makers: dict[str, Callable[[], Stepper]] = {}
+    for win in (10, 100, 200):
+        ma_makers[f"Grokfast(AdamW, ma, w={win})"] = lambda win=win: wrapper_stepper(sub, "ma", win)
+    for win in (10, 100, 200):
+        ma_makers[f"reference-style MA w={win}"] = lambda win=win: reference_ma_stepper(sub, win)
+    ma_res = time_steppers(ma_makers, args.reps, args.steps * 3, warmup=201)
+    add_ratios(ma_res, "Grokfast(AdamW, ma, w=10)")
+    print_table(ma_res)
+    return {
+        "n_muon_params": n_muon,
+        "n_adamw_params": n_rest,
+        "n_tensors": len(shapes),
+        "ma_subset": {"n_tensors": len(sub), "n_params": sum(p.numel() for p in sub)},
+        "muon_vs_torch": muon_res,
+        "wrapper_vs_reference": wrap_res,
+        "ma_window": ma_res,
+    }
+
+
+def print_table(res: dict[str, dict[str, Any]]) -> None:
+    for name, v in res.items():
+        ratio = next((v[k] for k in v if k.startswith("ratio_vs_")), None)
+        print(
+            f"  {name:34s} {v['median_ms']:10.2f} ms  x{ratio}  state {v['state_mb']:.1f} MB",
+            flush=True,
+        )
+
+
+def goals(sets: dict[str, Any], window: int) -> dict[str, Any]:
+    out = {}
+    for name, r in sets.items():
+        ema = r["muon_vs_torch"]["MuGrokfast(ema)"]["ratio_vs_torch Muon+AdamW"]
+        wrap = r["wrapper_vs_reference"]["Grokfast(AdamW, ema)"][
+            "ratio_vs_reference-style EMA + AdamW"
+        ]
+        ma = r["ma_window"]["Grokfast(AdamW, ma, w=200)"]["ratio_vs_Grokfast(AdamW, ma, w=10)"]
+        out[name] = {
+            "MuGrokfast(ema) / torch Muon+AdamW": ema,
+            "goal <= 1.10": ema <= 1.10,
+            "Grokfast wrapper / reference style": wrap,
+            "goal <= 1.0": wrap <= 1.0,
+            "MA w=200 / w=10": ma,
+            "goal <= 1.6": ma <= 1.6,
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sets", default="cognate-25m,gpt2-small", help="comma list of shape sets")
+    ap.add_argument("--gpt2-layers", type=int, default=2, help="GPT-2 small has 12")
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=2, help="steps per timed repetition")
+    ap.add_argument("--ma-window", type=int, default=10, help="MA window for the MuGrokfast rows")
+    ap.add_argument(
+        "--ma-params",
+        type=float,
+        default=1e6,
+        help="parameters (first hidden matrices) in the MA-window test",
+    )
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None, help="JSON (a .md table is written next to it)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+
+    sets: dict[str, Any] = {}
+    for name in [s.strip() for s in args.sets.split(",") if s.strip()]:
+        if name == "cognate-25m":
+            shapes, source = cognate_shapes()
+        elif name == "tiny":  # a smoke test of this script, seconds
+            shapes, source = (
+                [((64, 32), False), ((32, 32), True), ((64, 32), True), ((32,), False)],
+                "tiny smoke-test set",
+            )
+        elif name == "gpt2-small":
+            shapes, source = (
+                gpt2_shapes(args.gpt2_layers),
+                f"GPT-2 small shapes, {args.gpt2_layers} layers",
+            )
+        else:
+            print(f"error: --sets: unknown shape set {name!r}", file=sys.stderr)
+            return 2
+        sets[name] = {"source": source, **bench_shape_set(name, shapes, args)}
+    result = {
+        "command": "python " + " ".join([os.path.relpath(__file__)] + (argv or sys.argv[1:])),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "threads": args.threads,
+            "device": "cpu",
+        },
+        "settings": {
+            "lr": LR,
+            "muon_lr": MUON_LR,
+            "weight_decay": WD,
+            "betas": BETAS,
+            "ns_dtype": "bfloat16 (torch.optim.Muon's; MuGrokfast given ns_dtype=torch.bfloat16)",
+            "reps": args.reps,
+            "steps_per_rep": args.steps,
+            "ma_window": args.ma_window,
+            "timing": "median over reps of the mean step time; configs interleaved within a rep",
+        },  # fmt: skip
+        "goals": goals(sets, args.ma_window),
+        "sets": sets,
+    }
+    print(json.dumps(result["goals"], indent=1))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+        md = os.path.splitext(args.out)[0] + ".md"
+        with open(md, "w") as f:
+            f.write(markdown(result))
+        print(f"wrote {args.out} and {md}")
+    return 0
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "# Optimizer step cost",
+        "",
+        f"`{result['command']}`  ",
+        f"{result['date']}, torch {result['torch']}, {result['machine']['platform']}, "
+        f"{result['machine']['threads']} thread(s), CPU. Median of {result['settings']['reps']} "
+        "interleaved repetitions.",
+        "",
+    ]
+    for name, r in result["sets"].items():
+        lines += [
+            f"## {name}",
+            "",
+            f"Shapes: {r['source']}; {r['n_muon_params'] / 1e6:.2f}M Muon "
+            f"params, {r['n_adamw_params'] / 1e6:.2f}M AdamW params.",
+            "",
+        ]
+        for key in ("muon_vs_torch", "wrapper_vs_reference", "ma_window"):
+            res = r[key]
+            ratio_key = next(k for k in next(iter(res.values())) if k.startswith("ratio_vs_"))
+            lines += [
+                f"| optimizer | step ms | {ratio_key.replace('_', ' ')} | state MB |",
+                "|---|---:|---:|---:|",
+            ]
+            for opt, v in res.items():
+                lines.append(
+                    f"| {opt} | {v['median_ms']:.2f} | {v[ratio_key]:.3f} | {v['state_mb']:.1f} |"
+                )
+            lines.append("")
+    lines += ["## Goals", "", "```", json.dumps(result["goals"], indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
