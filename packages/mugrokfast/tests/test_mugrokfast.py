@@ -267,3 +267,13 @@ def test_sparse_and_complex_grads_raise_clearly():
     c.grad = torch.randn(3, dtype=torch.complex64)
     with pytest.raises(RuntimeError, match="complex"):
         MuGrokfast([c]).step()
+
+
+def test_a_refused_group_is_not_added():
+    model = TinyLM()
+    opt = MuGrokfast([model.fc1.weight])
+    with pytest.raises(ValueError, match="grokfast_window"):
+        opt.add_param_group({"params": [model.fc2.weight], "grokfast_window": 0})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": [model.fc2.weight]})  # still possible with valid options
+    assert len(opt.param_groups) == 2

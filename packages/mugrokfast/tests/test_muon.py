@@ -125,3 +125,14 @@ def test_loads_a_torch_muon_state_dict_and_continues_identically():
         opt.step()
         ref_opt.step()
     assert all(torch.equal(p, q) for p, q in zip(ours, ref, strict=True))
+
+
+def test_generator_params_and_refused_groups():
+    a, b = torch.nn.Parameter(torch.randn(3, 3)), torch.nn.Parameter(torch.randn(2, 4))
+    opt = Muon(p for p in [a])
+    assert opt.param_groups[0]["params"] == [a]
+    with pytest.raises(ValueError, match="momentum"):
+        opt.add_param_group({"params": (p for p in [b]), "momentum": 2.0})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": (p for p in [b])})
+    assert opt.param_groups[1]["params"] == [b]

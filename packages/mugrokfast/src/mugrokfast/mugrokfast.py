@@ -134,8 +134,6 @@ class MuGrokfast(Optimizer):
             foreach=foreach,
         )
         self._validate(defaults | {"use_muon": False})
-        if not 0.0 <= muon_lr:
-            raise ValueError(f"muon_lr must be >= 0 (got {muon_lr!r})")
         super().__init__(params, defaults)
 
     # ---------------------------------------------------------------- groups and validation
@@ -149,6 +147,8 @@ class MuGrokfast(Optimizer):
             raise ValueError(f"betas must be two floats in [0, 1) (got {b!r})")
         if not g["eps"] >= 0.0:
             raise ValueError(f"eps must be >= 0 (got {g['eps']!r})")
+        if not 0.0 <= g["muon_lr"]:
+            raise ValueError(f"muon_lr must be >= 0 (got {g['muon_lr']!r})")
         if not isinstance(g["use_muon"], bool):
             raise ValueError(f"use_muon must be a bool (got {g['use_muon']!r})")
         if not isinstance(g["nesterov"], bool):
@@ -187,8 +187,8 @@ class MuGrokfast(Optimizer):
                     )
             if "lr" not in group:
                 group["lr"] = group.get("muon_lr", self.defaults["muon_lr"])
+        self._validate(self.defaults | group)  # before torch stores the group
         super().add_param_group(group)
-        self._validate(self.param_groups[-1])
 
     def set_grokfast_lambda(self, lamb: float, ma_lamb: float | None = None) -> None:
         """Set the amplification of every group (e.g. boost it when grokking stalls).

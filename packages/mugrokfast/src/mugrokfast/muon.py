@@ -37,6 +37,11 @@ from .newton_schulz import (
 )
 
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw", "spectral_unclamped")
+# group keys in validate_muon_args order
+_ARG_KEYS = (
+    "lr", "weight_decay", "momentum", "ns_coefficients", "eps", "ns_steps", "adjust_lr_fn",
+    "ns_dtype",
+)  # fmt: skip
 
 
 def adjust_lr(lr: float, adjust_lr_fn: str | None, shape: tuple[int, ...]) -> float:
@@ -198,24 +203,18 @@ class Muon(Optimizer):
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        g = self.param_groups[-1]
-        validate_muon_args(
-            g["lr"],
-            g["weight_decay"],
-            g["momentum"],
-            g["ns_coefficients"],
-            g["eps"],
-            g["ns_steps"],
-            g["adjust_lr_fn"],
-            g["ns_dtype"],
-        )
-        for p in g["params"]:
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)  # may be a generator
+        param_group = param_group | {"params": params}
+        g = self.defaults | param_group  # validate before torch stores the group
+        validate_muon_args(*(g[k] for k in _ARG_KEYS))
+        for p in params:
             if p.ndim < 2:
                 raise ValueError(
                     f"params: Muon needs parameters with >= 2 dims; got shape {tuple(p.shape)} "
                     "(send vectors such as biases and norm gains to AdamW)"
                 )
+        super().add_param_group(param_group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # also runs in load_state_dict: fill options a torch.optim.Muon state dict lacks

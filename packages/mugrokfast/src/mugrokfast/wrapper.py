@@ -84,16 +84,16 @@ class Grokfast(Optimizer):
             self._fill_group(group)
 
     def _fill_group(self, group: dict[str, Any]) -> None:
-        for key, value in self._filter_defaults.items():
-            group.setdefault(key, value)
-        validate_filter_args(*(group[k] for k in _KEYS), names=_KEYS)
+        filled = self._filter_defaults | group
+        validate_filter_args(*(filled[k] for k in _KEYS), names=_KEYS)
+        group.update(filled)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if not hasattr(self, "base_optimizer"):  # called from Optimizer.__init__
             super().add_param_group(param_group)
             return
+        self._fill_group(param_group)  # validate (and fill) before the base stores it
         self.base_optimizer.add_param_group(param_group)
-        self._fill_group(self.param_groups[-1])
 
     def set_grokfast_lambda(self, lamb: float, ma_lamb: float | None = None) -> None:
         """Same contract as :meth:`mugrokfast.MuGrokfast.set_grokfast_lambda`."""
