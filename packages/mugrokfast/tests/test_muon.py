@@ -136,3 +136,18 @@ def test_generator_params_and_refused_groups():
     assert len(opt.param_groups) == 1
     opt.add_param_group({"params": (p for p in [b])})
     assert opt.param_groups[1]["params"] == [b]
+
+
+def test_same_shaped_matrices_share_one_newton_schulz_call(monkeypatch):
+    import mugrokfast.muon as muon_mod
+
+    calls = []
+    real = muon_mod.zeropower_via_newtonschulz
+
+    def spy(G, *args, **kwargs):
+        calls.append(tuple(G.shape))
+        return real(G, *args, **kwargs)
+
+    monkeypatch.setattr(muon_mod, "zeropower_via_newtonschulz", spy)
+    _run(Muon, SHAPES + [(2, 2, 3, 2)], steps=1)  # the kernel flattens to (2, 12)
+    assert sorted(calls) == sorted([(3, 8, 8), (12, 4), (4, 12), (2, 12)])

@@ -101,7 +101,11 @@ class Grokfast(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
-        """Filter every ``p.grad`` in place, then step the base optimizer (closure run once)."""
+        """Filter every ``p.grad`` in place, then step the base optimizer.
+
+        A ``closure`` is evaluated once, before filtering; optimizers that call their closure
+        several times per step (LBFGS) are not supported.
+        """
         loss = run_closure(closure)
         for group in self.param_groups:
             params, grads = params_with_grad(group, "Grokfast")
