@@ -268,3 +268,28 @@ def load_file_dir(d):
     from safetensors.torch import load_file
 
     return load_file(str(d / "model.safetensors"))
+
+
+def test_early_stopping_stops_after_patience_evaluations(tmp_path, single_thread):
+    out = tmp_path / "run"
+    # an improvement of 100 nats is impossible: the 2nd evaluation cannot improve, patience 1
+    args = ["train", "--preset", "smoke", "--eval-every", "4", "--early-stopping-patience", "1",
+            "--min-delta", "100", "--samples", "0", "--output-dir", str(out)]  # fmt: skip
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stop_reason"] == "early_stopping" and summary["steps"] == 8
+    assert ck.verify(out / "best")["step"] == 4  # the first evaluation is the best one
+    assert ck.verify(out / "checkpoints" / "step-000008")["step"] == 8  # saved where it stopped
+
+
+def test_epochs_set_the_number_of_steps(tmp_path):
+    cfg = build_config("train", "smoke", None, {"epochs": 2.0, "grad_accum": 2})
+    t = trainer_mod.Trainer(cfg, "reasoning", tmp_path, log=lambda m: None)
+    t._setup()
+    from cognate_train.data import families_for_stage
+
+    n_final_stage = SMOKE["n_train"] * len(
+        families_for_stage("advanced")
+    )  # every family's train split
+    per_epoch = n_final_stage // SMOKE["batch_size"] // 2  # optimizer steps per epoch (accum 2)
+    assert t.total_steps == 2 * per_epoch

@@ -122,7 +122,9 @@ class GrokConfig:
     d_model: int = 128
     n_layers: int = 2
     n_heads: int = 4
-    grok_window: int = 5
+    # 20 evals x 10 steps: the val rise of a Grokfast run (~2 % per 10 steps) has to clear
+    # jump_threshold against the mean of the window, which lags it by ~10 evals
+    grok_window: int = 20
     grok_gap_threshold: float = 0.05
     grok_jump_threshold: float = 0.10
     grok_patience: int = 10
@@ -170,6 +172,9 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         max_len=64,
         n_train=400,
         n_val=16,
+        # 3x the default AdamW lr: val loss 1.51 vs 1.68 after 300 steps (reasoning, seed 0)
+        lr=3e-3,
+        muon_lr=0.03,
         eval_every=100,
         checkpoint_every=100,
     ),

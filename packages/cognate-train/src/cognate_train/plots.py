@@ -40,9 +40,17 @@ def _mark_grokking(ax: Any, step: int | None) -> None:
 
 def _shade_stages(ax: Any, records: list[dict[str, Any]]) -> None:
     xs, stages = _series(records, "curriculum/stage")
+    first = True
     for i in range(1, len(xs)):
         if stages[i] != stages[i - 1]:
-            ax.axvline(xs[i - 1], color="grey", linestyle=":", linewidth=1)
+            ax.axvline(
+                xs[i - 1],
+                color="grey",
+                linestyle=":",
+                linewidth=1,
+                label="curriculum stage change" if first else None,
+            )
+            first = False
 
 
 def plot_run(
@@ -66,8 +74,9 @@ def plot_run(
             )
     _shade_stages(ax, records)
     _mark_grokking(ax, grokking_step)
-    if any(r.get("train/loss", 1) > 0 for r in records if "train/loss" in r):
-        ax.set_yscale("log")
+    losses = [v for key in ("train/loss", "val/loss") for v in _series(records, key)[1]]
+    if losses and min(losses) > 0 and max(losses) / min(losses) > 20:
+        ax.set_yscale("log")  # grokking runs: the train loss falls by orders of magnitude
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (answer tokens)")
     ax.set_title(f"{title}: loss" if title else "loss")
