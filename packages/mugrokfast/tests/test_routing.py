@@ -101,3 +101,8 @@ def test_multihead_attention_projections_go_to_muon():
     groups = param_groups(m)
     assert _ids(groups, True) == {id(m.attn.in_proj_weight), id(m.attn.out_proj.weight)}
     assert id(m.attn.in_proj_bias) in _ids(groups, False)
+
+
+def test_vector_shaped_matrices_stay_on_adamw():
+    m = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 1), nn.Linear(1, 8))
+    assert _ids(param_groups(m), True) == {id(m[0].weight)}

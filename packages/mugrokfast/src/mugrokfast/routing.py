@@ -12,7 +12,9 @@ Those go to AdamW. Rules, first match wins, each parameter listed once even when
 1. explicit overrides: ``muon=[...]`` / ``adamw=[...]`` (parameters, or names as in
    ``model.named_parameters()``), then ``route(name, param, module) -> bool | None``
    (True: Muon, False: AdamW, None: no opinion);
-2. parameters with fewer than 2 dims -> AdamW;
+2. parameters with fewer than 2 dims, and matrices with a dimension of size 1 (a vector in
+   disguise, e.g. a scalar head ``nn.Linear(d, 1)``: orthogonalising it only normalises it)
+   -> AdamW;
 3. ``nn.Embedding``/``nn.EmbeddingBag`` weights -> AdamW;
 4. the output head's parameters -> AdamW. The head is ``head=`` (a module, a module name, or a
    list of them), else detected: a Linear whose weight is shared with an embedding, or the
@@ -25,6 +27,7 @@ Those go to AdamW. Rules, first match wins, each parameter listed once even when
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -128,6 +131,7 @@ def param_groups(
                 if use is None:
                     use = (
                         p.ndim >= 2
+                        and min(p.shape[0], math.prod(p.shape[1:])) > 1
                         and id(module) not in heads
                         and _is_hidden_weight(module, p_name)
                     )
