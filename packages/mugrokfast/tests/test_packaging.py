@@ -1,0 +1,26 @@
+"""The library stays torch-only: its one runtime requirement, and no imports of siblings."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_only_runtime_requirement_is_torch():
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = project["dependencies"]
+    assert len(deps) == 1 and re.match(r"torch\b", deps[0])
+    assert "optional-dependencies" not in project
+
+
+def test_sources_import_only_stdlib_torch_and_themselves():
+    allowed = {"torch", "mugrokfast", "__future__", "collections", "dataclasses", "itertools",
+               "math", "typing"}  # fmt: skip
+    for path in (ROOT / "src" / "mugrokfast").glob("*.py"):
+        for mod in re.findall(r"^\s*(?:from|import) (\w+)", path.read_text(), flags=re.M):
+            assert mod in allowed, f"{path.name} imports {mod}"
