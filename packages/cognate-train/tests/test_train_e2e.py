@@ -103,6 +103,9 @@ def test_eval_and_generate_commands(smoke_run, capsys):
     summary = json.loads((smoke_run / "summary.json").read_text())
     assert result["val/loss"] == pytest.approx(summary["final"]["val/loss"], rel=1e-5)
     assert result["val/accuracy"] == summary["final"]["val/accuracy"]
+    # more validation examples than the run had would include its training examples
+    assert main(["eval", "--checkpoint", str(smoke_run / "final"), "--n-val", "5"]) == 2
+    assert "n-val: must be in [1, 4]" in capsys.readouterr().err
     sample = summary["samples"][0]
     assert (
         main(
@@ -293,3 +296,12 @@ def test_epochs_set_the_number_of_steps(tmp_path):
     )  # every family's train split
     per_epoch = n_final_stage // SMOKE["batch_size"] // 2  # optimizer steps per epoch (accum 2)
     assert t.total_steps == 2 * per_epoch
+
+
+def test_resume_from_an_explicit_checkpoint_path(smoke_run, tmp_path, same_weights):
+    out = tmp_path / "run"
+    start = smoke_run / "checkpoints" / "step-000016"
+    assert (
+        main(["train", "--preset", "smoke", "--resume", str(start), "--output-dir", str(out)]) == 0
+    )
+    same_weights(out / "final", smoke_run / "final")

@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="val loss and exact-match accuracy of a checkpoint")
     e.add_argument("--checkpoint", required=True, metavar="DIR")
-    e.add_argument("--n-val", type=int, help="validation examples per family (default: the run's)")
+    e.add_argument("--n-val", type=int, help="validation examples per family (at most the run's)")
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -296,8 +296,12 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         from .data import families_for_stage, make_split
         from .evaluation import exact_match, val_loss
 
-        if ns.n_val is not None and ns.n_val < 1:
-            raise ConfigError(f"n-val: must be >= 1, got {ns.n_val}")
+        if ns.n_val is not None and not 1 <= ns.n_val <= cfg["n_val"]:
+            # the split's first n_val prompts per family are validation, the rest training: a
+            # larger n_val would score examples the model was trained on
+            raise ConfigError(
+                f"n-val: must be in [1, {cfg['n_val']}] (the run's validation size), got {ns.n_val}"
+            )
         model, tok, dev = _load_hf(d, ns.device)
         stages = [
             s
