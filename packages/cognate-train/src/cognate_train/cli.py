@@ -136,15 +136,28 @@ def _flags(ns: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(ns).items() if k not in _NOT_FIELDS and v is not None}
 
 
-def _preflight_train(cfg: TrainConfig) -> None:
-    """Checks that need imports or the file system, done before any training starts."""
-    from .checkpoints import fingerprint_mismatch, read_manifest
+def _preflight_common(cfg: TrainConfig | GrokConfig) -> None:
+    """Output dir, optimizer package, metric sinks and device, checked before any work."""
     from .metrics import check_backends
     from .trainer import resolve_device
 
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output-dir: {out} exists and is not a directory")
+    if cfg.optimizer != "adamw":
+        try:
+            import mugrokfast  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(f"optimizer: {cfg.optimizer} needs mugrokfast ({exc})") from None
+    check_backends(cfg.log)
+    resolve_device(cfg.device)
+
+
+def _preflight_train(cfg: TrainConfig) -> None:
+    """Checks that need imports or the file system, done before any training starts."""
+    from .checkpoints import fingerprint_mismatch, read_manifest
+
+    _preflight_common(cfg)
     try:
         from cognate_model.configuration_cognate import PRESETS
     except ImportError as exc:
@@ -153,13 +166,6 @@ def _preflight_train(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"model-preset: unknown {cfg.model_preset!r} (choose from {', '.join(PRESETS)})"
         )
-    if cfg.optimizer != "adamw":
-        try:
-            import mugrokfast  # noqa: F401
-        except ImportError as exc:
-            raise ConfigError(f"optimizer: {cfg.optimizer} needs mugrokfast ({exc})") from None
-    check_backends(cfg.log)
-    resolve_device(cfg.device)
     for spec in specializations(cfg):
         root = _spec_dir(cfg, spec)
         ckdir = root / "checkpoints"
@@ -215,19 +221,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
 def cmd_grok(ns: argparse.Namespace) -> int:
     cfg = build_config("grok", ns.preset, ns.config, _flags(ns))
     assert isinstance(cfg, GrokConfig)
-    from .metrics import check_backends
-    from .trainer import resolve_device
-
     out = Path(cfg.output_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output-dir: {out} exists and is not a directory")
-    if cfg.optimizer != "adamw":
-        try:
-            import mugrokfast  # noqa: F401
-        except ImportError as exc:
-            raise ConfigError(f"optimizer: {cfg.optimizer} needs mugrokfast ({exc})") from None
-    check_backends(cfg.log)
-    resolve_device(cfg.device)
+    _preflight_common(cfg)
     from .grok import run_grok
 
     s = run_grok(cfg)

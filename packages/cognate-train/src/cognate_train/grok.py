@@ -33,7 +33,7 @@ from . import checkpoints as ck
 from .config import GrokConfig, compat_fingerprint, to_dict
 from .detector import GrokkingDetector
 from .metrics import MetricsLogger, read_metrics
-from .optim import build_optimizer, grokfast_lambda, set_grokfast_lambda
+from .optim import boost_on_grokking, build_optimizer, grokfast_lambda, set_grokfast_lambda
 from .trainer import TrainingStopped, current_lrs, resolve_device, setup_device
 
 
@@ -267,16 +267,9 @@ def run_grok(cfg: GrokConfig, log: Callable[[str], None] | None = None) -> dict[
                     st["events"].append(ev)
                     metrics.log({"step": step, f"grokking/event/{ev['event']}": 1.0})
                     if ev["event"] == "grokking":
-                        old = grokfast_lambda(optimizer)
-                        if old is not None and set_grokfast_lambda(
-                            optimizer, old * cfg.lambda_boost
-                        ):
-                            log(
-                                f"[grok] grokking detected at step {step} (val acc {va_acc:.3f}): "
-                                f"Grokfast lambda {old:g} -> {old * cfg.lambda_boost:g}"
-                            )
-                        else:
-                            log(f"[grok] grokking detected at step {step} (val acc {va_acc:.3f})")
+                        log(
+                            f"[grok] {boost_on_grokking(optimizer, cfg.lambda_boost, step, va_acc)}"
+                        )
                     elif ev["event"] == "converged":
                         log(
                             f"[grok] converged at step {step} (train {tr_acc:.3f}, val {va_acc:.3f})"

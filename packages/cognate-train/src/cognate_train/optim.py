@@ -97,3 +97,14 @@ def set_grokfast_lambda(optimizer: Any, value: float) -> bool:
     else:
         optimizer.lamb = value
     return True
+
+
+def boost_on_grokking(optimizer: Any, factor: float, step: int, val_acc: float) -> str:
+    """React to a detected grokking jump: multiply the Grokfast lambda by ``factor`` (the seeds'
+    ``lambda_boost``: amplify the slow gradient more once generalisation has started). Returns
+    the log message."""
+    msg = f"grokking detected at step {step} (val acc {val_acc:.3f})"
+    old = grokfast_lambda(optimizer)
+    if old is not None and set_grokfast_lambda(optimizer, old * factor):
+        msg += f": Grokfast lambda {old:g} -> {old * factor:g}"
+    return msg

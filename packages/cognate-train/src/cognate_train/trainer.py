@@ -43,7 +43,13 @@ from . import checkpoints as ck
 from .config import ConfigError, TrainConfig, compat_fingerprint, to_dict
 from .detector import GrokkingDetector
 from .metrics import MetricsLogger
-from .optim import build_optimizer, build_scheduler, grokfast_lambda, set_grokfast_lambda
+from .optim import (
+    boost_on_grokking,
+    build_optimizer,
+    build_scheduler,
+    grokfast_lambda,
+    set_grokfast_lambda,
+)
 
 STAGE_NAMES = ("foundation", "reasoning", "advanced")
 
@@ -504,18 +510,10 @@ class Trainer:
                 st.events.append(ev)
                 metrics.log({"step": st.step, f"grokking/event/{ev['event']}": 1.0})
                 if ev["event"] == "grokking":
-                    old = grokfast_lambda(self.optimizer)
-                    if old is not None and set_grokfast_lambda(
-                        self.optimizer, old * cfg.lambda_boost
-                    ):
-                        self.log(
-                            f"[{self.spec}] grokking detected at step {st.step} (val acc "
-                            f"{ev['val_acc']:.3f}): Grokfast lambda {old:g} -> {old * cfg.lambda_boost:g}"
-                        )
-                    else:
-                        self.log(
-                            f"[{self.spec}] grokking detected at step {st.step} (val acc {ev['val_acc']:.3f})"
-                        )
+                    msg = boost_on_grokking(
+                        self.optimizer, cfg.lambda_boost, st.step, ev["val_acc"]
+                    )
+                    self.log(f"[{self.spec}] {msg}")
                 if ev["event"] == "converged":
                     st.stop_reason = "grokking_converged"
                     self.log(f"[{self.spec}] grokking converged at step {st.step}")
