@@ -25,7 +25,7 @@ def test_scan_matches_loop_float64(seq_len, chunk):
     # chunk 2 with T=333 recurses 8 levels deep; chunk 4: 333 -> 84 -> 21 -> 6 -> 2.
     a = torch.tensor(DECAYS, dtype=torch.float64)
     x = torch.randn(3, seq_len, len(DECAYS), dtype=torch.float64)
-    h = linear_scan(torch.log(a).expand_as(x), (1 - a) * x, chunk)
+    h = linear_scan(torch.log(a), (1 - a) * x, chunk)
     torch.testing.assert_close(h, loop64(a, x), rtol=1e-12, atol=1e-12)
 
 
@@ -34,21 +34,20 @@ def test_scan_float32_long_sequence_close_to_float64_loop():
     a = torch.tensor(DECAYS, dtype=torch.float64)
     x = torch.randn(2, 5000, len(DECAYS), dtype=torch.float64) + 0.5
     log_a = torch.nn.functional.logsigmoid(torch.logit(a)).float()  # as the model computes it
-    h = linear_scan(log_a.expand(2, 5000, -1), ((1 - a) * x).float(), 32)
+    h = linear_scan(log_a, ((1 - a) * x).float(), 32)
     ref = loop64(a, x)
     assert torch.isfinite(h).all()
     assert (h.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
 
 
-def test_scan_time_varying_decay_matches_loop():
-    log_a = -torch.rand(2, 50, 3, dtype=torch.float64) * 3
-    b = torch.randn(2, 50, 3, dtype=torch.float64)
-    h, ref = linear_scan(log_a, b, 8), []
-    m = torch.zeros(2, 3, dtype=torch.float64)
-    for t in range(50):
-        m = torch.exp(log_a[:, t]) * m + b[:, t]
-        ref.append(m)
-    torch.testing.assert_close(h, torch.stack(ref, 1), rtol=1e-12, atol=1e-12)
+def test_scan_under_bf16_autocast_stays_float32():
+    a = torch.tensor(DECAYS)
+    x = torch.randn(2, 300, len(DECAYS))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = linear_scan(torch.log(a), (1 - a) * x, 16)
+    assert h.dtype == torch.float32
+    ref = loop64(a, x)
+    assert (h.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
 
 
 def test_scan_gradients_match_loop():
@@ -57,7 +56,7 @@ def test_scan_gradients_match_loop():
     w = torch.randn(2, 37, 5, dtype=torch.float64)
 
     a = torch.sigmoid(a_logit)
-    (linear_scan(torch.log(a).expand_as(x), (1 - a) * x, 8) * w).sum().backward()
+    (linear_scan(torch.log(a), (1 - a) * x, 8) * w).sum().backward()
     g_scan = (a_logit.grad.clone(), x.grad.clone())
     a_logit.grad, x.grad = None, None
     (linear_scan_reference(torch.sigmoid(a_logit), x) * w).sum().backward()
@@ -66,7 +65,9 @@ def test_scan_gradients_match_loop():
 
 def test_scan_rejects_bad_chunk():
     with pytest.raises(ValueError, match="chunk_size"):
-        linear_scan(torch.zeros(1, 4, 1), torch.zeros(1, 4, 1), 1)
+        linear_scan(torch.zeros(1), torch.zeros(1, 4, 1), 1)
+    with pytest.raises(ValueError, match="log_a"):
+        linear_scan(torch.zeros(1, 4, 1), torch.zeros(1, 4, 1), 4)
 
 
 def _module(d_model=12, d_memory=6, chunk=4) -> LongTermMemory:
@@ -115,17 +116,36 @@ def test_initial_state_matches_loop_from_that_state():
     torch.testing.assert_close(m, loop64(ltm.decay(), x @ ltm.down.weight.T, s0))
 
 
-def test_padding_positions_carry_the_state_unchanged():
-    """Left padding: the real tokens see exactly what they see unpadded."""
+def test_left_padding_is_exact_even_with_an_incoming_state():
+    """Generation pads on the left: the real tokens see exactly what they see unpadded."""
     ltm = _module()
-    x = torch.randn(1, 9, 12, dtype=torch.float64)
-    padded = torch.cat((torch.randn(1, 4, 12, dtype=torch.float64), x), 1)
-    mask = torch.tensor([[0] * 4 + [1] * 9])
-    _, m_pad, s_pad = ltm(padded, attention_mask=mask)
-    _, m, s = ltm(x)
-    torch.testing.assert_close(m_pad[:, 4:], m, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(s_pad, s)
+    x = torch.randn(2, 9, 12, dtype=torch.float64)
+    s0 = torch.randn(2, 6, dtype=torch.float64)
+    padded = torch.cat((torch.randn(2, 4, 12, dtype=torch.float64), x), 1)
+    mask = torch.tensor([[0] * 4 + [1] * 9, [0] * 4 + [1] * 9])
+    for state in (None, s0):
+        _, m_pad, s_pad = ltm(padded, attention_mask=mask, state=state)
+        _, m, s = ltm(x, state=state)
+        torch.testing.assert_close(m_pad[:, 4:], m, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(s_pad, s, rtol=1e-12, atol=1e-12)
+    _, m_pad, _ = ltm(padded, attention_mask=mask)
     assert m_pad[:, :4].abs().max() == 0
+
+
+def test_right_padding_returns_the_state_after_the_last_real_token():
+    ltm = _module()
+    x = torch.randn(2, 13, 12, dtype=torch.float64)
+    mask = torch.ones(2, 13, dtype=torch.long)
+    mask[0, 8:] = 0  # row 0 has 8 real tokens, row 1 has 13
+    _, m, state = ltm(x, attention_mask=mask)
+    _, m0, s0 = ltm(x[:1, :8])
+    torch.testing.assert_close(m[:1, :8], m0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(state[:1], s0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(state[1:], ltm(x[1:])[2], rtol=1e-12, atol=1e-12)
+    # a row with no real token keeps the incoming state
+    s_in = torch.randn(2, 6, dtype=torch.float64)
+    _, _, kept = ltm(x, attention_mask=torch.zeros(2, 13, dtype=torch.long), state=s_in)
+    torch.testing.assert_close(kept, s_in)
 
 
 def test_mag_gate_formula():

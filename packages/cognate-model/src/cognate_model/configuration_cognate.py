@@ -154,7 +154,7 @@ class CognateConfig(PretrainedConfig):
     d_memory: int = 160
     ltm_decay_min: float = 0.5
     ltm_decay_max: float = 0.999
-    ltm_chunk_size: int = 32
+    ltm_chunk_size: int = 64
     gate_entropy_weight: float = 0.01
 
     trm_cycles: int = 3

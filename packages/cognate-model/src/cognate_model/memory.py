@@ -2,14 +2,19 @@
 
 The memory is the linear recurrence, per channel c of a d_memory-wide stream u = W_down x:
 
-    m_t = a_t * m_{t-1} + (1 - a_t) * u_t,      a = sigmoid(decay_logit)   (learned, per channel)
+    m_t = a * m_{t-1} + (1 - a) * u_t,      a = sigmoid(decay_logit)   (learned, per channel)
 
 With a near 1 it remembers for ~1/(1-a) steps, far beyond the attention window. It is
-computed for all t at once by `linear_scan` (no Python loop over positions), exactly and
-stably for any length: every factor it exponentiates is a sum of log-decays over a span,
-which is <= 0, so nothing overflows, and log a = logsigmoid(decay_logit) keeps full relative
-precision when a is within 1e-7 of 1. Padding positions (attention_mask == 0) use a_t = 1 and
-contribute nothing, so the state passes through them unchanged.
+computed for all t at once by `linear_scan` (a chunked scan built on matrix products; no
+Python loop over positions), stably for any length: every factor it exponentiates is a
+multiple of log a <= 0, so nothing overflows, and log a = logsigmoid(decay_logit) keeps full
+relative precision when a is within 1e-7 of 1.
+
+Padding (attention_mask == 0) contributes no input. Left padding (generation) and right
+padding (batching) are therefore exact: the state is 0 before the first real token, an
+incoming `memory_state` is folded in at the first real token, and the returned state is the
+one after the last real token. (Padding in the middle of a row would let the state decay
+across the gap.)
 
 The memory is pure: each call starts from zero (or from the `memory_state` passed in) and
 returns its final state; nothing is stored on the module.
@@ -37,51 +42,49 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def _scan_block(log_a: Tensor, b: Tensor) -> Tensor:
-    """Dense scan of short sequences: h_t = sum_{s<=t} exp(sum_{s<j<=t} log a_j) b_s.
+def linear_scan(log_a: Tensor, b: Tensor, chunk_size: int = 64) -> Tensor:
+    """Solve h_t = a * h_{t-1} + b_t, h_{-1} = 0, for all t at once (a constant per channel).
 
-    log_a, b: (N, L, C). Builds the (N, L, L, C) matrix of span decays; the upper triangle is
-    set to -inf before exp, and every kept exponent is <= 0.
-    """
-    cum = torch.cumsum(log_a, dim=1)  # (N, L, C)
-    span = cum[:, :, None, :] - cum[:, None, :, :]  # (N, t, s, C) = A_t - A_s
-    L = log_a.shape[1]
-    causal = torch.ones(L, L, dtype=torch.bool, device=log_a.device).tril()
-    span = span.masked_fill(~causal[None, :, :, None], float("-inf"))
-    return torch.einsum("ntsc,nsc->ntc", torch.exp(span), b)
+    log_a: (C,) log-decays (<= 0); b: (B, T, C). Returns h: (B, T, C) in b's dtype, with
+    autocast off (the decays need at least float32).
 
-
-def linear_scan(log_a: Tensor, b: Tensor, chunk_size: int = 32) -> Tensor:
-    """Solve h_t = exp(log_a_t) * h_{t-1} + b_t, h_{-1} = 0, for all t in parallel.
-
-    log_a, b: (B, T, C) (log_a may be broadcast from (1, 1, C) etc.). Returns h: (B, T, C).
-
-    Two-level (recursive) chunked scan: inside chunks of `chunk_size` the dense span-decay form
-    (`_scan_block`); the chunk boundary states obey the same recurrence with the chunk's total
-    decay and end state, solved by recursion on a T/chunk_size long sequence; each position then
-    adds its chunk's incoming state times its decay from the chunk start. Work is
-    O(B * T * C * chunk_size), depth is O(log T / log chunk_size) Python-level recursion levels,
-    independent of the decay values.
+    Chunked scan. Inside a chunk of L = `chunk_size` steps the solution is a matrix product with
+    the per-channel Toeplitz matrix W[t, s] = a^(t-s) (s <= t, else 0): one batched matmul over
+    channels. The chunk-end states obey the same recurrence with decay a^L, which this function
+    solves recursively (T / L steps, then T / L^2, ...); each position then adds its chunk's
+    incoming state times a^(t+1). Exponents (t - s) log a and L log a are <= 0, so nothing
+    overflows for any length or decay, and a within 1e-7 of 1 keeps full precision when log a
+    comes from `logsigmoid`. Work O(B T C L), Python-level depth O(log T / log L).
     """
     if chunk_size < 2:
         raise ValueError(f"chunk_size must be >= 2, got {chunk_size}")
-    log_a, b = torch.broadcast_tensors(log_a, b)
+    if log_a.dim() != 1 or b.dim() != 3 or b.shape[-1] != log_a.shape[0]:
+        raise ValueError(
+            f"log_a must be (C,) and b (B, T, C), got {tuple(log_a.shape)} and {tuple(b.shape)}"
+        )
+    with torch.autocast(b.device.type, enabled=False):
+        return _chunked_scan(log_a.to(b.dtype), b, chunk_size)
+
+
+def _chunked_scan(log_a: Tensor, b: Tensor, L: int) -> Tensor:
     bsz, T, C = b.shape
-    if T <= chunk_size:
-        return _scan_block(log_a, b)
-    n = -(-T // chunk_size)
-    pad = n * chunk_size - T
-    if pad:  # identity steps: a = 1 (log 0), b = 0
-        log_a = F.pad(log_a, (0, 0, 0, pad))
-        b = F.pad(b, (0, 0, 0, pad))
-    la = log_a.reshape(bsz, n, chunk_size, C)
-    local = _scan_block(la.reshape(bsz * n, chunk_size, C), b.reshape(bsz * n, chunk_size, C))
-    local = local.view(bsz, n, chunk_size, C)  # states inside each chunk, starting from 0
-    cum = torch.cumsum(la, dim=2)  # (B, n, L, C) decay from the chunk start
-    carry = linear_scan(cum[:, :, -1], local[:, :, -1], chunk_size)  # (B, n, C) chunk-end states
-    incoming = F.pad(carry[:, :-1], (0, 0, 1, 0))  # state entering chunk k
-    h = local + torch.exp(cum) * incoming[:, :, None, :]
-    return h.reshape(bsz, n * chunk_size, C)[:, :T]
+    L = min(L, T)
+    n = -(-T // L)
+    if n * L != T:  # trailing zero inputs change nothing before them
+        b = F.pad(b, (0, 0, 0, n * L - T))
+    steps = torch.arange(L, device=b.device, dtype=b.dtype)
+    lag = steps[:, None] - steps[None, :]  # t - s
+    toeplitz = torch.exp(lag.clamp_min(0)[None] * log_a[:, None, None])  # (C, L, L)
+    toeplitz = toeplitz * (lag >= 0).to(b.dtype)
+    chunks = b.view(bsz, n, L, C).permute(3, 2, 0, 1).reshape(C, L, bsz * n)
+    local = torch.bmm(toeplitz, chunks).view(C, L, bsz, n).permute(2, 3, 1, 0)  # (B, n, L, C)
+    if n == 1:
+        return local.reshape(bsz, L, C)[:, :T]
+    ends = _chunked_scan(log_a * L, local[:, :, -1].contiguous(), L)  # (B, n, C) chunk-end states
+    incoming = F.pad(ends[:, :-1], (0, 0, 1, 0))  # state entering chunk k
+    rise = torch.exp((steps + 1)[:, None] * log_a[None])  # (L, C): a^(t+1)
+    h = local + rise * incoming[:, :, None, :]
+    return h.reshape(bsz, n * L, C)[:, :T]
 
 
 def linear_scan_reference(a: Tensor, x: Tensor, state: Tensor | None = None) -> Tensor:
@@ -97,6 +100,22 @@ def linear_scan_reference(a: Tensor, x: Tensor, state: Tensor | None = None) -> 
     return torch.stack(out, dim=1)
 
 
+def _first_real(attention_mask: Tensor | None, like: Tensor) -> Tensor:
+    """(B, T) one-hot of each row's first real position (position 0 without a mask)."""
+    T = like.shape[1]
+    pos = torch.arange(T, device=like.device)
+    if attention_mask is None:
+        return (pos == 0).to(like.dtype).expand(like.shape[0], T)
+    first = attention_mask.to(torch.int8).argmax(dim=1)  # argmax returns the first 1
+    return (pos[None] == first[:, None]).to(like.dtype)
+
+
+def _last_real_index(attention_mask: Tensor) -> Tensor:
+    """(B,) index of each row's last real position."""
+    T = attention_mask.shape[1]
+    return T - 1 - attention_mask.to(torch.int8).flip(1).argmax(dim=1)
+
+
 class LongTermMemory(nn.Module):
     """Down-project, decay-scan, up-project: the memory stream of Titans MAG."""
 
@@ -106,7 +125,7 @@ class LongTermMemory(nn.Module):
         d_memory: int,
         decay_min: float = 0.5,
         decay_max: float = 0.999,
-        chunk_size: int = 32,
+        chunk_size: int = 64,
     ) -> None:
         super().__init__()
         self.down = nn.Linear(d_model, d_memory, bias=False)
@@ -142,17 +161,23 @@ class LongTermMemory(nn.Module):
         scan_dtype = torch.promote_types(x.dtype, torch.float32)
         u = self.down(x).to(scan_dtype)  # (B, T, Cm)
         logit = self.decay_logit.to(scan_dtype)
-        log_a = F.logsigmoid(logit).expand_as(u)  # log a
+        log_a = F.logsigmoid(logit)  # log a, precise near a = 1
         b = torch.sigmoid(-logit) * u  # (1 - a) u
-        if attention_mask is not None:  # padding: a = 1, no input
-            keep = attention_mask.to(u.dtype)[..., None]
-            log_a = log_a * keep
-            b = b * keep
-        if state is not None:  # fold the incoming state into the first step: h_0 = a_0 s + b_0
-            first = b[:, :1] + torch.exp(log_a[:, :1]) * state.to(scan_dtype)[:, None, :]
-            b = torch.cat((first, b[:, 1:]), dim=1)
+        if attention_mask is not None:  # padding contributes no input
+            b = b * attention_mask.to(scan_dtype)[..., None]
+        if state is not None:  # fold the incoming state into the first real step: a s + b
+            first = _first_real(attention_mask, b)
+            carry = torch.exp(log_a) * state.to(scan_dtype)  # (B, Cm)
+            b = b + first[..., None] * carry[:, None, :]
         m = linear_scan(log_a, b, self.chunk_size)
-        return self.up(m.to(x.dtype)), m, m[:, -1]
+        final = m[:, -1]
+        if attention_mask is not None:  # the state after the last real token
+            last = _last_real_index(attention_mask)
+            final = m.gather(1, last[:, None, None].expand(-1, 1, m.shape[-1]))[:, 0]
+            none_real = ~attention_mask.bool().any(dim=1, keepdim=True)
+            fallback = torch.zeros_like(final) if state is None else state.to(scan_dtype)
+            final = torch.where(none_real, fallback, final)
+        return self.up(m.to(x.dtype)), m, final
 
 
 class MAGGate(nn.Module):
