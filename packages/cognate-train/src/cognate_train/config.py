@@ -96,10 +96,12 @@ class TrainConfig:
 class GrokConfig:
     """``cognate-train grok``: the modular-arithmetic grokking experiment.
 
-    Defaults follow the Grokfast reference (ironjr/grokfast, EMA variant): p 97, x*y, 50 % train,
-    a 2-layer width-128 decoder, Adam(W) lr 1e-3, betas (0.9, 0.98), weight decay 0.005,
-    batch 512, 10-step warmup, Grokfast-EMA alpha 0.98 lambda 2.0. The reference reaches 95 % val
-    accuracy at ~910 steps with these settings.
+    Task and model follow the Grokfast reference (ironjr/grokfast): p 97, x*y, 50 % train, a
+    2-layer width-128 decoder, lr 1e-3, betas (0.9, 0.98), batch 512, 10-step warmup, Grokfast-EMA
+    alpha 0.98 lambda 2.0. The optimizer is this project's MuGrokfast with weight decay 1.0
+    (Power et al.'s decay): measured here, val accuracy 95 % at step 370, converged at 460
+    (seed 0). The reference's own recipe (Adam with coupled L2 decay 0.005) has no equivalent among
+    the decoupled-decay choices; ``--optimizer grokfast-adamw`` keeps ``--weight-decay 1.0``.
     """
 
     preset: str = "grok"
@@ -109,10 +111,10 @@ class GrokConfig:
     train_fraction: float = 0.5
     max_steps: int = 3000
     batch_size: int = 512
-    optimizer: str = "grokfast-adamw"
+    optimizer: str = "mugrokfast"
     lr: float = 1e-3
     muon_lr: float = 0.02
-    weight_decay: float = 0.005
+    weight_decay: float = 1.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     grokfast_alpha: float = 0.98
     grokfast_lambda: float = 2.0

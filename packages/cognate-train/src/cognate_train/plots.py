@@ -157,7 +157,7 @@ def plot_run(
     lx, ly = _series(records, "grokfast/lambda")
     if lx:
         ax2 = ax.twinx()
-        ax2.plot(lx, ly, color="tab:red", label="Grokfast lambda")
+        ax2.plot(lx, ly, color="tab:red", label="Grokfast lambda", drawstyle="steps-post")
         ax2.set_ylabel("Grokfast lambda", color="tab:red")
         ax2.set_ylim(0, max(ly) * 1.2 if max(ly) > 0 else 1)
     _mark_grokking(ax, grokking_step)
