@@ -341,6 +341,10 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cognate-train`` console script and ``python -m cognate_train``."""
     from .trainer import TrainingStopped
@@ -353,10 +357,10 @@ def main(argv: list[str] | None = None) -> int:
         handler = {"train": cmd_train, "grok": cmd_grok, "eval": cmd_eval, "generate": cmd_generate}
         return handler[ns.command](ns)
     except (ConfigError, CheckpointError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except TrainingStopped as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -442,7 +442,15 @@ def specializations(cfg: TrainConfig) -> list[str]:
 
 
 # fields whose change makes existing checkpoints of an output directory unusable
-COMPAT_FIELDS_TRAIN = ("model_preset", "optimizer", "max_len", "seed", "n_train", "n_val")
+COMPAT_FIELDS_TRAIN = (
+    "model_preset",
+    "optimizer",
+    "max_len",
+    "seed",
+    "n_train",
+    "n_val",
+    "batch_size",
+)
 COMPAT_FIELDS_GROK = (
     "p",
     "op",

@@ -319,6 +319,14 @@ class Trainer:
         return self.ckpt.save(self.state.step, lambda d: self._write_checkpoint(d, full=True))
 
     def _load_checkpoint(self, path: Path) -> None:
+        try:
+            self._load_checkpoint_unchecked(path)
+        except (KeyError, ValueError, RuntimeError) as exc:
+            if isinstance(exc, (ConfigError, ck.CheckpointError)):
+                raise
+            raise ck.CheckpointError(f"checkpoint {path} cannot be resumed here: {exc}") from None
+
+    def _load_checkpoint_unchecked(self, path: Path) -> None:
         ck.load_weights(self.model, path)
         ts = ck.load_json(path / "trainer_state.json")
         state = ck.load_torch_state(path)
