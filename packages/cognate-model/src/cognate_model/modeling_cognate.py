@@ -293,40 +293,10 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
 
         terms: dict[str, Tensor] = {}
         if labels is not None:
-            targets = shift_labels(labels)
-            if attention_mask is not None:  # neither the position nor its target is padding
-                pad = ~(attention_mask.bool() & (shift_labels(attention_mask) == 1))
-                targets = targets.masked_fill(pad, IGNORE_INDEX)
-            valid = targets != IGNORE_INDEX
-            weights = cfg.supervision_weights()
-            cycle_ce, correct = [], []
-            for c, y in enumerate(rec.ys):
-                cycle_logits = logits if c == len(rec.ys) - 1 else self.lm_logits(y)
-                cycle_ce.append(token_cross_entropy(cycle_logits, targets))
-                if c > 0 and rec.halt_logits is not None:
-                    correct.append(cycle_logits.detach().argmax(-1) == targets)
-            cycle_losses = torch.stack(cycle_ce)
-            loss = sum(w * ce for w, ce in zip(weights, cycle_ce, strict=True))
-            terms["trm/deep_supervision"] = loss
-            if rec.halt_logits is not None:
-                act = act_losses(
-                    rec.halt_logits, torch.stack(correct), valid, cfg.act_diversity_target
-                )
-                loss = (
-                    loss
-                    + cfg.act_loss_weight * act["bce"]
-                    + cfg.ponder_weight * act["ponder"]
-                    + cfg.act_diversity_weight * act["diversity"]
-                )
-                terms.update({f"act/{k}": v for k, v in act.items()})
-                terms["act/accuracy_final"] = masked_mean(correct[-1].float(), valid)
-            if base.gate is not None:
-                entropy = masked_mean(binary_entropy(base.gate), real[..., None])
-                loss = loss + cfg.gate_entropy_weight * (math.log(2) - entropy)
-                terms["ltm/gate_entropy"] = entropy
-            out.loss = loss
-            out.lm_loss = cycle_ce[-1]
-            out.cycle_losses = cycle_losses
+            out.loss, out.cycle_losses, terms = self._loss(
+                rec.ys, logits, rec.halt_logits, base.gate, labels, attention_mask, real
+            )
+            out.lm_loss = out.cycle_losses[-1]
 
         if steps is not None:
             stepsf = steps.float()
@@ -341,6 +311,53 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         if return_metrics:
             out.metrics = _collect_metrics(out, terms, rec.halt_logits, real)
         return out
+
+    def _loss(
+        self,
+        ys: list[Tensor],
+        logits: Tensor,
+        halt_logits: Tensor | None,
+        gate: Tensor | None,
+        labels: Tensor,
+        attention_mask: Tensor | None,
+        real: Tensor,
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """loss = sum_c w_c CE(y_c) + ACT terms + gate entropy term; also per-cycle CE, parts.
+
+        w: `supervision_weights()` (sum 1). ACT: act_loss_weight * BCE(p_c, [argmax_c ==
+        target]) + ponder_weight * E[steps] / C + act_diversity_weight * diversity.
+        Gate: gate_entropy_weight * (ln 2 - H(g)).
+        """
+        cfg = self.config
+        targets = shift_labels(labels)
+        if attention_mask is not None:  # neither the position nor its target is padding
+            pad = ~(attention_mask.bool() & (shift_labels(attention_mask) == 1))
+            targets = targets.masked_fill(pad, IGNORE_INDEX)
+        valid = targets != IGNORE_INDEX
+        cycle_ce, correct = [], []
+        for c, y in enumerate(ys):
+            cycle_logits = logits if c == len(ys) - 1 else self.lm_logits(y)
+            cycle_ce.append(token_cross_entropy(cycle_logits, targets))
+            if c > 0 and halt_logits is not None:
+                correct.append(cycle_logits.detach().argmax(-1) == targets)
+        weights = cfg.supervision_weights()
+        loss = sum(w * ce for w, ce in zip(weights, cycle_ce, strict=True))
+        terms = {"trm/deep_supervision": loss}
+        if halt_logits is not None:
+            act = act_losses(halt_logits, torch.stack(correct), valid, cfg.act_diversity_target)
+            loss = (
+                loss
+                + cfg.act_loss_weight * act["bce"]
+                + cfg.ponder_weight * act["ponder"]
+                + cfg.act_diversity_weight * act["diversity"]
+            )
+            terms.update({f"act/{k}": v for k, v in act.items()})
+            terms["act/accuracy_final"] = masked_mean(correct[-1].float(), valid)
+        if gate is not None:
+            entropy = masked_mean(binary_entropy(gate), real[..., None])
+            loss = loss + cfg.gate_entropy_weight * (math.log(2) - entropy)
+            terms["ltm/gate_entropy"] = entropy
+        return loss, torch.stack(cycle_ce), terms
 
     def prepare_inputs_for_generation(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs: object
