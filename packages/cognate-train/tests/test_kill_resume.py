@@ -21,16 +21,17 @@ def test_kill_9_then_restart_equals_uninterrupted(tmp_path, single_thread, same_
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "cognate_train", *ARGS, "--output-dir", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "child.log"  # a file, not a pipe: a full pipe would block the child
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=fh)
     first = out / "checkpoints" / "step-000008"
     deadline = time.monotonic() + 300
     while not first.is_dir():
-        assert proc.poll() is None, proc.stderr.read().decode()
+        assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "final").exists(), "the run finished before it was killed"
 
