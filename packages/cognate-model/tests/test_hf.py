@@ -94,6 +94,27 @@ def test_generate_sampling_equals_manual_multinomial_loop(make_tiny):
     assert torch.equal(out, ids)
 
 
+def test_memory_state_continues_the_stream(make_tiny):
+    """The model's returned state is the LTM's, and passing it in changes only what the LTM
+    feeds (a zero state is the same as none)."""
+    model = make_tiny()
+    ids = torch.randint(0, 256, (2, 12))
+    first = model(ids)
+    assert first.memory_state.shape == (2, model.config.d_memory)
+    zero = model(ids, memory_state=torch.zeros(2, model.config.d_memory))
+    torch.testing.assert_close(zero.logits, first.logits, rtol=0, atol=1e-6)
+    carried = model(ids, memory_state=first.memory_state)
+    assert (carried.logits - first.logits).abs().max() > 1e-6
+
+
+def test_all_ignored_labels_give_a_finite_loss(make_tiny):
+    model = make_tiny().train()
+    ids = torch.randint(0, 256, (2, 10))
+    out = model(ids, labels=torch.full_like(ids, -100))
+    assert torch.isfinite(out.loss) and out.lm_loss.item() == 0.0
+    out.loss.backward()
+
+
 def test_input_validation(make_tiny):
     model = make_tiny()
     with pytest.raises(ValueError, match="max_seq_len"):
@@ -104,5 +125,7 @@ def test_input_validation(make_tiny):
         model(torch.zeros(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 6))
     with pytest.raises(ValueError, match="input_ids"):
         model(torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="memory_state"):
+        model(torch.zeros(2, 5, dtype=torch.long), memory_state=torch.zeros(2, 3))
     with pytest.raises(TypeError, match="unexpected"):
         model(torch.zeros(1, 5, dtype=torch.long), bogus=1)

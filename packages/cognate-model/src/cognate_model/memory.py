@@ -158,6 +158,11 @@ class LongTermMemory(nn.Module):
 
         The scan runs in float32 or wider whatever the autocast dtype: decays near 1 need it.
         """
+        if state is not None and state.shape != (x.shape[0], self.decay_logit.shape[0]):
+            raise ValueError(
+                f"memory_state must be (batch, d_memory) = ({x.shape[0]}, "
+                f"{self.decay_logit.shape[0]}), got {tuple(state.shape)}"
+            )
         scan_dtype = torch.promote_types(x.dtype, torch.float32)
         u = self.down(x).to(scan_dtype)  # (B, T, Cm)
         logit = self.decay_logit.to(scan_dtype)
