@@ -62,3 +62,19 @@ def test_torch_compile_matches_eager(make_tiny):
         torch.testing.assert_close(g, r, rtol=1e-3, atol=1e-5)
     model.eval()
     torch.testing.assert_close(compiled(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_rms_norm_formula_and_bf16_inputs():
+    from cognate_model.attention import RMSNorm
+
+    norm = RMSNorm(8, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 2.0, 8))
+    x = torch.randn(3, 8, dtype=torch.float64)
+    ref = x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-6) * norm.weight.double()
+    torch.testing.assert_close(norm(x), ref)  # float64 stays float64
+    xb = x.to(torch.bfloat16)
+    out = norm(xb)
+    assert out.dtype == torch.bfloat16
+    ref_b = xb.double() / torch.sqrt((xb.double() ** 2).mean(-1, keepdim=True) + 1e-6)
+    torch.testing.assert_close(out.double(), ref_b * norm.weight.double(), rtol=1e-2, atol=1e-2)

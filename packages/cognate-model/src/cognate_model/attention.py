@@ -63,6 +63,16 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+class RMSNorm(nn.RMSNorm):
+    """x / rms(x) * weight, computed in float32 or wider (bf16 autocast inputs included),
+    returned in the input's dtype."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        work = torch.promote_types(x.dtype, torch.float32)
+        weight = self.weight.to(work) if self.weight is not None else None
+        return F.rms_norm(x.to(work), self.normalized_shape, weight, self.eps).to(x.dtype)
+
+
 class Attention(nn.Module):
     """Multi-head attention over the shared sliding-window mask, via SDPA.
 
@@ -127,9 +137,9 @@ class Block(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int, eps: float, dropout: float) -> None:
         super().__init__()
-        self.attn_norm = nn.RMSNorm(d_model, eps=eps)
+        self.attn_norm = RMSNorm(d_model, eps=eps)
         self.attn = Attention(d_model, n_heads, dropout)
-        self.mlp_norm = nn.RMSNorm(d_model, eps=eps)
+        self.mlp_norm = RMSNorm(d_model, eps=eps)
         self.mlp = SwiGLU(d_model, d_ff)
         self.drop = nn.Dropout(dropout)
 
@@ -141,6 +151,7 @@ class Block(nn.Module):
 __all__ = [
     "Attention",
     "Block",
+    "RMSNorm",
     "SwiGLU",
     "apply_rotary",
     "rotary_cos_sin",

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import RMSNorm
+
 IGNORE_INDEX = -100
 
 
@@ -41,7 +43,7 @@ class ACTHead(nn.Module):
 
     def __init__(self, d_model: int, eps: float) -> None:
         super().__init__()
-        self.norm = nn.RMSNorm(d_model, eps=eps)
+        self.norm = RMSNorm(d_model, eps=eps)
         self.proj = HaltingLinear(d_model, 1)
 
     def forward(self, z: Tensor) -> Tensor:

@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import RMSNorm
+
 
 def linear_scan(log_a: Tensor, b: Tensor, chunk_size: int = 64) -> Tensor:
     """Solve h_t = a * h_{t-1} + b_t, h_{-1} = 0, for all t at once (a constant per channel).
@@ -218,7 +220,7 @@ class MemoryAsGate(nn.Module):
         super().__init__()
         self.ltm = LongTermMemory(d_model, d_memory, decay_min, decay_max, chunk_size)
         self.gate = MAGGate(d_model)
-        self.mem_norm = nn.RMSNorm(d_model, eps=eps)
+        self.mem_norm = RMSNorm(d_model, eps=eps)
 
     def forward(
         self, y: Tensor, attention_mask: Tensor | None = None, state: Tensor | None = None

@@ -33,7 +33,7 @@ from transformers import (
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .attention import Block, rotary_cos_sin, sliding_window_mask
+from .attention import Block, RMSNorm, rotary_cos_sin, sliding_window_mask
 from .configuration_cognate import CognateConfig
 from .heads import (
     IGNORE_INDEX,
@@ -128,7 +128,7 @@ class CognateModel(CognatePreTrainedModel):
             Block(config.d_model, config.n_heads, config.d_ff, config.rms_norm_eps, config.dropout)
             for _ in range(config.n_layers)
         )
-        self.norm = nn.RMSNorm(config.d_model, eps=config.rms_norm_eps)
+        self.norm = RMSNorm(config.d_model, eps=config.rms_norm_eps)
         self.memory = (
             MemoryAsGate(
                 config.d_model,
@@ -211,7 +211,7 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
             config.detach_between_cycles,
             config.use_act,
         )
-        self.out_norm = nn.RMSNorm(config.d_model, eps=config.rms_norm_eps)
+        self.out_norm = RMSNorm(config.d_model, eps=config.rms_norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.post_init()
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .attention import Attention, SwiGLU
+from .attention import Attention, RMSNorm, SwiGLU
 from .heads import ACTHead
 
 
@@ -43,10 +43,10 @@ class RecursionBlock(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int, eps: float, dropout: float) -> None:
         super().__init__()
-        self.kv_norm = nn.RMSNorm(d_model, eps=eps)
-        self.attn_norm = nn.RMSNorm(d_model, eps=eps)
+        self.kv_norm = RMSNorm(d_model, eps=eps)
+        self.attn_norm = RMSNorm(d_model, eps=eps)
         self.attn = Attention(d_model, n_heads, dropout)
-        self.mlp_norm = nn.RMSNorm(d_model, eps=eps)
+        self.mlp_norm = RMSNorm(d_model, eps=eps)
         self.mlp = SwiGLU(d_model, d_ff)
         self.drop = nn.Dropout(dropout)
 
