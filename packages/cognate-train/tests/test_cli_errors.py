@@ -118,17 +118,17 @@ def test_cuda_requested_without_cuda(capsys, tmp_path):
     assert_one_line_error(rc, err, "device", "CUDA is not available")
 
 
-def test_missing_optional_backend(capsys, tmp_path):
-    try:
-        import wandb  # noqa: F401
+@pytest.mark.parametrize("backend, module", [("wandb", "wandb"), ("tensorboard", "tensorboard")])
+def test_missing_optional_backend(capsys, tmp_path, backend, module):
+    import importlib.util
 
-        pytest.skip("wandb is installed")
-    except ImportError:
-        pass
+    if importlib.util.find_spec(module) is not None:
+        pytest.skip(f"{module} is installed")
     rc, err = run_cli(
-        capsys, "train", "--preset", "smoke", "--log", "wandb", "--output-dir", str(tmp_path)
+        capsys, "train", "--preset", "smoke", "--log", backend, "--output-dir", str(tmp_path)
     )
-    assert_one_line_error(rc, err, "wandb is not installed", "--extra wandb")
+    assert_one_line_error(rc, err, f"{backend} is not installed", f"--extra {backend}")
+    assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
 def _fake_checkpoint(root: Path, step: int, fingerprint: dict) -> None:
