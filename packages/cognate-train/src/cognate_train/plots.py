@@ -66,7 +66,12 @@ def plot_run(
     paths = []
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in (("train/loss", "train loss"), ("val/loss", "val loss")):
+    # train/loss is the model's objective (for Cognate: deep-supervision CE + ACT/gate terms);
+    # val/loss is the plain cross-entropy of the final answer
+    for key, label in (
+        ("train/loss", "train loss (objective)"),
+        ("val/loss", "val loss (answer CE)"),
+    ):
         xs, ys = _series(records, key)
         if xs:
             ax.plot(
@@ -78,7 +83,7 @@ def plot_run(
     if losses and min(losses) > 0 and max(losses) / min(losses) > 20:
         ax.set_yscale("log")  # grokking runs: the train loss falls by orders of magnitude
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy (answer tokens)")
+    ax.set_ylabel("loss (nats per answer token)")
     ax.set_title(f"{title}: loss" if title else "loss")
     ax.grid(alpha=0.3)
     ax.legend()
