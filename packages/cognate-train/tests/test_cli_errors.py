@@ -110,6 +110,14 @@ def test_precedence_preset_then_toml_then_flags(tmp_path):
     assert build_config("grok", "smoke", str(path), {}).p == 13
 
 
+def test_max_steps_flag_wins_over_a_preset_in_epochs():
+    assert build_config("train", "phase1", None, {}).epochs == 10.0
+    cfg = build_config("train", "phase1", None, {"max_steps": 100})
+    assert cfg.max_steps == 100 and cfg.epochs == 0.0
+    cfg = build_config("train", "quick", None, {"epochs": 2.0})
+    assert cfg.epochs == 2.0
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_requested_without_cuda(capsys, tmp_path):
     rc, err = run_cli(

@@ -322,6 +322,14 @@ def build_config(
         _apply(cfg, toml_values, f"--config {toml_path}")
     flag_values = {k: v for k, v in flags.items() if v is not None}
     _apply(cfg, flag_values, "flag")
+    if isinstance(cfg, TrainConfig):
+        # the run's length is whichever of max_steps / epochs was set last (flags > file > preset)
+        for level in (flag_values, toml_values):
+            if "max_steps" in level and "epochs" not in level:
+                cfg.epochs = 0.0
+                break
+            if "epochs" in level:
+                break
     try:
         validate(cfg)
     except ConfigError as exc:
