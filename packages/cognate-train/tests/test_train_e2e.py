@@ -283,6 +283,12 @@ def test_early_stopping_stops_after_patience_evaluations(tmp_path, single_thread
     assert summary["stop_reason"] == "early_stopping" and summary["steps"] == 8
     assert ck.verify(out / "best")["step"] == 4  # the first evaluation is the best one
     assert ck.verify(out / "checkpoints" / "step-000008")["step"] == 8  # saved where it stopped
+    # killed after that checkpoint but before final/: the restarted run stays stopped
+    shutil.rmtree(out / "final")
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stop_reason"] == "early_stopping" and summary["steps"] == 8
+    assert (out / "final").is_dir() and not (out / "checkpoints" / "step-000012").exists()
 
 
 def test_epochs_set_the_number_of_steps(tmp_path):

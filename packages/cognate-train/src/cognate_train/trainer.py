@@ -294,6 +294,7 @@ class Trainer:
             "last_eval_step": self.state.last_eval_step,
             "last_eval": self.state.last_eval,
             "events": self.state.events,
+            "stop_reason": self.state.stop_reason,
             "grokfast_lambda": grokfast_lambda(self.optimizer),
             "detector": self.detector.state_dict(),
             "data": self.dataset.state_dict(),
@@ -349,6 +350,7 @@ class Trainer:
             last_eval_step=ts["last_eval_step"],
             last_eval=ts["last_eval"],
             events=ts["events"],
+            stop_reason=ts.get("stop_reason"),
         )
         sup = self.cfg.supervision_steps
         self.data_at_draw = ts["data_at_draw"]
@@ -552,7 +554,8 @@ class Trainer:
         t_window = time.perf_counter()
         sup = cfg.supervision_steps
         try:
-            while self.state.step < self.total_steps:
+            # a run that stopped early (and was killed before final/) stays stopped on resume
+            while self.state.step < self.total_steps and self.state.stop_reason is None:
                 stage = stage_at(self.state.step, self.total_steps, cfg.stage_fractions)
                 if self.state.step % sup == 0 or not self.current_batches:
                     self.data_at_draw = self.dataset.state_dict()
@@ -603,6 +606,7 @@ class Trainer:
                         progress.post(record)
                     window, t_window = {}, time.perf_counter()
                 stop = False
+                t_pause = time.perf_counter()
                 if step % cfg.eval_every == 0 or step == self.total_steps:
                     result = self.evaluate()
                     stop = self._after_eval(result, metrics)
@@ -611,6 +615,7 @@ class Trainer:
                     progress.message(_format_eval(self.spec, step, result))
                 if step % cfg.checkpoint_every == 0 or step == self.total_steps or stop:
                     self.save_checkpoint()
+                t_window += time.perf_counter() - t_pause  # tokens/s counts training time only
                 if stop:
                     break
             progress.close()
