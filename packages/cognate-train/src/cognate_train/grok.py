@@ -207,7 +207,8 @@ def run_grok(cfg: GrokConfig, log: Callable[[str], None] | None = None) -> dict[
     )
     n_train = train.shape[0]
     batch = min(cfg.batch_size, n_train)
-    stop = False
+    # a converged run restarted before final/ was written stays stopped
+    stop = detector.converged and cfg.stop_on_convergence
     try:
         while st["step"] < cfg.max_steps and not stop:
             idx = torch.randperm(n_train, generator=gen)[:batch].to(device)
