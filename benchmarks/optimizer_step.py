@@ -133,6 +133,10 @@ def adamw(params: list) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=LR, betas=BETAS, weight_decay=WD, foreach=True)
 
 
+def plain_stepper(opt: torch.optim.Optimizer) -> Stepper:
+    return Stepper(opt.step, [opt])
+
+
 def wrapper_stepper(params: list, filt: str, window: int = 100) -> Stepper:
     opt = mugrokfast.Grokfast(adamw(params), filter=filt, window_size=window)
     return Stepper(opt.step, [opt])
@@ -257,7 +261,7 @@ def bench_shape_set(name: str, shapes: list[Shape], args: argparse.Namespace) ->
     params = muon + rest
     wrap_res = time_steppers(
         {
-            "AdamW": lambda: Stepper(adamw(params).step, []),
+            "AdamW": lambda: plain_stepper(adamw(params)),
             "reference-style EMA + AdamW": lambda: reference_ema_stepper(params),
             "Grokfast(AdamW, ema)": lambda: wrapper_stepper(params, "ema"),
         },
