@@ -60,6 +60,7 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="{auto,never,PATH}", help="default auto")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, help="CPU intra-op threads (0: torch's default)")
     p.add_argument("--log", help="extra metric sinks, comma-separated: wandb, tensorboard")
     p.add_argument("--grok-window", type=int, help="detector: evaluations in the reference window")
     p.add_argument("--grok-gap-threshold", type=float, help="detector: train-val gap threshold")
@@ -224,8 +225,10 @@ def cmd_grok(ns: argparse.Namespace) -> int:
     out = Path(cfg.output_dir)
     _preflight_common(cfg)
     from .grok import run_grok
+    from .trainer import cpu_threads
 
-    s = run_grok(cfg)
+    with cpu_threads(cfg.threads):
+        s = run_grok(cfg)
     fin = s["final"]
     print(
         f"grok {s['task']} with {s['optimizer']}: {s['steps']} steps in {s['time_s']:.1f} s "

@@ -70,6 +70,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@contextlib.contextmanager
+def cpu_threads(n: int):
+    """Run the block with ``n`` intra-op threads (0: unchanged), then restore the old count."""
+    old = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def setup_device(device: torch.device) -> None:
     if device.type == "cpu":
         # Denormal floats (|x| < 1e-38) appear in slowly decaying optimizer/filter state late in
@@ -532,6 +544,10 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         """Train (resuming if asked), evaluate, checkpoint, plot; returns the summary."""
+        with cpu_threads(self.cfg.threads):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         self._t0 = time.perf_counter()
         self._setup()
         cfg = self.cfg
