@@ -191,6 +191,11 @@ OPTIMIZERS: dict[str, dict[str, Any]] = {
         },
         "kind": "mugrokfast.MuGrokfast",
     },
+    # The library's named preset, as it stands when the script runs (its kwargs are recorded).
+    "mugrokfast-preset": {
+        "hp": {"preset": "grokking"},
+        "kind": "mugrokfast.MuGrokfast.from_preset(preset, same param groups as mugrokfast)",
+    },
 }
 
 
@@ -216,6 +221,8 @@ def build_optimizer(name: str, model: Decoder, hp: dict[str, Any]) -> torch.opti
                 base, filter="ma", window_size=hp["window_size"], ma_lamb=hp["lamb"]
             )
         return mugrokfast.Grokfast(base, filter="ema", alpha=hp["alpha"], lamb=hp["lamb"])
+    if name == "mugrokfast-preset":
+        return mugrokfast.MuGrokfast.from_preset(hp["preset"], _muon_groups(model, hp))
     if name in ("muon", "mugrokfast"):
         filt = hp.get("grokfast") if name == "mugrokfast" else None
         return mugrokfast.MuGrokfast(
@@ -504,6 +511,17 @@ def parse_hp(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def describe(name: str, hp: dict[str, Any]) -> dict[str, Any]:
+    out = {"kind": OPTIMIZERS[name]["kind"], "hp": hp}
+    if name == "mugrokfast-preset":
+        import mugrokfast
+
+        out["preset_kwargs"] = {
+            k: repr(v) for k, v in mugrokfast.get_preset(hp["preset"]).kwargs.items()
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -640,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         result = {
             "task": TASK,
-            "optimizers": {n: {"kind": OPTIMIZERS[n]["kind"], "hp": hps[n]} for n in names},
+            "optimizers": {n: describe(n, hps[n]) for n in names},
             "command": "python " + " ".join([os.path.relpath(__file__)] + (argv or sys.argv[1:])),
             "max_steps": args.max_steps,
             "stop_at": args.stop_at,
