@@ -1,0 +1,107 @@
+"""Cost of the Grokfast EMA filter alone, three ways, on a model's parameter shapes.
+
+Why: in ``optimizer_step.py`` the EMA filter makes ``MuGrokfast(ema)`` ~1.3x torch's
+Muon + AdamW on CPU. This isolates the filter ``h = alpha*h + (1-alpha)*g; g' = g + lamb*h``:
+
+- ``mugrokfast.grokfast_filter(filter="ema")``: the library's path (foreach ops);
+- two foreach passes: ``_foreach_lerp_(h, g, 1-alpha)`` then ``_foreach_add(g, h, alpha=lamb)``
+  (same maths; rounding differs from the reference's in the last bit);
+- the reference style: a Python loop per tensor, as ironjr/grokfast's ``gradfilter_ema``.
+
+    python benchmarks/ema_filter_cost.py --set cognate-25m --out benchmarks/results/ema_filter_cost.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import statistics
+import sys
+import time
+
+import mugrokfast
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import optimizer_step  # noqa: E402
+
+ALPHA, LAMB = 0.98, 2.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--set", default="cognate-25m", choices=["cognate-25m", "gpt2-small"])
+    ap.add_argument("--gpt2-layers", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    if args.set == "cognate-25m":
+        shapes, source = optimizer_step.cognate_shapes()
+    else:
+        shapes, source = (
+            optimizer_step.gpt2_shapes(args.gpt2_layers),
+            f"gpt2 {args.gpt2_layers} layers",
+        )
+    muon, rest = optimizer_step.make_params(shapes)
+    grads = [p.grad for p in muon + rest]
+    states: list[dict] = [{} for _ in grads]
+    emas = [g.clone() for g in grads]
+    ref = {i: g.clone() for i, g in enumerate(grads)}
+
+    def library() -> None:
+        mugrokfast.grokfast_filter(
+            grads, states, filter="ema", alpha=ALPHA, lamb=LAMB, window=100, ma_lamb=5.0
+        )
+
+    def two_pass() -> None:
+        torch._foreach_lerp_(emas, grads, 1 - ALPHA)
+        torch._foreach_add(grads, emas, alpha=LAMB)
+
+    def reference() -> None:
+        for i, g in enumerate(grads):
+            ref[i] = ref[i] * ALPHA + g * (1 - ALPHA)
+            _ = g + ref[i] * LAMB
+
+    fns = {
+        "library grokfast_filter": library,
+        "two foreach passes": two_pass,
+        "reference loop": reference,
+    }
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for f in fns.values():
+        f()
+    for _ in range(args.reps):  # interleaved
+        for name, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    med = {k: round(statistics.median(v), 2) for k, v in times.items()}
+    base = med["library grokfast_filter"]
+    for k, v in med.items():
+        print(f"{k:26s} {v:9.2f} ms  x{v / base:.3f} of the library's")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(
+                {
+                    "command": "python "
+                    + " ".join([os.path.relpath(__file__)] + (argv or sys.argv[1:])),
+                    "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "torch": torch.__version__,
+                    "machine": {"cpu_count": os.cpu_count(), "threads": 1, "device": "cpu"},
+                    "shapes": source,
+                    "n_params": sum(g.numel() for g in grads),
+                    "median_ms": med,
+                    "times_ms": {k: [round(t, 2) for t in v] for k, v in times.items()},
+                },
+                f,
+                indent=1,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
