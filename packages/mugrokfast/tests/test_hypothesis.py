@@ -84,8 +84,9 @@ def test_matches_paper_filter_then_torch_optimizer(shape, hp, seed):
         opt.step()
         ref.grad = fg.reshape(ref.shape)
         ref_opt.step()
-    # EMA / no filter: the same operations. MA: another summation order, through bf16 NS.
-    tol = 0 if hp["grokfast"] in (None, "ema") else 2e-2
+    # No filter: the same operations. EMA (lerp form) and MA (another summation order) round
+    # differently from the paper's formula, by ulps that bf16 Newton-Schulz may amplify.
+    tol = 0 if hp["grokfast"] is None else 2e-2
     torch.testing.assert_close(p.detach().reshape(ref.shape), ref.detach(), rtol=tol, atol=tol)
 
 

@@ -38,7 +38,8 @@ def test_ema_equals_functional_filter_then_base(base_cls):
     _run_wrapper(model, 5, base_cls, filter="ema", alpha=0.9, lamb=2.0)
     _run_functional(ref, 5, gradfilter_ema, base_cls, alpha=0.9, lamb=2.0)
     for a, b in zip(model.parameters(), ref.parameters(), strict=True):
-        assert torch.equal(a, b)
+        # the wrapper's filter uses a faster lerp form of the EMA: equal up to fp32 rounding
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_ma_equals_functional_filter_then_base():

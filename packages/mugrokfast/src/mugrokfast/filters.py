@@ -232,10 +232,12 @@ def grokfast_filter(
     ma_lamb: float,
     warmup_steps: int = 0,
     history_dtype: torch.dtype | None = None,
+    inplace: bool = False,
 ) -> list[Tensor]:
     """Filter a list of raw gradients, updating each parameter's state dict in place.
 
-    Returns the filtered gradients (new tensors where amplified; the inputs are not modified):
+    Returns the filtered gradients (new tensors where amplified; with ``inplace=True`` the
+    amplified gradients are written into ``grads`` itself, saving a copy):
 
     * ``"ema"``:  ``g + lamb * h``
     * ``"ma"``:   ``g + ma_lamb * S / window`` once the window is full (ring buffer sum ``S``)
@@ -245,6 +247,14 @@ def grokfast_filter(
     For the first ``warmup_steps`` calls (counted per parameter) the state is updated but the
     raw gradient is returned. MA history may be stored in a lower precision ``history_dtype``
     (the running sum stays in the gradient dtype).
+
+    Cost: the filter is memory-bound, so it is written as few passes over the gradients as
+    possible and without list-sized temporaries: ``h.lerp_(g, 1 - alpha)`` (one pass, i.e.
+    ``h + (1-alpha)*(g - h)``) then ``g + lamb*h`` as one ``add(alpha=lamb)``; the MA term is
+    one ``add(S, alpha=ma_lamb/window)``. These are the paper's formulas, but rounded
+    differently from its ``alpha*h + (1-alpha)*g`` / ``mean*lamb`` (a few ulp in fp32; the tests
+    compare with the paper's form at rtol = atol = 1e-6). The same code runs before and after a
+    ``state_dict()`` round trip, so resumed runs stay bit-identical.
     """
     if filter is None or not grads:
         return list(grads)
@@ -253,39 +263,51 @@ def grokfast_filter(
         st["grokfast_step"] = st.get("grokfast_step", 0) + 1
     live = [i for i, st in enumerate(states) if st["grokfast_step"] > warmup_steps]
 
+    # Update the state from the raw gradients first (an in-place EMA amplification would
+    # otherwise feed the MA buffer of a "dual" filter amplified gradients).
     if filter in ("ema", "dual"):
         emas = _ema_update(grads, states)
-        torch._foreach_mul_(emas, alpha)
-        torch._foreach_add_(emas, torch._foreach_mul(grads, 1 - alpha))
-        if live:
-            amplified = torch._foreach_add(
-                [grads[i] for i in live], torch._foreach_mul([emas[i] for i in live], lamb)
-            )
-            for i, t in zip(live, amplified, strict=True):
-                out[i] = t
-
+        torch._foreach_lerp_(emas, grads, 1 - alpha)  # h = alpha*h + (1-alpha)*g, one pass
+    ready: list[int] = []
     if filter in ("ma", "dual"):
         counts = _ma_update(grads, states, window, history_dtype)
         ready = [i for i in live if counts[i] == window]
-        if ready:
-            means = torch._foreach_div([states[i]["grokfast_ma_sum"] for i in ready], window)
-            torch._foreach_mul_(means, ma_lamb)
-            fresh = [i for i in ready if out[i] is grads[i]]
-            reused = [i for i in ready if out[i] is not grads[i]]
-            if reused:
-                torch._foreach_add_(
-                    [out[i] for i in reused], [means[ready.index(i)] for i in reused]
-                )
-            if fresh:
-                added = torch._foreach_add(
-                    [grads[i] for i in fresh], [means[ready.index(i)] for i in fresh]
-                )
-                for i, t in zip(fresh, added, strict=True):
-                    out[i] = t
+
+    # Amplify: one pass per term, no temporaries.
+    if filter in ("ema", "dual") and live:
+        _add_into(out, grads, live, [emas[i] for i in live], lamb, inplace)
+    if ready:
+        sums = [states[i]["grokfast_ma_sum"] for i in ready]
+        _add_into(out, grads, ready, sums, ma_lamb / window, inplace)
     return out
 
 
-def filter_group(group: dict[str, Any], grads: list[Tensor], states: list[dict]) -> list[Tensor]:
+def _add_into(
+    out: list[Tensor],
+    grads: list[Tensor],
+    idx: list[int],
+    terms: list[Tensor],
+    scale: float,
+    inplace: bool,
+) -> None:
+    """``out[i] = out[i] + scale * term`` for ``i`` in ``idx``, one pass: in place where
+    ``out[i]`` is already a new tensor (or ``inplace``), else into a new tensor so that the
+    caller's gradient ``grads[i]`` is left untouched."""
+    mine = [k for k, i in enumerate(idx) if inplace or out[i] is not grads[i]]
+    theirs = [k for k, i in enumerate(idx) if not (inplace or out[i] is not grads[i])]
+    if mine:
+        torch._foreach_add_([out[idx[k]] for k in mine], [terms[k] for k in mine], alpha=scale)
+    if theirs:
+        new = torch._foreach_add(
+            [grads[idx[k]] for k in theirs], [terms[k] for k in theirs], alpha=scale
+        )
+        for k, t in zip(theirs, new, strict=True):
+            out[idx[k]] = t
+
+
+def filter_group(
+    group: dict[str, Any], grads: list[Tensor], states: list[dict], inplace: bool = False
+) -> list[Tensor]:
     """:func:`grokfast_filter` with the hyperparameters stored in a param group."""
     return grokfast_filter(
         grads,
@@ -297,6 +319,7 @@ def filter_group(group: dict[str, Any], grads: list[Tensor], states: list[dict])
         ma_lamb=group["grokfast_ma_lambda"],
         warmup_steps=group["grokfast_warmup_steps"],
         history_dtype=group["grokfast_history_dtype"],
+        inplace=inplace,
     )
 
 

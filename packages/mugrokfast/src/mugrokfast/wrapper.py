@@ -111,10 +111,8 @@ class Grokfast(Optimizer):
             params, grads = params_with_grad(group, "Grokfast")
             if not params or group["grokfast"] is None:
                 continue
-            filtered = filter_group(group, grads, [self.state[p] for p in params])
-            changed = [(g, f) for g, f in zip(grads, filtered, strict=True) if f is not g]
-            if changed:
-                torch._foreach_copy_([g for g, _ in changed], [f for _, f in changed])
+            # in place: p.grad <- p.grad + lamb*h directly, no new tensors and no copy back
+            filter_group(group, grads, [self.state[p] for p in params], inplace=True)
         self.base_optimizer.step()
         return loss
 
