@@ -142,12 +142,21 @@ def test_same_shaped_matrices_share_one_newton_schulz_call(monkeypatch):
     import mugrokfast.muon as muon_mod
 
     calls = []
-    real = muon_mod.zeropower_via_newtonschulz
+    real = muon_mod.newtonschulz_  # the iteration of zeropower_via_newtonschulz
 
-    def spy(G, *args, **kwargs):
-        calls.append(tuple(G.shape))
-        return real(G, *args, **kwargs)
+    def spy(X, *args, **kwargs):
+        calls.append(tuple(X.shape))
+        return real(X, *args, **kwargs)
 
-    monkeypatch.setattr(muon_mod, "zeropower_via_newtonschulz", spy)
+    monkeypatch.setattr(muon_mod, "newtonschulz_", spy)
+    # on CPU one matrix per call (faster there) ...
     _run(Muon, SHAPES + [(2, 2, 3, 2)], steps=1)  # the kernel flattens to (2, 12)
-    assert sorted(calls) == sorted([(3, 8, 8), (12, 4), (4, 12), (2, 12)])
+    assert sorted(calls) == sorted([(8, 8)] * 3 + [(12, 4), (4, 12), (2, 12)])
+    # ... batched as on accelerators when asked, with the very same numbers
+    calls.clear()
+    monkeypatch.setattr(muon_mod, "BATCH_ON_CPU", True)
+    batched, _ = _run(Muon, SHAPES + [(2, 2, 3, 2)], steps=3)
+    assert sorted(calls) == sorted([(3, 8, 8), (12, 4), (4, 12), (2, 12)] * 3)
+    monkeypatch.setattr(muon_mod, "BATCH_ON_CPU", False)
+    single, _ = _run(Muon, SHAPES + [(2, 2, 3, 2)], steps=3)
+    assert all(torch.equal(a, b) for a, b in zip(batched, single, strict=True))

@@ -65,12 +65,20 @@ def zeropower_via_newtonschulz(
         raise ValueError(f"eps must be > 0 (got {eps!r})")
     if G.is_complex():
         raise ValueError("G must be real; complex matrices are not supported")
-    a, b, c = coefficients
     dtype = default_ns_dtype(G.device) if dtype is None else dtype
     shape = G.shape
     X = G.reshape(-1, shape[-2], shape[-1]) if G.ndim > 3 else G
-    X = X.to(dtype=dtype, copy=True)
-    tall = shape[-2] > shape[-1]
+    return newtonschulz_(X.to(dtype=dtype, copy=True), steps, coefficients, eps).reshape(shape)
+
+
+def newtonschulz_(
+    X: Tensor, steps: int, coefficients: tuple[float, float, float], eps: float
+) -> Tensor:
+    """The iteration of :func:`zeropower_via_newtonschulz` on ``X`` (2-D, or 3-D = a batch),
+    already in the compute dtype and owned by the caller: it is normalised in place (this saves
+    Muon a copy: it stacks its matrices straight into the compute dtype). No validation."""
+    a, b, c = coefficients
+    tall = X.shape[-2] > X.shape[-1]
     if tall:
         X = X.mT
     if X.ndim == 2:
@@ -85,6 +93,4 @@ def zeropower_via_newtonschulz(
             A = X @ X.mT
             B = torch.baddbmm(A, A, A, beta=b, alpha=c)
             X = torch.baddbmm(X, B, X, beta=a)
-    if tall:
-        X = X.mT
-    return X.reshape(shape)
+    return X.mT if tall else X
