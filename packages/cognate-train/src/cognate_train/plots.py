@@ -21,6 +21,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _save(fig, path: Path) -> Path:
+    """Lay out, write and close one figure; return its path."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
     xs, ys = [], []
     for r in records:
@@ -87,10 +95,7 @@ def plot_run(
     ax.set_title(f"{title}: loss" if title else "loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    paths.append(out / "loss.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out / "loss.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     xs, ys = _series(records, "train/accuracy")
@@ -143,10 +148,7 @@ def plot_run(
     ax.set_title(f"{title}: accuracy" if title else "accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2 if len(families) > 4 else 1)
-    fig.tight_layout()
-    paths.append(out / "accuracy.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out / "accuracy.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     xs, ys = _series(records, "lr")
@@ -167,8 +169,5 @@ def plot_run(
         ax2.set_ylim(0, max(ly) * 1.2 if max(ly) > 0 else 1)
     _mark_grokking(ax, grokking_step)
     ax.set_title(f"{title}: schedule" if title else "schedule")
-    fig.tight_layout()
-    paths.append(out / "lr.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out / "lr.png"))
     return paths
