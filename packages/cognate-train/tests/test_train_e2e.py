@@ -76,6 +76,32 @@ def test_metrics_jsonl_contents(smoke_run):
         assert r["val/accuracy"] == pytest.approx(sum(fams.values()) / len(fams))
 
 
+def test_train_tokens_count_the_batches_drawn(smoke_run):
+    """``train/tokens`` = non-padding tokens of every batch so far, replayed from the data."""
+    from cognate_train.data import CurriculumDataset, families_for_stage, make_split, split_by_stage
+    from cognate_train.tokenizer import build_tokenizer
+    from cognate_train.trainer import STAGE_NAMES, stage_at
+
+    cfg = build_config("train", "smoke", None, {})
+    train, _ = make_split(
+        families_for_stage(STAGE_NAMES[-1]), cfg.n_train, cfg.n_val, cfg.seed, cfg.max_len
+    )
+    data = CurriculumDataset(
+        build_tokenizer(), split_by_stage(train), cfg.batch_size, cfg.max_len, cfg.seed
+    )
+    expected, total = {}, 0
+    for step in range(cfg.max_steps):
+        batch = data.next_batch(stage_at(step, cfg.max_steps, cfg.stage_fractions))
+        total += int(batch["attention_mask"].sum())
+        expected[step + 1] = total
+    records = [r for r in read_metrics(smoke_run / "metrics.jsonl") if "train/tokens" in r]
+    assert {r["step"] for r in records} >= {4, 8, 12, 24}
+    for r in records:
+        assert r["train/tokens"] == expected[r["step"]], r["step"]
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    assert summary["tokens_seen"] == total
+
+
 def test_final_loads_with_auto_classes_and_matches_summary(smoke_run, same_weights):
     import cognate_model  # noqa: F401
     from cognate_train.data import families_for_stage, make_split

@@ -186,6 +186,7 @@ class TrainState:
     nonfinite_total: int = 0
     nonfinite_streak: int = 0
     elapsed_s: float = 0.0
+    tokens_seen: int = 0  # non-padding tokens of the batches behind the optimizer steps taken
     last_eval_step: int = -1
     last_eval: dict[str, float] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -303,6 +304,7 @@ class Trainer:
             "nonfinite_total": self.state.nonfinite_total,
             "nonfinite_streak": self.state.nonfinite_streak,
             "elapsed_s": self.state.elapsed_s + (time.perf_counter() - self._t0),
+            "tokens_seen": self.state.tokens_seen,
             "last_eval_step": self.state.last_eval_step,
             "last_eval": self.state.last_eval,
             "events": self.state.events,
@@ -359,6 +361,7 @@ class Trainer:
             nonfinite_total=ts["nonfinite_total"],
             nonfinite_streak=ts["nonfinite_streak"],
             elapsed_s=ts["elapsed_s"],
+            tokens_seen=ts.get("tokens_seen", 0),
             last_eval_step=ts["last_eval_step"],
             last_eval=ts["last_eval"],
             events=ts["events"],
@@ -594,6 +597,7 @@ class Trainer:
                             "non-finite steps in a row; lower --lr or check the data"
                         )
                 else:
+                    self.state.tokens_seen += res["tokens"]
                     for k, v in res.items():
                         if k != "skipped":
                             window[k] = window.get(k, 0.0) + v
@@ -611,6 +615,7 @@ class Trainer:
                             **current_lrs(self.optimizer),
                             "grad_norm": window.pop("grad_norm") / n,
                             "tokens_per_s": window.pop("tokens") / dt,
+                            "train/tokens": self.state.tokens_seen,
                             "curriculum/stage": STAGE_NAMES.index(stage),
                             "skipped_steps": self.state.nonfinite_total,
                             **{k: v / n for k, v in window.items()},
@@ -626,7 +631,12 @@ class Trainer:
                 if step % cfg.eval_every == 0 or step == self.total_steps:
                     result = self.evaluate()
                     stop = self._after_eval(result, metrics)
-                    record = {"step": step, **result, **self.detector.metrics()}
+                    record = {
+                        "step": step,
+                        "train/tokens": self.state.tokens_seen,
+                        **result,
+                        **self.detector.metrics(),
+                    }
                     metrics.log(record)
                     progress.message(_format_eval(self.spec, step, result))
                 if step % cfg.checkpoint_every == 0 or step == self.total_steps or stop:
@@ -638,7 +648,14 @@ class Trainer:
             if self.state.last_eval_step != self.state.step:
                 result = self.evaluate()
                 self._after_eval(result, metrics)
-                metrics.log({"step": self.state.step, **result, **self.detector.metrics()})
+                metrics.log(
+                    {
+                        "step": self.state.step,
+                        "train/tokens": self.state.tokens_seen,
+                        **result,
+                        **self.detector.metrics(),
+                    }
+                )
                 self.save_checkpoint()
             if self.state.stop_reason is None:
                 self.state.stop_reason = "max_steps"
@@ -703,6 +720,7 @@ class Trainer:
             "total_steps": self.total_steps,
             "stop_reason": st.stop_reason,
             "time_s": round(elapsed, 2),
+            "tokens_seen": st.tokens_seen,
             "world_size": int(os.environ.get("WORLD_SIZE", "1")),
             "device": str(self.device),
             "final": st.last_eval,
