@@ -73,6 +73,57 @@ def test_ema_matches_paper_filter_then_torch():
         torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-3, msg=n)
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["per-matrix", "batched-ns"])
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize(
+    "fkw",
+    [
+        dict(filter="ema", alpha=0.9, lamb=2.0),
+        dict(filter="dual", alpha=0.9, lamb=2.0, window=2, ma_lamb=3.0, warmup_steps=1),
+    ],
+    ids=["ema", "dual+warmup"],
+)
+def test_fused_filter_paths_equal_filter_then_torch_bit_for_bit(fkw, foreach, batched, monkeypatch):
+    """The amplification added inside Muon's Nesterov step and the CPU AdamW loop (no
+    materialised filtered gradients) gives torch.optim.Muon/AdamW's numbers on the output of
+    the standalone grokfast_filter, exactly."""
+    import mugrokfast.muon as muon_mod
+    from mugrokfast import grokfast_filter
+
+    monkeypatch.setattr(muon_mod, "BATCH_ON_CPU", batched)  # same-shaped matrices stacked
+    model = TinyLM()
+    ref = copy.deepcopy(model)
+    g_muon, g_adam = _groups(ref)
+    muon = torch.optim.Muon(g_muon["params"], lr=HP["muon_lr"], weight_decay=HP["weight_decay"],
+                            momentum=HP["momentum"])  # fmt: skip
+    adamw = torch.optim.AdamW(g_adam["params"], lr=HP["lr"], betas=HP["betas"], eps=HP["eps"],
+                              weight_decay=HP["weight_decay"], foreach=foreach)  # fmt: skip
+    filt = dict(window=100, ma_lamb=0.0) | fkw
+    states = [{} for _ in ref.parameters()]
+    for t in range(6):
+        ref.zero_grad()
+        lm_loss(ref, t).backward()
+        params = list(ref.parameters())
+        filtered = grokfast_filter([p.grad for p in params], states, **filt)
+        for p, g in zip(params, filtered, strict=True):
+            p.grad = g
+        muon.step()
+        adamw.step()
+    ours, _ = _ours(
+        model,
+        6,
+        grokfast=fkw["filter"],
+        grokfast_alpha=fkw["alpha"],
+        grokfast_lambda=fkw["lamb"],
+        grokfast_window=fkw.get("window", 100),
+        grokfast_ma_lambda=fkw.get("ma_lamb", 5.0),
+        grokfast_warmup_steps=fkw.get("warmup_steps", 0),
+        foreach=foreach,
+    )
+    for (n, a), b in zip(ours.named_parameters(), ref.parameters(), strict=True):
+        assert torch.equal(a, b), n
+
+
 @pytest.mark.parametrize("mode", ["ma", "dual"])
 def test_ma_and_dual_match_paper_filters_then_torch(mode):
     model = TinyLM()

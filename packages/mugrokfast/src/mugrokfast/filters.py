@@ -256,9 +256,47 @@ def grokfast_filter(
     compare with the paper's form at rtol = atol = 1e-6). The same code runs before and after a
     ``state_dict()`` round trip, so resumed runs stay bit-identical.
     """
+    terms = grokfast_terms(
+        grads,
+        states,
+        filter=filter,
+        alpha=alpha,
+        lamb=lamb,
+        window=window,
+        ma_lamb=ma_lamb,
+        warmup_steps=warmup_steps,
+        history_dtype=history_dtype,
+    )
+    return apply_terms(grads, terms, inplace=inplace)
+
+
+# g' = g + sum(scale * term): the amplification of one gradient, not yet added
+Terms = list[tuple[Tensor, float]]
+
+
+def grokfast_terms(
+    grads: list[Tensor],
+    states: list[dict],
+    *,
+    filter: str | None,
+    alpha: float,
+    lamb: float,
+    window: int,
+    ma_lamb: float,
+    warmup_steps: int = 0,
+    history_dtype: torch.dtype | None = None,
+) -> list[Terms]:
+    """The state update of :func:`grokfast_filter` without the amplification: returns, per
+    gradient, the ``(term, scale)`` pairs to add (``[]``: use the raw gradient).
+
+    An optimizer that has to write a fresh tensor anyway (Muon's Nesterov update, AdamW's
+    denominator) adds the terms there instead of materialising every filtered gradient at once;
+    on CPU that saves the page faults of a parameter-sized allocation per step, which cost more
+    than the filter's arithmetic. :func:`apply_terms` gives :func:`grokfast_filter`'s numbers.
+    """
+    terms: list[Terms] = [[] for _ in grads]
     if filter is None or not grads:
-        return list(grads)
-    out = list(grads)
+        return terms
     for st in states:
         st["grokfast_step"] = st.get("grokfast_step", 0) + 1
     live = [i for i, st in enumerate(states) if st["grokfast_step"] > warmup_steps]
@@ -268,17 +306,38 @@ def grokfast_filter(
     if filter in ("ema", "dual"):
         emas = _ema_update(grads, states)
         torch._foreach_lerp_(emas, grads, 1 - alpha)  # h = alpha*h + (1-alpha)*g, one pass
-    ready: list[int] = []
+        for i in live:
+            terms[i].append((emas[i], lamb))
     if filter in ("ma", "dual"):
         counts = _ma_update(grads, states, window, history_dtype)
-        ready = [i for i in live if counts[i] == window]
+        for i in live:
+            if counts[i] == window:
+                terms[i].append((states[i]["grokfast_ma_sum"], ma_lamb / window))
+    return terms
 
-    # Amplify: one pass per term, no temporaries.
-    if filter in ("ema", "dual") and live:
-        _add_into(out, grads, live, [emas[i] for i in live], lamb, inplace)
-    if ready:
-        sums = [states[i]["grokfast_ma_sum"] for i in ready]
-        _add_into(out, grads, ready, sums, ma_lamb / window, inplace)
+
+def add_terms(grad: Tensor, terms: Terms) -> Tensor:
+    """``grad + sum(scale * term)`` as a new tensor (``grad`` itself when there are no terms)."""
+    if not terms:
+        return grad
+    (t0, s0), *rest = terms
+    out = grad.add(t0, alpha=s0)
+    for t, s in rest:
+        out.add_(t, alpha=s)
+    return out
+
+
+def apply_terms(grads: list[Tensor], terms: list[Terms], inplace: bool = False) -> list[Tensor]:
+    """The filtered gradients: one foreach pass per term, no temporaries. New tensors where
+    amplified, unless ``inplace`` (then written into ``grads`` itself)."""
+    out = list(grads)
+    for k in range(max((len(t) for t in terms), default=0)):
+        by_scale: dict[float, list[int]] = {}
+        for i, t in enumerate(terms):
+            if len(t) > k:
+                by_scale.setdefault(t[k][1], []).append(i)
+        for scale, idx in by_scale.items():
+            _add_into(out, grads, idx, [terms[i][k][0] for i in idx], scale, inplace)
     return out
 
 
@@ -320,6 +379,21 @@ def filter_group(
         warmup_steps=group["grokfast_warmup_steps"],
         history_dtype=group["grokfast_history_dtype"],
         inplace=inplace,
+    )
+
+
+def group_terms(group: dict[str, Any], grads: list[Tensor], states: list[dict]) -> list[Terms]:
+    """:func:`grokfast_terms` with the hyperparameters stored in a param group."""
+    return grokfast_terms(
+        grads,
+        states,
+        filter=group["grokfast"],
+        alpha=group["grokfast_alpha"],
+        lamb=group["grokfast_lambda"],
+        window=group["grokfast_window"],
+        ma_lamb=group["grokfast_ma_lambda"],
+        warmup_steps=group["grokfast_warmup_steps"],
+        history_dtype=group["grokfast_history_dtype"],
     )
 
 

@@ -29,7 +29,10 @@ from torch.optim.adamw import adamw as _adamw
 
 from ._state import restore_state_dtypes, run_closure, saved_state_dtypes
 from .filters import (
-    filter_group,
+    Terms,
+    add_terms,
+    apply_terms,
+    group_terms,
     params_with_grad,
     set_grokfast_lambda,
     validate_filter_args,
@@ -237,42 +240,105 @@ class MuGrokfast(Optimizer):
             if not params:
                 continue
             states = [self.state[p] for p in params]
-            grads = filter_group(group, grads, states)
+            # the filter's state is updated here; the amplification g + lambda*h is added
+            # inside the update that writes a fresh tensor anyway (see grokfast_terms)
+            terms = group_terms(group, grads, states)
             if group["use_muon"]:
-                self._muon(group, params, grads, states)
+                self._muon(group, params, grads, states, terms)
             else:
-                self._adamw(group, params, grads, states)
+                self._adamw(group, params, grads, states, terms)
         return loss
 
     @staticmethod
-    def _muon(group: dict, params: list[Tensor], grads: list[Tensor], states: list[dict]):
+    def _muon(
+        group: dict, params: list[Tensor], grads: list[Tensor], states: list[dict], terms
+    ) -> None:
         for p, st in zip(params, states, strict=True):
             if "momentum_buffer" not in st:
                 st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         bufs = [st["momentum_buffer"] for st in states]
-        muon_step(params, grads, bufs, **muon_group_options(group, eps_key="ns_eps"))
+        opts = muon_group_options(group, eps_key="ns_eps")
+        muon_step(params, grads, bufs, terms=terms, **opts)
 
     @staticmethod
-    def _adamw(group: dict, params: list[Tensor], grads: list[Tensor], states: list[dict]):
+    def _adamw(
+        group: dict, params: list[Tensor], grads: list[Tensor], states: list[dict], terms
+    ) -> None:
         for p, st in zip(params, states, strict=True):
             if "exp_avg" not in st:
                 st["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
                 st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         beta1, beta2 = group["betas"]
-        _adamw(
-            params,
-            grads,
-            [st["exp_avg"] for st in states],
-            [st["exp_avg_sq"] for st in states],
-            [],
-            [st["step"] for st in states],
-            foreach=group["foreach"],
-            amsgrad=False,
+        hp = dict(
             beta1=beta1,
             beta2=beta2,
             lr=group["lr"],
             weight_decay=group["weight_decay"],
             eps=group["eps"],
-            maximize=False,
         )
+        # CPU tensors with Grokfast terms: the fused loop below (no parameter-sized
+        # allocations); everything else: torch's own AdamW on the filtered gradients
+        fused = [i for i, t in enumerate(terms) if t and grads[i].device.type == "cpu"]
+        if fused:
+            _adamw_cpu_filtered(
+                [params[i] for i in fused],
+                [grads[i] for i in fused],
+                [terms[i] for i in fused],
+                [states[i] for i in fused],
+                **hp,
+            )
+        if len(fused) == len(params):
+            return
+        skip = set(fused)
+        rest = [i for i in range(len(params)) if i not in skip]
+        _adamw(
+            [params[i] for i in rest],
+            apply_terms([grads[i] for i in rest], [terms[i] for i in rest]),
+            [states[i]["exp_avg"] for i in rest],
+            [states[i]["exp_avg_sq"] for i in rest],
+            [],
+            [states[i]["step"] for i in rest],
+            foreach=group["foreach"],
+            amsgrad=False,
+            maximize=False,
+            **hp,
+        )
+
+
+def _adamw_cpu_filtered(
+    params: list[Tensor],
+    grads: list[Tensor],
+    terms: list[Terms],
+    states: list[dict],
+    *,
+    beta1: float,
+    beta2: float,
+    lr: float,
+    weight_decay: float,
+    eps: float,
+) -> None:
+    """torch.optim.AdamW's update on ``g' = g + sum(scale * term)``, one tensor at a time, with
+    g' (a fresh tensor) reused as the denominator's buffer once the moments have read it.
+
+    The operations and their order are those of torch's single-tensor AdamW (on CPU its foreach
+    path runs the same kernels tensor by tensor), so the numbers are those of torch.optim.AdamW
+    fed the filtered gradients. What changes is memory traffic: torch allocates ``sqrt(v)`` and
+    ``sqrt(v) / c2`` per tensor (or all of them at once with foreach), and materialising the
+    filtered gradients first would be one more parameter-sized allocation per step.
+    """
+    for p, g, tm, st in zip(params, grads, terms, states, strict=True):
+        step_t = st["step"]
+        step_t += 1
+        step = step_t.item()
+        u = add_terms(g, tm)
+        exp_avg, exp_avg_sq = st["exp_avg"], st["exp_avg_sq"]
+        p.mul_(1 - lr * weight_decay)
+        exp_avg.lerp_(u, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(u, u, value=1 - beta2)
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        step_size = lr / bias_correction1
+        bias_correction2_sqrt = bias_correction2**0.5
+        denom = torch.sqrt(exp_avg_sq, out=u).div_(bias_correction2_sqrt).add_(eps)
+        p.addcdiv_(exp_avg, denom, value=-step_size)

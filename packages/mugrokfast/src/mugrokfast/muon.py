@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._state import run_closure
-from .filters import params_with_grad
+from .filters import Terms, add_terms, params_with_grad
 from .newton_schulz import (
     DEFAULT_NS_COEFFICIENTS,
     DEFAULT_NS_EPS,
@@ -130,15 +130,31 @@ def muon_step(
     eps: float,
     adjust_lr_fn: str | None,
     ns_dtype: torch.dtype | None,
+    terms: list[Terms] | None = None,
 ) -> None:
-    """Functional Muon update (see the module docstring) on lists of tensors, in place."""
+    """Functional Muon update (see the module docstring) on lists of tensors, in place.
+
+    ``terms`` (from :func:`mugrokfast.filters.grokfast_terms`): per matrix, Grokfast terms to add
+    to its gradient first. They are added into the tensor the Nesterov step writes anyway, one
+    matrix at a time, so a filtered step allocates no more than an unfiltered one. Each update
+    is formed right before its Newton-Schulz call (not all at once): on CPU a freed matrix-sized
+    buffer is reused by the next matrix instead of faulting in fresh pages.
+    """
     if not params:
         return
     lr = float(lr)
-    torch._foreach_lerp_(momentum_buffers, grads, 1 - momentum)
-    updates = (
-        torch._foreach_lerp(grads, momentum_buffers, momentum) if nesterov else momentum_buffers
-    )
+    if terms is None:
+        terms = [[] for _ in params]
+
+    def direction(i: int) -> tuple[Tensor, bool]:
+        """The matrix to orthogonalise and whether it is a fresh tensor we may overwrite."""
+        g, buf = grads[i], momentum_buffers[i]
+        if terms[i]:
+            g = add_terms(g, terms[i])  # fresh: g + sum(scale * term)
+            buf.lerp_(g, 1 - momentum)
+            return (g.lerp_(buf, momentum), True) if nesterov else (buf, False)
+        buf.lerp_(g, 1 - momentum)
+        return (g.lerp(buf, momentum), True) if nesterov else (buf, False)
 
     # Batch same-shaped matrices: one NS call (one bmm per product) per (shape, dtype, device),
     # which saves kernel launches on accelerators. Not on CPU: there a batched bf16/fp32 bmm is
@@ -152,17 +168,19 @@ def muon_step(
                 "(send vectors such as biases and norm gains to AdamW)"
             )
         flat = (p.shape[0], math.prod(p.shape[1:]))
-        device = updates[i].device
+        device = grads[i].device
         alone = i if device.type == "cpu" and not BATCH_ON_CPU else -1
-        batches[(flat, updates[i].dtype, device, alone)].append(i)
+        batches[(flat, grads[i].dtype, device, alone)].append(i)
 
     for (flat, _, device, _), idx in batches.items():
         dtype = default_ns_dtype(device) if ns_dtype is None else ns_dtype
         if len(idx) == 1:
-            X = updates[idx[0]].reshape(flat).to(dtype=dtype, copy=True)
+            U, fresh = direction(idx[0])
+            # NS normalises its input in place: copy unless U is ours and already in dtype
+            X = U.reshape(flat).to(dtype=dtype, copy=not fresh)
         else:  # stack straight into the compute dtype: one copy of the updates, not two
             X = torch.empty((len(idx), *flat), dtype=dtype, device=device)
-            torch.stack([updates[i].reshape(flat) for i in idx], out=X)
+            torch.stack([direction(i)[0].reshape(flat) for i in idx], out=X)
         ortho = newtonschulz_(X, ns_steps, ns_coefficients, eps)  # = zeropower_via_newtonschulz
         if len(idx) == 1:
             ortho = ortho.unsqueeze(0)
