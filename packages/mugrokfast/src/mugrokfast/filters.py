@@ -274,6 +274,7 @@ def grokfast_filter(
 Terms = list[tuple[Tensor, float]]
 
 
+@torch.no_grad()
 def grokfast_terms(
     grads: list[Tensor],
     states: list[dict],
