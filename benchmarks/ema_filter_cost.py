@@ -1,12 +1,15 @@
-"""Cost of the Grokfast EMA filter alone, three ways, on a model's parameter shapes.
+"""Cost of the Grokfast EMA filter alone, several ways, on a model's parameter shapes.
 
-Why: in ``optimizer_step.py`` the EMA filter makes ``MuGrokfast(ema)`` ~1.3x torch's
-Muon + AdamW on CPU. This isolates the filter ``h = alpha*h + (1-alpha)*g; g' = g + lamb*h``:
+The filter ``h = alpha*h + (1-alpha)*g; g' = g + lamb*h`` is two passes over memory; on CPU
+what it costs depends mostly on where ``g'`` is written:
 
-- ``mugrokfast.grokfast_filter(filter="ema")``: the library's path (foreach ops);
-- two foreach passes: ``_foreach_lerp_(h, g, 1-alpha)`` then ``_foreach_add(g, h, alpha=lamb)``
-  (same maths; rounding differs from the reference's in the last bit);
-- the reference style: a Python loop per tensor, as ironjr/grokfast's ``gradfilter_ema``.
+- ``grokfast_terms`` (state update only): what ``MuGrokfast`` pays before its update, which
+  then adds ``lamb*h`` into a tensor it writes anyway (Muon's Nesterov step, AdamW's
+  denominator);
+- ``grokfast_filter(inplace=True)``: g' written into the gradients (the ``Grokfast`` wrapper);
+- ``grokfast_filter()``: g' as new tensors (the standalone function's default);
+- the reference style: a Python loop per tensor, as ironjr/grokfast's ``gradfilter_ema``;
+- one in-place pass (``_foreach_add_``) as the floor of any filter.
 
     python benchmarks/ema_filter_cost.py --set cognate-25m --out benchmarks/results/ema_filter_cost.json
 """
@@ -52,24 +55,37 @@ def main(argv: list[str] | None = None) -> int:
     emas = [g.clone() for g in grads]
     ref = {i: g.clone() for i, g in enumerate(grads)}
 
-    def library() -> None:
-        mugrokfast.grokfast_filter(
-            grads, states, filter="ema", alpha=ALPHA, lamb=LAMB, window=100, ma_lamb=5.0
-        )
+    kw = dict(filter="ema", alpha=ALPHA, lamb=LAMB, window=100, ma_lamb=5.0)
+    work = [g.clone() for g in grads]  # the in-place variants write here, not into grads
 
-    def two_pass() -> None:
-        torch._foreach_lerp_(emas, grads, 1 - ALPHA)
-        torch._foreach_add(grads, emas, alpha=LAMB)
+    def terms_only() -> None:
+        mugrokfast.filters.grokfast_terms(grads, states, **kw)
+
+    def inplace() -> None:
+        torch._foreach_copy_(work, grads)  # timed separately below and subtracted
+        mugrokfast.grokfast_filter(work, states, inplace=True, **kw)
+
+    def copy_only() -> None:
+        torch._foreach_copy_(work, grads)
+
+    def new_tensors() -> None:
+        mugrokfast.grokfast_filter(grads, states, **kw)
 
     def reference() -> None:
         for i, g in enumerate(grads):
             ref[i] = ref[i] * ALPHA + g * (1 - ALPHA)
             _ = g + ref[i] * LAMB
 
+    def one_pass() -> None:
+        torch._foreach_add_(work, emas, alpha=0.0)
+
     fns = {
-        "library grokfast_filter": library,
-        "two foreach passes": two_pass,
+        "state update only (grokfast_terms)": terms_only,
+        "in place (grokfast_filter inplace=True)": inplace,
+        "copy (subtracted from the in-place row)": copy_only,
+        "new tensors (grokfast_filter)": new_tensors,
         "reference loop": reference,
+        "one in-place pass (floor)": one_pass,
     }
     times: dict[str, list[float]] = {k: [] for k in fns}
     for f in fns.values():
@@ -79,10 +95,13 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             f()
             times[name].append((time.perf_counter() - t0) * 1e3)
+    copy = times.pop("copy (subtracted from the in-place row)")
+    key = "in place (grokfast_filter inplace=True)"
+    times[key] = [t - c for t, c in zip(times[key], copy, strict=True)]
     med = {k: round(statistics.median(v), 2) for k, v in times.items()}
-    base = med["library grokfast_filter"]
+    base = med["reference loop"]
     for k, v in med.items():
-        print(f"{k:26s} {v:9.2f} ms  x{v / base:.3f} of the library's")
+        print(f"{k:42s} {v:9.2f} ms  x{v / base:.3f} of the reference loop")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(
@@ -95,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                     "shapes": source,
                     "n_params": sum(g.numel() for g in grads),
                     "median_ms": med,
+                    "ratio_vs_reference_loop": {k: round(v / base, 3) for k, v in med.items()},
                     "times_ms": {k: [round(t, 2) for t in v] for k, v in times.items()},
                 },
                 f,
