@@ -11,7 +11,13 @@ Per step and per param group:
    During the first ``grokfast_warmup_steps`` steps the filter state is updated but g' = g.
 2. Groups with ``use_muon=True``: Muon on g' (momentum, Newton-Schulz, decoupled wd), exactly
    :func:`~mugrokfast.muon.muon_step`; other groups: ``torch.optim.AdamW``'s own functional
-   update (same numbers, same foreach choice).
+   update (same numbers, same foreach choice), except for filtered CPU tensors, which take a
+   per-tensor loop with AdamW's exact operations that reuses g' as the denominator's buffer.
+
+g' is never materialised for the whole model at once: :func:`~mugrokfast.filters.grokfast_terms`
+updates the filter state, and the ``lambda * h`` terms are added where the update writes a fresh
+tensor anyway (on CPU a parameter-sized allocation per step cost more than the filter itself;
+``benchmarks/results/ema_filter_cost.json``).
 
 With ``grokfast=None`` the result equals ``torch.optim.Muon`` on the Muon groups and
 ``torch.optim.AdamW`` on the others. ``p.grad`` is never modified.
