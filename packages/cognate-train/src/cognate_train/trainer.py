@@ -505,6 +505,15 @@ class Trainer:
                 result["train/accuracy"] = tr["accuracy"]
         return result
 
+    def _eval_record(self, result: dict[str, float]) -> dict[str, Any]:
+        """The metrics.jsonl record of an evaluation at the current step."""
+        return {
+            "step": self.state.step,
+            "train/tokens": self.state.tokens_seen,
+            **result,
+            **self.detector.metrics(),
+        }
+
     def _after_eval(self, result: dict[str, float], metrics: MetricsLogger) -> bool:
         """Best checkpoint, early stopping and grokking detection; returns True to stop."""
         cfg, st = self.cfg, self.state
@@ -631,13 +640,7 @@ class Trainer:
                 if step % cfg.eval_every == 0 or step == self.total_steps:
                     result = self.evaluate()
                     stop = self._after_eval(result, metrics)
-                    record = {
-                        "step": step,
-                        "train/tokens": self.state.tokens_seen,
-                        **result,
-                        **self.detector.metrics(),
-                    }
-                    metrics.log(record)
+                    metrics.log(self._eval_record(result))
                     progress.message(_format_eval(self.spec, step, result))
                 if step % cfg.checkpoint_every == 0 or step == self.total_steps or stop:
                     self.save_checkpoint()
@@ -648,14 +651,7 @@ class Trainer:
             if self.state.last_eval_step != self.state.step:
                 result = self.evaluate()
                 self._after_eval(result, metrics)
-                metrics.log(
-                    {
-                        "step": self.state.step,
-                        "train/tokens": self.state.tokens_seen,
-                        **result,
-                        **self.detector.metrics(),
-                    }
-                )
+                metrics.log(self._eval_record(result))
                 self.save_checkpoint()
             if self.state.stop_reason is None:
                 self.state.stop_reason = "max_steps"

@@ -369,18 +369,7 @@ def filter_group(
     group: dict[str, Any], grads: list[Tensor], states: list[dict], inplace: bool = False
 ) -> list[Tensor]:
     """:func:`grokfast_filter` with the hyperparameters stored in a param group."""
-    return grokfast_filter(
-        grads,
-        states,
-        filter=group["grokfast"],
-        alpha=group["grokfast_alpha"],
-        lamb=group["grokfast_lambda"],
-        window=group["grokfast_window"],
-        ma_lamb=group["grokfast_ma_lambda"],
-        warmup_steps=group["grokfast_warmup_steps"],
-        history_dtype=group["grokfast_history_dtype"],
-        inplace=inplace,
-    )
+    return apply_terms(grads, group_terms(group, grads, states), inplace=inplace)
 
 
 def group_terms(group: dict[str, Any], grads: list[Tensor], states: list[dict]) -> list[Terms]:

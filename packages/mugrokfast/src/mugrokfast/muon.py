@@ -148,13 +148,13 @@ def muon_step(
 
     def direction(i: int) -> tuple[Tensor, bool]:
         """The matrix to orthogonalise and whether it is a fresh tensor we may overwrite."""
-        g, buf = grads[i], momentum_buffers[i]
-        if terms[i]:
-            g = add_terms(g, terms[i])  # fresh: g + sum(scale * term)
-            buf.lerp_(g, 1 - momentum)
-            return (g.lerp_(buf, momentum), True) if nesterov else (buf, False)
+        buf = momentum_buffers[i]
+        g = add_terms(grads[i], terms[i])  # g + sum(scale * term): a fresh tensor if any terms
         buf.lerp_(g, 1 - momentum)
-        return (g.lerp(buf, momentum), True) if nesterov else (buf, False)
+        if not nesterov:
+            return buf, False
+        # overwrite g where it is ours, never the caller's gradient
+        return (g.lerp_(buf, momentum) if terms[i] else g.lerp(buf, momentum)), True
 
     # Batch same-shaped matrices: one NS call (one bmm per product) per (shape, dtype, device),
     # which saves kernel launches on accelerators. Not on CPU: there a batched bf16/fp32 bmm is
