@@ -92,6 +92,35 @@ def tokens_to_loss(curve: list[list[float]], target: float) -> float | None:
     return None
 
 
+def run_config(name: str, hp: dict[str, Any], seed: int, args: dict[str, Any], out: Path):
+    """The TrainConfig of one run: the quick preset plus this benchmark's flags (validated: a
+    bad value raises cognate_train's ConfigError naming it)."""
+    from cognate_model.configuration_cognate import PRESETS
+    from cognate_train.config import ConfigError, build_config
+
+    if args["model_preset"] not in PRESETS:
+        raise ConfigError(
+            f"model-preset: unknown {args['model_preset']!r} (choose from {', '.join(PRESETS)})"
+        )
+    flags = dict(
+        specialization=args["specialization"],
+        model_preset=args["model_preset"],
+        optimizer=name,
+        seed=seed,
+        max_steps=args["max_steps"],
+        eval_every=args["eval_every"],
+        log_every=args["eval_every"],
+        checkpoint_every=args["max_steps"],
+        output_dir=str(out),
+        resume="never",
+        samples=0,
+        threads=args["threads"],
+        device=args["device"],
+        **hp,
+    )
+    return build_config("train", "quick", None, flags)
+
+
 def train_run(
     label: str,
     name: str,
@@ -100,29 +129,12 @@ def train_run(
     args: dict[str, Any],
 ) -> dict[str, Any]:
     """One model, in its own process, in a throwaway output dir."""
-    from cognate_train.config import build_config
     from cognate_train.metrics import read_metrics
     from cognate_train.trainer import Trainer
 
     with tempfile.TemporaryDirectory(prefix="lm-bench-") as tmp:
         out = Path(tmp) / "run"
-        flags = dict(
-            specialization=args["specialization"],
-            model_preset=args["model_preset"],
-            optimizer=name,
-            seed=seed,
-            max_steps=args["max_steps"],
-            eval_every=args["eval_every"],
-            log_every=args["eval_every"],
-            checkpoint_every=args["max_steps"],
-            output_dir=str(out),
-            resume="never",
-            samples=0,
-            threads=args["threads"],
-            device=args["device"],
-            **hp,
-        )
-        cfg = build_config("train", "quick", None, flags)
+        cfg = run_config(name, hp, seed, args, out)
         t0 = time.perf_counter()
         summary = Trainer(cfg, args["specialization"], out, log=lambda m: None).run()
         wall = time.perf_counter() - t0
@@ -211,10 +223,10 @@ def same_tokens_check(runs: list[dict[str, Any]]) -> bool:
     return all(len(v) == 1 for v in by_seed.values())
 
 
-def markdown_table(summary: dict[str, Any]) -> str:
+def markdown_table(summary: dict[str, Any], target: float) -> str:
     lines = [
         "| optimizer | val loss (mean ± sd) | exact match (mean ± sd) | tokens to val loss "
-        f"{next(iter(summary.values()))['target_loss']:g} (median) | per seed |",
+        f"{target:g} (median) | per seed |",
         "|---|---:|---:|---:|---|",
     ]
     for label, s in summary.items():
@@ -293,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             with open(p) as f:
                 runs += json.load(f)["runs"]
         summary = summarize(runs, args.target_loss)
-        print(markdown_table(summary))
+        print(markdown_table(summary, args.target_loss))
         if args.plot_out:
             plot(runs, args.plot_out, args.target_loss, "Cognate quick model, merged results")
             print(f"wrote {args.plot_out}")
@@ -311,7 +323,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {flag} must be >= 1, got {value}", file=sys.stderr)
             return 2
     if args.specialization not in ("reasoning", "memory", "speed"):
-        print(f"error: --specialization {args.specialization!r}", file=sys.stderr)
+        print(
+            f"error: --specialization {args.specialization!r}: choose reasoning, memory or speed",
+            file=sys.stderr,
+        )
         return 2
     run_args = {
         k: getattr(args, k)
@@ -319,6 +334,14 @@ def main(argv: list[str] | None = None) -> int:
                   "device", "target_loss")
     }  # fmt: skip
     jobs = [(label, name, hp, seed, run_args) for label, name, hp in specs for seed in seeds]
+    from cognate_train.config import ConfigError
+
+    for label, name, hp in specs:  # every bad value named before any training starts
+        try:
+            run_config(name, hp, seeds[0], run_args, Path("unused"))
+        except ConfigError as exc:
+            print(f"error: {exc} (in the run {label!r})", file=sys.stderr)
+            return 2
     runs = []
     ctx = mp.get_context("spawn")
     with ctx.Pool(max(1, args.jobs), maxtasksperchild=1) as pool:
@@ -337,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     order = {(j[0], j[3]): i for i, j in enumerate(jobs)}
     runs.sort(key=lambda r: order[(r["label"], r["seed"])])
     summary = summarize(runs, args.target_loss)
-    print(markdown_table(summary))
+    print(markdown_table(summary, args.target_loss))
     same = same_tokens_check(runs)
     print(f"same tokens per seed across optimizers: {same}")
     if args.out:
@@ -364,15 +387,19 @@ def main(argv: list[str] | None = None) -> int:
             "summary": summary,
             "runs": runs,
         }
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        tmp = args.out + ".tmp"
+        failed = any("error" in r for r in runs)
+        out = os.path.splitext(args.out)[0] + ".failed.json" if failed else args.out
+        if failed:  # an earlier result at --out is not replaced by a run with errors
+            print(f"some runs failed: results go to {out}, {args.out} is left as it was")
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        tmp = out + ".tmp"
         with open(tmp, "w") as f:
             json.dump(result, f, indent=1)
-        os.replace(tmp, args.out)
-        png = os.path.splitext(args.out)[0] + ".png"
+        os.replace(tmp, out)
+        png = os.path.splitext(out)[0] + ".png"
         title = f"Cognate quick ({args.specialization}), {args.max_steps} steps, seeds {args.seeds}"
         plot(runs, png, args.target_loss, title)
-        print(f"wrote {args.out} and {png}")
+        print(f"wrote {out} and {png}")
     return 0 if all("error" not in r for r in runs) else 1
 
 
