@@ -32,12 +32,14 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.adamw import adamw as _adamw
+from torch.optim.optimizer import _get_value, _to_scalar
 
-from ._state import restore_state_dtypes, run_closure, saved_state_dtypes
+from ._state import cast_history, check_int, check_number, group_params, run_closure, with_params
 from .filters import (
     Terms,
     add_terms,
     apply_terms,
+    check_ma_memory,
     group_terms,
     params_with_grad,
     set_grokfast_lambda,
@@ -65,6 +67,12 @@ _MUON_NAMES = (
     "adjust_lr_fn",
     "ns_dtype",
 )
+
+
+_DEFAULT_KEYS = (
+    "lr", "betas", "eps", "weight_decay", "muon_lr", "momentum", "nesterov", "ns_steps",
+    "adjust_lr_fn", "ns_dtype", "ns_coefficients", "ns_eps", *_FILTER_NAMES, "foreach",
+)  # fmt: skip
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -142,26 +150,33 @@ class MuGrokfast(Optimizer):
             grokfast_history_dtype=grokfast_history_dtype,
             foreach=foreach,
         )
-        self._validate(defaults | {"use_muon": False})
+        self._validate(defaults | {"use_muon": False, "user_group": 0})
         super().__init__(params, defaults)
 
     # ---------------------------------------------------------------- groups and validation
 
     @staticmethod
     def _validate(g: dict[str, Any]) -> None:
-        if not 0.0 <= g["lr"]:
-            raise ValueError(f"lr must be >= 0 (got {g['lr']!r})")
-        b = g["betas"]
-        if len(b) != 2 or not (0.0 <= b[0] < 1.0 and 0.0 <= b[1] < 1.0):
-            raise ValueError(f"betas must be two floats in [0, 1) (got {b!r})")
-        if not g["eps"] >= 0.0:
-            raise ValueError(f"eps must be >= 0 (got {g['eps']!r})")
-        if not 0.0 <= g["muon_lr"]:
-            raise ValueError(f"muon_lr must be >= 0 (got {g['muon_lr']!r})")
-        if not isinstance(g["use_muon"], bool):
-            raise ValueError(f"use_muon must be a bool (got {g['use_muon']!r})")
-        if not isinstance(g["nesterov"], bool):
-            raise ValueError(f"nesterov must be a bool (got {g['nesterov']!r})")
+        try:
+            betas = tuple(g["betas"])
+        except TypeError:
+            betas = ()
+        if len(betas) != 2:
+            raise ValueError(f"betas must be two floats in [0, 1) (got {g['betas']!r})")
+        for b in betas:
+            check_number("betas", b, 0.0, 1.0, open_high=True)
+        check_number("eps", g["eps"])
+        check_number("muon_lr", g["muon_lr"], open_low=True, tensor_ok=True)
+        for key in ("use_muon", "nesterov"):
+            if not isinstance(g[key], bool):
+                raise ValueError(f"{key} must be a bool (got {g[key]!r})")
+        if g["foreach"] not in (None, True, False):
+            raise ValueError(f"foreach must be None or a bool (got {g['foreach']!r})")
+        if isinstance(g["lr"], Tensor) and g["foreach"]:
+            raise ValueError(  # torch.optim.AdamW's rule, at construction rather than at step
+                "lr as a Tensor is not supported for capturable=False and foreach=True"
+            )
+        check_int("user_group", g["user_group"], 0)
         validate_muon_args(
             g["lr"], g["weight_decay"], g["momentum"], g["ns_coefficients"], g["ns_eps"],
             g["ns_steps"], g["adjust_lr_fn"], g["ns_dtype"], names=_MUON_NAMES,
@@ -173,20 +188,27 @@ class MuGrokfast(Optimizer):
         )  # fmt: skip
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; without ``use_muon`` it is split by ``ndim`` (see the class docstring)."""
+        """Add a group; without ``use_muon`` it is split by ``ndim`` (see the class docstring).
+
+        Every group records ``user_group``: the index of the group the user passed (or added)
+        that it came from; :meth:`per_user_group` uses it to line up per-group scheduler
+        arguments.
+        """
         group = dict(param_group)
-        params = group["params"]
-        params = [params] if isinstance(params, Tensor) else list(params)
+        params, names = group_params(group)  # plain or named; a set is a TypeError
+        if "user_group" not in group:
+            group["user_group"] = 1 + max((g["user_group"] for g in self.param_groups), default=-1)
         if "use_muon" not in group:
-            matrices = [p for p in params if p.ndim >= 2]
-            vectors = [p for p in params if p.ndim < 2]
-            for use_muon, ps in ((True, matrices), (False, vectors)):
-                if ps:
-                    self.add_param_group(group | {"params": ps, "use_muon": use_muon})
+            parts = [[i for i, p in enumerate(params) if (p.ndim >= 2) == m] for m in (True, False)]
+            for use_muon, idx in zip((True, False), parts, strict=True):
+                if idx:
+                    part_names = None if names is None else [names[i] for i in idx]
+                    part = with_params(group, [params[i] for i in idx], part_names)
+                    self.add_param_group(part | {"use_muon": use_muon})
             if params:
                 return
             group["use_muon"] = False
-        group["params"] = params
+        group = with_params(group, params, names)
         if group["use_muon"]:
             for p in params:
                 if p.ndim < 2:
@@ -196,8 +218,26 @@ class MuGrokfast(Optimizer):
                     )
             if "lr" not in group:
                 group["lr"] = group.get("muon_lr", self.defaults["muon_lr"])
-        self._validate(self.defaults | group)  # before torch stores the group
+        filled = self.defaults | group
+        self._validate(filled)  # before torch stores the group
+        check_ma_memory([*self.param_groups, filled], "grokfast_window")
         super().add_param_group(group)
+
+    def per_user_group(self, values: list[Any]) -> list[Any]:
+        """One entry of ``values`` per group the user passed, repeated for each param group
+        made from it (a group without ``use_muon`` becomes a Muon and an AdamW group).
+
+        For schedulers that take one value per group: ``LambdaLR(opt,
+        opt.per_user_group([f_backbone, f_head]))``, ``OneCycleLR(opt,
+        max_lr=opt.per_user_group([...]))``.
+        """
+        n = 1 + max(g["user_group"] for g in self.param_groups)
+        if len(values) != n:
+            raise ValueError(
+                f"values: expected one entry per group passed to MuGrokfast ({n}), "
+                f"got {len(values)}"
+            )
+        return [values[g["user_group"]] for g in self.param_groups]
 
     def set_grokfast_lambda(self, lamb: float, ma_lamb: float | None = None) -> None:
         """Set the amplification of every group (e.g. boost it when grokking stalls).
@@ -224,16 +264,19 @@ class MuGrokfast(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # also runs in load_state_dict: fill options missing from older/foreign state dicts
+        # (only ours: torch's __setstate__ adds "differentiable" to the defaults)
         super().__setstate__(state)
-        for group in self.param_groups:
+        for i, group in enumerate(self.param_groups):
             group.setdefault("use_muon", all(p.ndim >= 2 for p in group["params"]))
-            for key, value in self.defaults.items():
-                group.setdefault(key, value)
+            group.setdefault("user_group", i)
+            for key in _DEFAULT_KEYS:
+                group.setdefault(key, self.defaults[key])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        dtypes = saved_state_dtypes(state_dict)
+        """torch's ``load_state_dict`` (hooks, state cast to each parameter's dtype and
+        device); MA ring buffers then go back to ``grokfast_history_dtype``."""
         super().load_state_dict(state_dict)
-        restore_state_dtypes(self, dtypes, state_dict)
+        cast_history(self)
 
     # -------------------------------------------------------------------------------- step
 
@@ -264,6 +307,11 @@ class MuGrokfast(Optimizer):
                 st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         bufs = [st["momentum_buffer"] for st in states]
         opts = muon_group_options(group, eps_key="ns_eps")
+        if "max_momentum" in group:
+            # a momentum-cycling scheduler (OneCycleLR, CyclicLR with cycle_momentum) is
+            # attached: it cycles betas[0] of every group, as it would cycle torch.optim.Muon's
+            # momentum; follow it (see the class docstring)
+            opts["momentum"] = group["betas"][0]
         muon_step(params, grads, bufs, terms=terms, **opts)
 
     @staticmethod
@@ -333,10 +381,11 @@ def _adamw_cpu_filtered(
     ``sqrt(v) / c2`` per tensor (or all of them at once with foreach), and materialising the
     filtered gradients first would be one more parameter-sized allocation per step.
     """
+    lr = _to_scalar(lr)  # a 1-element tensor lr, as in torch's AdamW
     for p, g, tm, st in zip(params, grads, terms, states, strict=True):
         step_t = st["step"]
         step_t += 1
-        step = step_t.item()
+        step = _get_value(step_t)  # a float, or the tensor under torch.compile (no graph break)
         u = add_terms(g, tm)
         exp_avg, exp_avg_sq = st["exp_avg"], st["exp_avg_sq"]
         p.mul_(1 - lr * weight_decay)
