@@ -272,6 +272,12 @@ class MuGrokfast(Optimizer):
             for key in _DEFAULT_KEYS:
                 group.setdefault(key, self.defaults[key])
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()  # torch's: defaults, state, param_groups
+        if hasattr(self, "preset"):  # from_preset's record survives pickle and deepcopy
+            state["preset"] = self.preset
+        return state
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's ``load_state_dict`` (hooks, state cast to each parameter's dtype and
         device); MA ring buffers then go back to ``grokfast_history_dtype``."""
