@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch.optim import Optimizer
+from torch.optim.optimizer import _use_grad_for_differentiable
 
 from ._state import cast_history, run_closure
 from .filters import (
@@ -46,6 +47,8 @@ _KEYS = (
     "grokfast_history_dtype",
 )
 _PREFIX = "grokfast_"  # every filter state entry starts with it
+# the code object of the wrapper torch puts around its optimizers' step()
+_USE_GRAD_CODE = _use_grad_for_differentiable(lambda *args, **kwargs: None).__code__
 
 
 class Grokfast(Optimizer):
@@ -134,21 +137,33 @@ class Grokfast(Optimizer):
         several times per step (LBFGS) are not supported.
         """
         loss = run_closure(closure)
+        compiling = torch.compiler.is_compiling()
         swapped: list[tuple[torch.Tensor, torch.Tensor]] = []
         for group in self.param_groups:
             params, grads = params_with_grad(group, "Grokfast")
             if not params or group["grokfast"] is None:
                 continue
-            filtered = filter_group(group, grads, [self.state[p] for p in params])
+            states = [self.state[p] for p in params]
+            if compiling:
+                # torch.compile cannot step a torch optimizer after p.grad was reassigned
+                # (a graph break): amplify in place and copy the raw gradients back after
+                raw = [g.clone() for g in grads]
+                filter_group(group, grads, states, inplace=True)
+                swapped += [(g, r) for g, r in zip(grads, raw, strict=True)]
+                continue
+            filtered = filter_group(group, grads, states)  # new tensors where amplified
             for p, g, f in zip(params, grads, filtered, strict=True):
-                if f is not g:  # amplified: a new tensor
+                if f is not g:
                     swapped.append((p, g))
                     p.grad = f
         try:
             self._step_base()
         finally:
-            for p, g in swapped:
-                p.grad = g
+            for a, b in swapped:
+                if compiling:
+                    a.copy_(b)
+                else:
+                    a.grad = b
         return loss
 
     def _step_base(self) -> None:
@@ -160,6 +175,12 @@ class Grokfast(Optimizer):
         if unhooked is None or not getattr(hooked, "hooked", False):
             base.step()
             return
+        if getattr(unhooked, "__code__", None) is _USE_GRAD_CODE and not base.defaults.get(
+            "differentiable", False
+        ):
+            # torch's grad-mode wrapper: we already run in no_grad, and its explicit graph
+            # breaks would split a torch.compile'd step() in two
+            unhooked = unhooked.__wrapped__
         args: tuple = (base,)
         kwargs: dict = {}
         for hook in list(base._optimizer_step_pre_hooks.values()):
