@@ -458,3 +458,215 @@ def test_zero_size_matrices_are_skipped(info):
         opt.step()
     assert not torch.equal(params[0], before[0])
     assert params[-2].shape == (0, 4) and params[-1].shape == (4, 0)
+
+
+# --------------------------------------------------------------------------- schedulers
+
+
+def _pair_and_ours(model, ref):
+    """MuGrokfast(grokfast=None, bf16 NS) over the user's one group, and torch's pair."""
+    params = [p for n, p in model.named_parameters() if n != "conv.weight"]
+    ref_params = [p for n, p in ref.named_parameters() if n != "conv.weight"]
+    for m in (model, ref):
+        m.conv.weight.requires_grad_(False)
+    opt = MuGrokfast(params, grokfast=None, ns_dtype=torch.bfloat16, lr=1e-3, muon_lr=0.02)
+    muon = torch.optim.Muon([p for p in ref_params if p.ndim >= 2], lr=0.02, weight_decay=0.01)
+    adamw = torch.optim.AdamW([p for p in ref_params if p.ndim < 2], lr=1e-3, weight_decay=0.01)
+    return opt, muon, adamw
+
+
+def _run_pair(model, ref, opt, scheds, pair, pair_scheds, steps=8):
+    for t in range(steps):
+        for m in (model, ref):
+            m.zero_grad()
+            lm_loss(m, t).backward()
+        opt.step()
+        for o in pair:
+            o.step()
+        for s in (*scheds, *pair_scheds):
+            s.step()
+
+
+def test_one_cycle_with_cycle_momentum_matches_torchs_pair():
+    """OneCycleLR cycles betas[0] of every MuGrokfast group (its defaults hold betas); the Muon
+    groups follow it as torch.optim.Muon follows its own OneCycleLR's momentum."""
+    model = TinyLM()
+    ref = copy.deepcopy(model)
+    opt, muon, adamw = _pair_and_ours(model, ref)
+    kw = dict(total_steps=8, cycle_momentum=True, base_momentum=0.8, max_momentum=0.95)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opt.per_user_group([0.05]), **kw)
+    pair_scheds = [torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.05, **kw) for o in (muon, adamw)]
+    momenta = []
+    for t in range(8):
+        _run_pair(model, ref, opt, [sched], (muon, adamw), pair_scheds, steps=1)
+        momenta.append(muon.param_groups[0]["momentum"])
+        assert opt.param_groups[0]["betas"][0] == muon.param_groups[0]["momentum"], t
+    assert len(set(momenta)) > 3  # it did cycle
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref.parameters(), strict=True))
+
+
+def test_lambda_lr_per_user_group_lines_up_with_the_groups_passed():
+    """The user passed one group; MuGrokfast split it into a Muon and an AdamW group.
+    per_user_group expands one lambda per user group to one per param group."""
+    model = TinyLM()
+    ref = copy.deepcopy(model)
+    opt, muon, adamw = _pair_and_ours(model, ref)
+    assert [g["user_group"] for g in opt.param_groups] == [0, 0]
+    with pytest.raises(ValueError, match="Expected 2 lr_lambdas"):  # torch's own check
+        torch.optim.lr_scheduler.LambdaLR(opt, [lambda s: 1.0])
+    f = lambda s: 0.5 ** (s + 1)  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, opt.per_user_group([f]))
+    pair_scheds = [torch.optim.lr_scheduler.LambdaLR(o, [f]) for o in (muon, adamw)]
+    _run_pair(model, ref, opt, [sched], (muon, adamw), pair_scheds, steps=4)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref.parameters(), strict=True))
+    with pytest.raises(ValueError, match="one entry per group"):
+        opt.per_user_group([f, f])
+
+
+def test_user_group_indices_follow_the_groups_passed_and_added():
+    m = TinyLM()
+    opt = MuGrokfast([
+        {"params": [m.fc1.weight, m.fc1.bias]},  # split: Muon + AdamW
+        {"params": [m.norm.weight]},  # vectors only: one group
+        {"params": [m.fc2.weight], "use_muon": True},
+    ])  # fmt: skip
+    assert [(g["user_group"], g["use_muon"]) for g in opt.param_groups] == [
+        (0, True), (0, False), (1, False), (2, True)
+    ]  # fmt: skip
+    opt.add_param_group({"params": [m.conv.weight, m.conv.bias]})
+    assert [g["user_group"] for g in opt.param_groups][-2:] == [3, 3]
+    assert opt.per_user_group(["a", "b", "c", "d"]) == ["a", "a", "b", "c", "d", "d"]
+    clone = MuGrokfast([
+        {"params": [m.fc1.weight, m.fc1.bias]}, {"params": [m.norm.weight]},
+        {"params": [m.fc2.weight], "use_muon": True}, {"params": [m.conv.weight, m.conv.bias]},
+    ])  # fmt: skip
+    clone.load_state_dict(opt.state_dict())  # the mapping is saved with the groups
+    assert clone.per_user_group(["a", "b", "c", "d"]) == ["a", "a", "b", "c", "d", "d"]
+
+
+# ------------------------------------------------------------------------ torch.compile
+
+
+def _compiled_matches_eager(info, backend, steps=4):
+    """torch.compile(opt.step, fullgraph=True): any graph break raises; numbers as eager."""
+    torch._dynamo.reset()
+    eager_p, comp_p = _params(info), _params(info)
+    eager, comp = info.make(eager_p), info.make(comp_p)
+    step = torch.compile(comp.step, backend=backend, fullgraph=True)
+    for t in range(steps):
+        _set_grads(eager_p, t)
+        _set_grads(comp_p, t)
+        raw = [p.grad.clone() for p in comp_p]
+        eager.step()
+        step()
+        assert all(torch.equal(p.grad, r) for p, r in zip(comp_p, raw, strict=True))
+    for a, b in zip(eager_p, comp_p, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+FAST_COMPILE = ("MuGrokfast(dual)", "Grokfast(AdamW,dual)")  # the fast suite's cousins
+
+
+@pytest.mark.parametrize(
+    "info",
+    [pytest.param(i, marks=[] if i.name in FAST_COMPILE else [pytest.mark.slow]) for i in OPTIMS],
+    ids=str,
+)
+def test_compiled_step_has_no_graph_break(info):
+    """dynamo's eager backend (tracing only): any graph break fails the full-graph compile.
+    Two optimizers in the fast suite (tracing costs seconds each), all of them with -m slow."""
+    _compiled_matches_eager(info, "eager")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("info", OPTIMS, ids=str)
+def test_compiled_step_inductor(info):
+    # inductor may fuse differently: bf16 Newton-Schulz turns an ulp into a rounding flip
+    torch._dynamo.reset()
+    eager_p, comp_p = _params(info), _params(info)
+    eager, comp = info.make(eager_p), info.make(comp_p)
+    step = torch.compile(comp.step, backend="inductor", fullgraph=True)
+    for t in range(3):
+        _set_grads(eager_p, t)
+        _set_grads(comp_p, t)
+        eager.step()
+        step()
+    for a, b in zip(eager_p, comp_p, strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+# ----------------------------------------------------------------------------- wrapper
+
+
+def test_wrapper_leaves_the_raw_gradient_in_p_grad():
+    model = TinyLM()
+    opt = Grokfast(torch.optim.AdamW(model.parameters()), filter="dual", window_size=2)
+    for t in range(3):
+        opt.zero_grad()
+        lm_loss(model, t).backward()
+        raw = [p.grad.clone() for p in model.parameters()]
+        opt.step()
+        assert all(torch.equal(p.grad, r) for p, r in zip(model.parameters(), raw, strict=True))
+
+
+def test_wrapper_runs_the_bases_own_hooks_once_and_global_hooks_once():
+    params = _params(OPTIMS[0])
+    base = torch.optim.AdamW(params)
+    opt = Grokfast(base)
+    calls: list[str] = []
+    base.register_step_pre_hook(lambda o, a, k: calls.append(f"base pre {o is base}"))
+    base.register_step_post_hook(lambda o, a, k: calls.append(f"base post {o is base}"))
+    handle = register_optimizer_step_pre_hook(lambda o, a, k: calls.append("global"))
+    try:
+        _train(opt, params, 2)
+    finally:
+        handle.remove()
+    assert calls == ["global", "base pre True", "base post True"] * 2
+
+
+def test_wrapper_loads_a_plain_base_checkpoint_and_starts_the_filter_fresh():
+    """= Grokfast(AdamW) built fresh on a model whose AdamW already ran 3 steps."""
+    info = OPTIMS[5]  # Grokfast(AdamW, ema)
+    params, twin = _params(info), _params(info)
+    plain = torch.optim.AdamW(params, lr=0.01)
+    _train(plain, params, 3)
+    ref_base = torch.optim.AdamW(twin, lr=0.01)
+    _train(ref_base, twin, 3)
+    ref = Grokfast(ref_base)
+    opt = Grokfast(torch.optim.AdamW([nn.Parameter(p.detach().clone()) for p in params]))
+    opt.load_state_dict(plain.state_dict())
+    assert len(opt.state) == 0 and opt.param_groups[0]["lr"] == 0.01
+    mine = _all_params(opt)
+    _train(opt, mine, 3, start=3)
+    _train(ref, twin, 3, start=3)
+    assert all(torch.equal(a, b) for a, b in zip(mine, twin, strict=True))
+    # and a wrapper checkpoint loads into the plain base (which ignores grokfast_* entries)
+    back = torch.optim.AdamW([nn.Parameter(p.detach().clone()) for p in mine])
+    back.load_state_dict(opt.state_dict())
+    assert back.state_dict()["state"][0]["step"] == 6
+
+
+def test_wrapper_loads_a_checkpoint_written_by_version_0_1():
+    info = OPTIMS[5]
+    params = _params(info)
+    opt = Grokfast(torch.optim.AdamW(params))
+    _train(opt, params, 3)
+    sd = opt.state_dict()
+    old = {  # the 0.1 layout: filter state and base state kept apart
+        "state": {i: {k: v for k, v in st.items() if k.startswith("grokfast_")}
+                  for i, st in sd["state"].items()},
+        "param_groups": sd["param_groups"],
+        "base_state": {i: {k: v for k, v in st.items() if not k.startswith("grokfast_")}
+                       for i, st in sd["state"].items()},
+    }  # fmt: skip
+    twin = [nn.Parameter(p.detach().clone()) for p in params]
+    opt2 = Grokfast(torch.optim.AdamW(twin))
+    opt2.load_state_dict(copy.deepcopy(old))  # (torch's load_state_dict aliases tensors)
+    _train(opt, params, 2, start=3)
+    _train(opt2, twin, 2, start=3)
+    assert all(torch.equal(a, b) for a, b in zip(params, twin, strict=True))
+
+
+def test_wrapper_refuses_to_wrap_mugrokfast():
+    with pytest.raises(ValueError, match="own filter"):
+        Grokfast(MuGrokfast(TinyLM().parameters()))
