@@ -130,7 +130,7 @@ class MuGrokfast(Optimizer):
     ) -> None:
         defaults = dict(
             lr=lr,
-            betas=tuple(betas),
+            betas=tuple(betas) if isinstance(betas, (tuple, list)) else betas,
             eps=eps,
             weight_decay=weight_decay,
             muon_lr=muon_lr,
@@ -139,7 +139,11 @@ class MuGrokfast(Optimizer):
             ns_steps=ns_steps,
             adjust_lr_fn=adjust_lr_fn,
             ns_dtype=ns_dtype,
-            ns_coefficients=tuple(ns_coefficients),
+            ns_coefficients=(
+                tuple(ns_coefficients)
+                if isinstance(ns_coefficients, (tuple, list))
+                else ns_coefficients
+            ),
             ns_eps=ns_eps,
             grokfast=grokfast,
             grokfast_alpha=grokfast_alpha,
