@@ -356,6 +356,16 @@ class MuGrokfast(Optimizer):
             return
         skip = set(fused)
         rest = [i for i in range(len(params)) if i not in skip]
+        foreach = group["foreach"]
+        if (
+            foreach is None
+            and not isinstance(group["lr"], Tensor)
+            and not torch.compiler.is_compiling()
+            and all(params[i].device.type == "cpu" for i in rest)
+        ):
+            # torch picks its per-tensor loop on CPU; its foreach path gives the same numbers
+            # and measured ~25% faster there (one thread, cognate-25m's AdamW tensors)
+            foreach = True
         _adamw(
             [params[i] for i in rest],
             apply_terms([grads[i] for i in rest], [terms[i] for i in rest]),
@@ -363,7 +373,7 @@ class MuGrokfast(Optimizer):
             [states[i]["exp_avg_sq"] for i in rest],
             [],
             [states[i]["step"] for i in rest],
-            foreach=group["foreach"],
+            foreach=foreach,
             amsgrad=False,
             maximize=False,
             **hp,
