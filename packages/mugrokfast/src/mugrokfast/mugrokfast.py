@@ -84,17 +84,23 @@ class MuGrokfast(Optimizer):
     """Grokfast + Muon + AdamW in one ``torch.optim.Optimizer``.
 
     Args:
-        params: tensors or param-group dicts. A group's ``use_muon`` says which update it gets;
-            a group without ``use_muon`` is split into a Muon group (params with ``ndim >= 2``)
-            and an AdamW group (the rest). Prefer :func:`mugrokfast.param_groups(model)`, which
-            also keeps embeddings and the output head on AdamW. Any hyperparameter below can be
-            set per group.
+        params: tensors, ``(name, tensor)`` pairs (``model.named_parameters()``) or param-group
+            dicts. A group's ``use_muon`` says which update it gets; a group without
+            ``use_muon`` is split, in place, into a Muon group (params with ``ndim >= 2``) and
+            an AdamW group (the rest), empty ones left out. Every group records the index of
+            the group the user passed as ``user_group``; :meth:`per_user_group` expands one
+            value per user group (e.g. ``LambdaLR`` lambdas) to one per param group. Prefer
+            :func:`mugrokfast.param_groups(model)`, which also keeps embeddings and the output
+            head on AdamW. Any hyperparameter below can be set per group.
         lr: AdamW learning rate. betas, eps, weight_decay: AdamW's (``weight_decay`` also is
             Muon's decoupled decay ``p *= 1 - lr*wd``).
         muon_lr: learning rate of Muon groups. It is copied into the group's ``"lr"`` (unless
             the group sets ``lr`` itself), so LR schedulers scale Muon and AdamW groups alike.
         momentum, nesterov, ns_steps, adjust_lr_fn, ns_dtype, ns_coefficients, ns_eps: Muon's
-            (see :class:`mugrokfast.Muon`).
+            (see :class:`mugrokfast.Muon`). A momentum-cycling scheduler (``OneCycleLR``,
+            ``CyclicLR`` with ``cycle_momentum``) cycles ``betas[0]`` of every group (the
+            defaults hold ``betas``); Muon groups then take their momentum from it, as
+            ``torch.optim.Muon`` would take the cycled momentum from its own scheduler.
         grokfast: None | "ema" | "ma" | "dual". grokfast_alpha, grokfast_lambda: the EMA filter.
             grokfast_window, grokfast_ma_lambda: the MA filter (ring buffer of ``window``
             gradients per parameter: memory ``window x numel`` in ``grokfast_history_dtype``,
