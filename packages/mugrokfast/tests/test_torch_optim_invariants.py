@@ -670,3 +670,13 @@ def test_wrapper_loads_a_checkpoint_written_by_version_0_1():
 def test_wrapper_refuses_to_wrap_mugrokfast():
     with pytest.raises(ValueError, match="own filter"):
         Grokfast(MuGrokfast(TinyLM().parameters()))
+
+
+def test_a_checkpoint_without_user_group_keeps_the_current_mapping():
+    m = TinyLM()
+    opt = MuGrokfast([{"params": [m.fc1.weight, m.fc1.bias]}, {"params": [m.norm.weight]}])
+    sd = opt.state_dict()
+    for g in sd["param_groups"]:
+        del g["user_group"]  # as mugrokfast 0.1 wrote them
+    opt.load_state_dict(sd)
+    assert [g["user_group"] for g in opt.param_groups] == [0, 0, 1]

@@ -291,7 +291,13 @@ class MuGrokfast(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's ``load_state_dict`` (hooks, state cast to each parameter's dtype and
         device); MA ring buffers then go back to ``grokfast_history_dtype``."""
+        mapping = [g["user_group"] for g in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, saved, user_group in zip(
+            self.param_groups, state_dict["param_groups"], mapping, strict=True
+        ):
+            if "user_group" not in saved:  # a checkpoint of mugrokfast 0.1: keep ours
+                group["user_group"] = user_group
         cast_history(self)
 
     # -------------------------------------------------------------------------------- step
