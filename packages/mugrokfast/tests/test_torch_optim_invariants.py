@@ -680,3 +680,48 @@ def test_a_checkpoint_without_user_group_keeps_the_current_mapping():
         del g["user_group"]  # as mugrokfast 0.1 wrote them
     opt.load_state_dict(sd)
     assert [g["user_group"] for g in opt.param_groups] == [0, 0, 1]
+
+
+# ------------------------------------------------------------------ more of torch's checks
+
+
+@pytest.mark.parametrize("info,kw", DEFAULT_INPUT)
+def test_printable_and_state_for_every_param_after_a_step(info, kw):
+    """torch's test_optimizer_can_be_printed and test_non_empty_state."""
+    params = _params(info)
+    opt = info.make(params, **kw)
+    assert "Parameter Group 0" in repr(opt) and "lr" in repr(opt)
+    _train(opt, params, 1)
+    sd = opt.state_dict()["state"]
+    assert sorted(sd) == list(range(len(params))) and all(sd[i] for i in sd)
+
+
+@pytest.mark.parametrize("info,kw", DEFAULT_INPUT)
+def test_zero_gradients_without_weight_decay_change_nothing(info, kw):
+    """torch's test_step_is_noop_for_zero_grads (no decay, so a zero update is a no-op)."""
+    params = _params(info)
+    opt = info.make(params, weight_decay=0.0)
+    before = [p.detach().clone() for p in params]
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(params, before, strict=True))
+
+
+@pytest.mark.parametrize("info,kw", DEFAULT_INPUT)
+def test_load_state_dict_with_python_number_steps(info, kw):
+    """torch's test_load_nontensor_step: ``step`` saved as a Python number still loads and
+    continues as the tensor would."""
+    params, twin = _params(info), _params(info)
+    opt, opt2 = info.make(params), info.make(twin)
+    _train(opt, params, 2)
+    sd = copy.deepcopy(opt.state_dict())
+    for st in sd["state"].values():
+        if isinstance(st.get("step"), torch.Tensor):
+            st["step"] = st["step"].item()
+    _train(opt2, twin, 2)
+    opt2.load_state_dict(sd)
+    _train(opt, params, 2, start=2)
+    _train(opt2, twin, 2, start=2)
+    assert all(torch.equal(a, b) for a, b in zip(params, twin, strict=True))

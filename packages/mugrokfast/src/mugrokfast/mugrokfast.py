@@ -281,6 +281,9 @@ class MuGrokfast(Optimizer):
             group.setdefault("user_group", i)
             for key in _DEFAULT_KEYS:
                 group.setdefault(key, self.defaults[key])
+        for st in self.state.values():  # torch's AdamW rule: a Python-number step -> tensor
+            if "step" in st and not isinstance(st["step"], Tensor):
+                st["step"] = torch.tensor(float(st["step"]), dtype=_scalar_dtype())
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()  # torch's: defaults, state, param_groups
