@@ -37,10 +37,11 @@ def main() -> None:
     torch.manual_seed(0)
     emit(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"threads {args.threads}")  # fmt: skip
-    emit("| shape | dtype | ms / call | rel. error vs fp64 |")
-    emit("|---|---|---|---|")
     emit(f"native bf16 matmul: {mugrokfast.newton_schulz.CPU_NATIVE_BF16}, "
           f"default_ns_dtype('cpu') = {mugrokfast.default_ns_dtype('cpu')}")  # fmt: skip
+    emit("")
+    emit("| shape | dtype | ms / call | rel. error vs fp64 |")
+    emit("|---|---|---|---|")
     for shape in [(320, 320), (1280, 320), (320, 1280), (768, 768), (2304, 768), (3072, 768),
                   (1024, 1024)]:  # fmt: skip
         G = torch.randn(shape)

@@ -41,7 +41,7 @@ def default_ns_dtype(device: torch.device | str) -> torch.dtype:
     * CUDA (and other accelerators): bf16. Tensor cores run bf16 GEMMs several times faster
       than fp32, and the quintic only needs ~2-3 significant digits (it does not converge to 1
       exactly anyway): what Keller Jordan's Muon and ``torch.optim.Muon`` use.
-    * CPU with AVX512-BF16 or AMX: bf16, measured 2.5-5x faster than fp32 for the
+    * CPU with AVX512-BF16 or AMX: bf16, measured 2-3.7x faster than fp32 for the
       Newton-Schulz products of 320- to 768-wide models (``scripts/bench_ns_dtype.py``) and the
       same numbers as ``torch.optim.Muon`` bit for bit.
     * Other CPUs: fp32, because bf16 GEMM is emulated there and slower than fp32.
