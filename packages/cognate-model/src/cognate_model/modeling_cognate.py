@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor, nn
@@ -485,7 +485,7 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         cfg = self.config
         if use_cache is None:
             use_cache = past_key_values is not None or (cfg.use_cache and not self.training)
-        if use_cache and self.training and self.is_gradient_checkpointing:
+        if use_cache and self.training and self._checkpointing():
             logger.warning_once("use_cache=True is incompatible with gradient checkpointing: off")
             use_cache, past_key_values = False, None
         if use_cache and past_key_values is None:
@@ -535,7 +535,12 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         if return_metrics:
             out.metrics = _collect_metrics(out, terms, rec.halt_logits, real)
         return_dict = return_dict if return_dict is not None else cfg.return_dict
-        return out if return_dict else out.to_tuple()
+        if return_dict:
+            return out
+        return tuple(v for f in fields(out) if (v := getattr(out, f.name)) is not None)
+
+    def _checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
 
     def _outputs(
         self,
@@ -643,10 +648,23 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
             terms["ltm/gate_entropy"] = entropy
         return loss, torch.stack(cycle_ce), terms
 
-    def prepare_inputs_for_generation(self, *args: object, **kwargs: object) -> dict[str, object]:
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: Tensor,
+        past_key_values: CognateCache | None = None,
+        attention_mask: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        **kwargs: object,
+    ) -> dict[str, object]:
         """HF's default (slices to the new tokens when a cache is carried, passes model kwargs
         such as memory_state and output_hidden_states through), with metrics off."""
-        inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
         inputs["return_metrics"] = False
         return inputs
 
@@ -705,6 +723,12 @@ def _collect_metrics(
 AutoConfig.register(CognateConfig.model_type, CognateConfig, exist_ok=True)
 AutoModel.register(CognateConfig, CognateModel, exist_ok=True)
 AutoModelForCausalLM.register(CognateConfig, CognateForCausalLM, exist_ok=True)
+# save_pretrained then writes `auto_map` and copies this file with its relative imports
+# (configuration_cognate, attention, cache, heads, memory, recursion: only relative imports
+# among them), so `trust_remote_code=True` loads without `cognate_model` installed.
+CognateConfig.register_for_auto_class()
+CognateModel.register_for_auto_class("AutoModel")
+CognateForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
 __all__ = [
     "AttentionInputs",
