@@ -17,7 +17,8 @@ against the full step (plus the TRM recursion: trm_cycles x (micro_steps + 1) bl
 and the ACT head), with the same cache, interleaved.
 
 Uncached Cognate re-reads the whole prefix every step: its cost grows with length; the slow
-settings are skipped by ``--skip-uncached`` (default: cognate-25m at 1024 new tokens).
+settings are skipped by ``--skip-uncached`` (see its default). Each model is warmed up with
+one short generate; the timed runs are not.
 
     OMP_NUM_THREADS=1 python benchmarks/generation_speed.py \
         --out benchmarks/results/generation_speed.json
@@ -107,9 +108,11 @@ def step_split(model: CognateForCausalLM, steps: int, reps: int) -> dict[str, fl
     return {k: 1000 * v / steps for k, v in times.items()}
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, float]:
-    """Median seconds of each fn, after one warm-up each, run A, B, C, A, B, C, ..."""
-    for fn in fns.values():
+def interleaved(
+    fns: dict[str, Callable[[], Any]], reps: int, warm_up: bool = True
+) -> dict[str, float]:
+    """Median seconds of each fn, run A, B, C, A, B, C, ... (after one warm-up each if asked)."""
+    for fn in fns.values() if warm_up else ():
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(reps):
@@ -127,10 +130,13 @@ def settings(args: argparse.Namespace) -> dict[str, Callable[[], None]]:
     for preset in args.presets:
         model = cognate(preset, max_len)
         llama = llama_like(model.config)
+        for warm_up in (generate_fn(model, 1, 8, True), generate_fn(model, 1, 8, False)):
+            warm_up()
+        generate_fn(llama, 1, 8, True)()
         for batch in args.batch:
             for new in args.new:
                 fns[f"{preset}|cognate cached|{batch}|{new}"] = generate_fn(model, batch, new, True)
-                if f"{preset}:{new}" not in args.skip_uncached:
+                if f"{preset}:{batch}:{new}" not in args.skip_uncached:
                     fns[f"{preset}|cognate uncached|{batch}|{new}"] = generate_fn(
                         model, batch, new, False
                     )
@@ -160,7 +166,10 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         lo, hi = by.get((preset, model, batch, 32)), by.get((preset, model, batch, 1024))
         if lo and hi:
             out.setdefault(key, {})["flatness_1024_vs_32"] = hi["ms_per_token"] / lo["ms_per_token"]
-        ours, ref = by.get((preset, model, batch, 256)), by.get((preset, "llama cached", batch, 256))
+        ours, ref = (
+            by.get((preset, model, batch, 256)),
+            by.get((preset, "llama cached", batch, 256)),
+        )
         if ours and ref and model != "llama cached":
             out.setdefault(key, {})["tokens_per_s_vs_llama_256"] = (
                 ours["tokens_per_s"] / ref["tokens_per_s"]
@@ -173,8 +182,19 @@ def main() -> None:
     p.add_argument("--presets", nargs="+", default=["cognate-tiny", "cognate-25m"])
     p.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     p.add_argument("--new", nargs="+", type=int, default=[32, 128, 256, 1024])
-    p.add_argument("--skip-uncached", nargs="*", default=["cognate-25m:1024"])
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument(
+        "--skip-uncached",
+        nargs="*",
+        default=[
+            "cognate-tiny:8:1024",
+            "cognate-25m:1:1024",
+            "cognate-25m:8:128",
+            "cognate-25m:8:256",
+            "cognate-25m:8:1024",
+        ],
+        help="PRESET:BATCH:NEW settings not run without the cache (minutes each)",
+    )
+    p.add_argument("--reps", type=int, default=2)
     p.add_argument("--split-steps", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results/generation_speed.json")
@@ -183,7 +203,7 @@ def main() -> None:
     started = _dt.datetime.now(_dt.UTC)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    medians = interleaved(settings(args), args.reps)
+    medians = interleaved(settings(args), args.reps, warm_up=False)  # models warmed up
     rows = []
     for name, seconds in medians.items():
         preset, model, batch, new = name.split("|")

@@ -240,7 +240,9 @@ class TestCognateModelCommon:
         assert missing == []
 
 
-@pytest.mark.parametrize("enable", ["gradient_checkpointing_enable", "activation_checkpointing_enable"])
+@pytest.mark.parametrize(
+    "enable", ["gradient_checkpointing_enable", "activation_checkpointing_enable"]
+)
 def test_gradient_checkpointing_gives_the_same_gradients(tester, enable):
     config, inputs = tester.prepare_config_and_inputs_for_common()
     grads = []
