@@ -109,9 +109,14 @@ def step_split(model: CognateForCausalLM, steps: int, reps: int) -> dict[str, fl
 
 
 def interleaved(
-    fns: dict[str, Callable[[], Any]], reps: int, warm_up: bool = True
+    fns: dict[str, Callable[[], Any]],
+    reps: int,
+    warm_up: bool = True,
+    progress: Callable[[dict[str, float]], None] | None = None,
 ) -> dict[str, float]:
-    """Median seconds of each fn, run A, B, C, A, B, C, ... (after one warm-up each if asked)."""
+    """Median seconds of each fn, run A, B, C, A, B, C, ... (after one warm-up each if asked).
+
+    progress: called with the medians so far after every timed run (partial results)."""
     for fn in fns.values() if warm_up else ():
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
@@ -120,6 +125,8 @@ def interleaved(
             start = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - start)
+            if progress is not None:
+                progress({k: statistics.median(v) for k, v in times.items() if v})
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -135,6 +142,8 @@ def settings(args: argparse.Namespace) -> dict[str, Callable[[], None]]:
         generate_fn(llama, 1, 8, True)()
         for batch in args.batch:
             for new in args.new:
+                if f"{preset}:{batch}:{new}" in args.skip:
+                    continue
                 fns[f"{preset}|cognate cached|{batch}|{new}"] = generate_fn(model, batch, new, True)
                 if f"{preset}:{batch}:{new}" not in args.skip_uncached:
                     fns[f"{preset}|cognate uncached|{batch}|{new}"] = generate_fn(
@@ -177,6 +186,25 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def to_rows(medians: dict[str, float]) -> list[dict[str, Any]]:
+    rows = []
+    for name, seconds in medians.items():
+        preset, model, batch, new = name.split("|")
+        batch, new = int(batch), int(new)
+        rows.append(
+            dict(
+                preset=preset,
+                model=model,
+                batch=batch,
+                new=new,
+                seconds=seconds,
+                tokens_per_s=batch * new / seconds,
+                ms_per_token=1000 * seconds / new,
+            )
+        )
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--presets", nargs="+", default=["cognate-tiny", "cognate-25m"])
@@ -194,6 +222,7 @@ def main() -> None:
         ],
         help="PRESET:BATCH:NEW settings not run without the cache (minutes each)",
     )
+    p.add_argument("--skip", nargs="*", default=[], help="PRESET:BATCH:NEW settings not run at all")
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--split-steps", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
@@ -203,26 +232,19 @@ def main() -> None:
     started = _dt.datetime.now(_dt.UTC)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    medians = interleaved(settings(args), args.reps, warm_up=False)  # models warmed up
-    rows = []
-    for name, seconds in medians.items():
-        preset, model, batch, new = name.split("|")
-        batch, new = int(batch), int(new)
-        rows.append(
-            dict(
-                preset=preset,
-                model=model,
-                batch=batch,
-                new=new,
-                seconds=seconds,
-                tokens_per_s=batch * new / seconds,
-                ms_per_token=1000 * seconds / new,
-            )
-        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def partial(medians: dict[str, float]) -> None:
+        out.with_suffix(".partial.json").write_text(json.dumps(to_rows(medians), indent=1))
+
     split = {
         preset: step_split(cognate(preset, PROMPT + args.split_steps), args.split_steps, args.reps)
         for preset in args.presets
     }
+    print("step split (ms):", split, flush=True)
+    medians = interleaved(settings(args), args.reps, warm_up=False, progress=partial)
+    rows = to_rows(medians)
     result = {
         "command": "OMP_NUM_THREADS=1 python " + " ".join(sys.argv),
         "date_utc": started.strftime("%Y-%m-%d %H:%M"),
@@ -236,8 +258,6 @@ def main() -> None:
         "summary": summarise(rows),
         "step_split_ms_batch1": split,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(out)

@@ -64,10 +64,10 @@ def rotary_cos_sin(
     """
     work = torch.promote_types(dtype, torch.float32)  # float64 models get float64 angles
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=work) / head_dim))
-    if isinstance(seq_len, int):
-        t = torch.arange(seq_len, device=device, dtype=work)
-    else:
+    if isinstance(seq_len, Tensor):
         t = seq_len.to(device=device, dtype=work)
+    else:  # an int (or a symbolic one under torch.export)
+        t = torch.arange(seq_len, device=device, dtype=work)
     angles = t[..., None] * inv_freq  # (..., T, head_dim/2)
     if angles.dim() == 3:
         angles = angles[:, None]  # (B, 1, T, head_dim/2): broadcast over heads

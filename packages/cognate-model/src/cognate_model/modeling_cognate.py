@@ -243,6 +243,7 @@ class CognateModel(CognatePreTrainedModel):
                 config.ltm_decay_max,
                 config.ltm_chunk_size,
                 config.rms_norm_eps,
+                config.max_seq_len,
             )
             if config.use_ltm
             else None
@@ -393,7 +394,7 @@ def _check_shapes(
     position_ids: Tensor | None,
 ) -> None:
     shape = (batch, seq_len)
-    allowed = {shape, (batch, seen + seq_len)}
+    allowed = (shape, (batch, seen + seq_len))  # a list: symbolic sizes (export) do not hash
     if attention_mask is not None and tuple(attention_mask.shape) not in allowed:
         raise ValueError(
             f"attention_mask must have the shape of input_ids {shape}"
@@ -474,7 +475,8 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         model shifts them; or `shift_labels`, already shifted). inputs_embeds: (B, T, D)
         instead of input_ids. memory_state: (B, d_memory) LTM state to continue from.
         past_key_values / use_cache: a `CognateCache` to continue from / to return (default:
-        config.use_cache outside training); the step then reads only the new tokens.
+        config.use_cache outside training and torch.export); a step then reads only its new
+        tokens.
         act_halting: freeze halted tokens (default: `use_act and not self.training`).
         return_metrics: fill `metrics` (read lazily: no device sync unless read).
         logits_to_keep: int k > 0 keeps the last k positions' logits (0: all), or an index
@@ -484,7 +486,8 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         _reject_unknown(kwargs)
         cfg = self.config
         if use_cache is None:
-            use_cache = past_key_values is not None or (cfg.use_cache and not self.training)
+            default = cfg.use_cache and not self.training and not torch.compiler.is_exporting()
+            use_cache = past_key_values is not None or default
         if use_cache and self.training and self._checkpointing():
             logger.warning_once("use_cache=True is incompatible with gradient checkpointing: off")
             use_cache, past_key_values = False, None
