@@ -44,7 +44,9 @@ from torch import Tensor, nn
 from .attention import RMSNorm
 
 
-def linear_scan(log_a: Tensor, b: Tensor, chunk_size: int = 64) -> Tensor:
+def linear_scan(
+    log_a: Tensor, b: Tensor, chunk_size: int = 64, pad_to: int | None = None
+) -> Tensor:
     """Solve h_t = a * h_{t-1} + b_t, h_{-1} = 0, for all t at once (a constant per channel).
 
     log_a: (C,) log-decays (<= 0); b: (B, T, C). Returns h: (B, T, C) in b's dtype, with
@@ -53,10 +55,13 @@ def linear_scan(log_a: Tensor, b: Tensor, chunk_size: int = 64) -> Tensor:
     Chunked scan. Inside a chunk of L = `chunk_size` steps the solution is a matrix product with
     the per-channel Toeplitz matrix W[t, s] = a^(t-s) (s <= t, else 0): one batched matmul over
     channels. The chunk-end states obey the same recurrence with decay a^L, which this function
-    solves recursively (T / L steps, then T / L^2, ...); each position then adds its chunk's
-    incoming state times a^(t+1). Exponents (t - s) log a and L log a are <= 0, so nothing
-    overflows for any length or decay, and a within 1e-7 of 1 keeps full precision when log a
-    comes from `logsigmoid`. Work O(B T C L), Python-level depth O(log T / log L).
+    solves with one (T/L x T/L) Toeplitz product of powers of a^L (recursively, T / L steps,
+    then T / L^2, ..., only past 512 chunks); each position then adds its chunk's incoming
+    state times a^(t+1). Exponents (t - s) log a and L log a are <= 0, so nothing overflows
+    for any length or decay, and a within 1e-7 of 1 keeps full precision when log a comes from
+    `logsigmoid`. Work O(B T C (L + T/L)), one code path for every T up to 512 L.
+    pad_to: scan a zero-padded input of that length (>= T) instead, so the program's shapes do
+    not depend on T (torch.export with a dynamic length cannot prove ceil(T/L) * L arithmetic).
     """
     if chunk_size < 2:
         raise ValueError(f"chunk_size must be >= 2, got {chunk_size}")
@@ -64,28 +69,43 @@ def linear_scan(log_a: Tensor, b: Tensor, chunk_size: int = 64) -> Tensor:
         raise ValueError(
             f"log_a must be (C,) and b (B, T, C), got {tuple(log_a.shape)} and {tuple(b.shape)}"
         )
+    T = b.shape[1]
+    if pad_to is not None:  # a fixed length: no shape arithmetic on T (torch.export)
+        b = F.pad(b, (0, 0, 0, -(-pad_to // chunk_size) * chunk_size - T))
     with torch.autocast(b.device.type, enabled=False):
-        return _chunked_scan(log_a.to(b.dtype), b, chunk_size)
+        return _chunked_scan(log_a.to(b.dtype), b, chunk_size)[:, :T]
+
+
+# Chunk counts up to this use one (n x n) matrix product for the chunk-end states; beyond it
+# (T > 512 * chunk_size) those states are scanned recursively. One branch, taken on the length
+# alone, so a traced program (torch.export with a dynamic length) has no length-specific guard.
+_DIRECT_CHUNKS = 512
+
+
+def _decay_toeplitz(log_a: Tensor, n: int, stride: int = 1) -> Tensor:
+    """(C, n, n): W[t, s] = a^(stride * (t - s)) for s <= t, else 0 (exponents <= 0)."""
+    steps = torch.arange(n, device=log_a.device, dtype=log_a.dtype)
+    lag = steps[:, None] - steps[None, :]  # t - s
+    w = torch.exp(lag.clamp_min(0)[None] * (stride * log_a)[:, None, None])
+    return w * (lag >= 0).to(log_a.dtype)
 
 
 def _chunked_scan(log_a: Tensor, b: Tensor, L: int) -> Tensor:
     bsz, T, C = b.shape
-    L = min(L, T)
-    n = -(-T // L)
-    if n * L != T:  # trailing zero inputs change nothing before them
-        b = F.pad(b, (0, 0, 0, n * L - T))
-    steps = torch.arange(L, device=b.device, dtype=b.dtype)
-    lag = steps[:, None] - steps[None, :]  # t - s
-    toeplitz = torch.exp(lag.clamp_min(0)[None] * log_a[:, None, None])  # (C, L, L)
-    toeplitz = toeplitz * (lag >= 0).to(b.dtype)
+    b = F.pad(b, (0, 0, 0, (-T) % L))  # trailing zero inputs change nothing before them
+    n = b.shape[1] // L
     chunks = b.view(bsz, n, L, C).permute(3, 2, 0, 1).reshape(C, L, bsz * n)
-    local = torch.bmm(toeplitz, chunks).view(C, L, bsz, n).permute(2, 3, 1, 0)  # (B, n, L, C)
-    if n == 1:
-        return local.reshape(bsz, L, C)[:, :T]
-    ends = _chunked_scan(log_a * L, local[:, :, -1].contiguous(), L)  # (B, n, C) chunk-end states
+    local = torch.bmm(_decay_toeplitz(log_a, L), chunks)  # (C, L, B n): each chunk from 0
+    local = local.view(C, L, bsz, n).permute(2, 3, 1, 0)  # (B, n, L, C)
+    last = local[:, :, -1].contiguous()  # (B, n, C): each chunk's end state, from 0
+    if n > _DIRECT_CHUNKS:  # the chunk ends obey the same recurrence with decay a^L
+        ends = _chunked_scan(log_a * L, last, L)
+    else:
+        ends = torch.bmm(_decay_toeplitz(log_a, n, L), last.permute(2, 1, 0).reshape(C, n, bsz))
+        ends = ends.view(C, n, bsz).permute(2, 1, 0)  # (B, n, C)
     incoming = F.pad(ends[:, :-1], (0, 0, 1, 0))  # state entering chunk k
-    rise = torch.exp((steps + 1)[:, None] * log_a[None])  # (L, C): a^(t+1)
-    h = local + rise * incoming[:, :, None, :]
+    rise = torch.exp((torch.arange(L, device=b.device, dtype=b.dtype) + 1)[:, None] * log_a)
+    h = local + rise * incoming[:, :, None, :]  # + a^(t+1) * incoming, t within the chunk
     return h.reshape(bsz, n * L, C)[:, :T]
 
 
@@ -128,8 +148,10 @@ class LongTermMemory(nn.Module):
         decay_min: float = 0.5,
         decay_max: float = 0.999,
         chunk_size: int = 64,
+        max_len: int | None = None,
     ) -> None:
         super().__init__()
+        self.max_len = max_len  # the padded scan length under torch.export
         self.down = nn.Linear(d_model, d_memory, bias=False)
         self.up = nn.Linear(d_memory, d_model, bias=False)
         self.decay_logit = nn.Parameter(torch.empty(d_memory))
@@ -176,7 +198,10 @@ class LongTermMemory(nn.Module):
             first = _first_real(attention_mask, b)
             carry = torch.exp(log_a) * state.to(scan_dtype)  # (B, Cm)
             b = b + first[..., None] * carry[:, None, :]
-        m = linear_scan(log_a, b, self.chunk_size)
+        # One step (cached decoding): h_0 = b_0, the state already folded in; skip the scan.
+        # Exported programs scan a fixed, longer-than-any-input length (see `linear_scan`).
+        pad_to = self.max_len + 1 if torch.compiler.is_exporting() and self.max_len else None
+        m = b if b.shape[1] == 1 else linear_scan(log_a, b, self.chunk_size, pad_to)
         final = m[:, -1]
         if attention_mask is not None:  # the state after the last real token
             last = _last_real_index(attention_mask)
@@ -216,9 +241,10 @@ class MemoryAsGate(nn.Module):
         decay_max: float,
         chunk_size: int,
         eps: float,
+        max_len: int | None = None,
     ) -> None:
         super().__init__()
-        self.ltm = LongTermMemory(d_model, d_memory, decay_min, decay_max, chunk_size)
+        self.ltm = LongTermMemory(d_model, d_memory, decay_min, decay_max, chunk_size, max_len)
         self.gate = MAGGate(d_model)
         self.mem_norm = RMSNorm(d_model, eps=eps)
 
