@@ -76,13 +76,14 @@ class _Slots(NamedTuple):
     dest: Tensor | None  # (B, T) slot of each token; padding -> n_slots (a dropped slot)
     end: Tensor  # (B,) one past each row's last slot
     n_slots: int  # a multiple of the chunk size
+    n_full: int  # chunks complete in every row
 
 
 def _slots(attention_mask: Tensor | None, offset: Tensor | None, T: int, C: int) -> _Slots:
     """Slot of token t = the row's pending count + the number of real tokens before t."""
     if attention_mask is None and offset is None:
         n_slots = max(C, math.ceil(T / C) * C)
-        return _Slots(None, torch.full((1,), T, dtype=torch.long), n_slots)
+        return _Slots(None, torch.full((1,), T, dtype=torch.long), n_slots, T // C)
     batch = (attention_mask if attention_mask is not None else offset[:, None]).shape[0]
     device = (attention_mask if attention_mask is not None else offset).device
     real = (
@@ -92,10 +93,11 @@ def _slots(attention_mask: Tensor | None, offset: Tensor | None, T: int, C: int)
     )
     offset = torch.zeros(batch, dtype=torch.long, device=device) if offset is None else offset
     end = offset + real.sum(1)
-    n_slots = max(C, math.ceil(int(end.max()) / C) * C)
+    lo, hi = torch.stack((end.min(), end.max())).tolist()
+    n_slots = max(C, math.ceil(hi / C) * C)
     rank = real.long().cumsum(1) - 1
     dest = torch.where(real, offset[:, None] + rank, n_slots)
-    return _Slots(dest, end, n_slots)
+    return _Slots(dest, end, n_slots, lo // C)
 
 
 def _to_slots(t: Tensor, slots: _Slots) -> Tensor:
@@ -192,6 +194,40 @@ class NeuralMemory(nn.Module):
     def _heads(self, t: Tensor) -> Tensor:
         return t.unflatten(-1, (self.n_heads, self.head_dim))  # (..., D') -> (..., H, d)
 
+    def _recur(
+        self,
+        w: Tensor,
+        s: Tensor,
+        kk: Tensor,
+        vk: Tensor,
+        theta: Tensor,
+        eta: Tensor,
+        alpha: Tensor,
+        slots: _Slots,
+    ) -> tuple[list[Tensor], Tensor]:
+        """The chunk recurrence: [W_0, ..., W_n] (weights after 0..n complete chunks), S_n.
+
+        S_j = eta_j S + (2 theta_j / C) (sum v k^T - W sum k k^T);  W_j = (1 - alpha_j) W + S_j,
+        i.e. S_j = eta_j S - theta_j G_j. A chunk that a row has not completed leaves it as is.
+        """
+        n, C = kk.shape[2], self.chunk_size
+        lr, keep = (2.0 / C) * theta, 1 - alpha
+        complete = torch.arange(1, n + 1, device=kk.device) * C <= slots.end[:, None].to(kk.device)
+        complete = complete.expand(w.shape[0], n)[:, None, :, None, None]  # (B, 1, n, 1, 1)
+        read = [w]
+        # unbind once: indexing inside the loop would make backward O(n^2) (a full-size
+        # zero gradient per selected chunk)
+        per_chunk = (t.unbind(2) for t in (kk, vk, lr, eta, keep, complete))
+        for j, (kk_j, vk_j, lr_j, eta_j, keep_j, done) in enumerate(zip(*per_chunk, strict=True)):
+            s_new = eta_j * s + lr_j * (vk_j - w @ kk_j)
+            w_new = keep_j * w + s_new
+            if j < slots.n_full:  # complete in every row
+                w, s = w_new, s_new
+            else:
+                w, s = torch.where(done, w_new, w), torch.where(done, s_new, s)
+            read.append(w)
+        return read, s
+
     def forward(
         self,
         x: Tensor,
@@ -223,25 +259,14 @@ class NeuralMemory(nn.Module):
         kk, vk, x_sum = _add_pending(kk, vk, x_sum, state)
         rates = torch.sigmoid(self.rates(x_sum.to(x.dtype) / C).to(work))  # (B, n, 3H)
         theta, eta, alpha = rates.view(B, n, 3, H, 1, 1).permute(2, 0, 3, 1, 4, 5)  # (B,H,n,1,1)
-        complete = torch.arange(1, n + 1, device=x.device) * C <= slots.end[:, None].to(x.device)
-        complete = complete.expand(B, n)[:, None, :, None, None]  # (B, 1, n, 1, 1)
-
-        w, s = state.weights, state.momentum
-        read = [w]  # W_0 .. W_n: the weights after 0 .. n complete chunks
-        for j in range(n):
-            grad = (2.0 / C) * (w @ kk[:, :, j] - vk[:, :, j])
-            s_new = eta[:, :, j] * s - theta[:, :, j] * grad
-            w_new = (1 - alpha[:, :, j]) * w + s_new
-            w = torch.where(complete[:, :, j], w_new, w)
-            s = torch.where(complete[:, :, j], s_new, s)
-            read.append(w)
-        weights = torch.stack(read, 2)  # (B, H, n+1, d, d)
+        w, s = self._recur(state.weights, state.momentum, kk, vk, theta, eta, alpha, slots)
+        weights = torch.stack(w, 2)  # (B, H, n+1, d, d)
 
         # retrieval: slot p reads W_{floor((p+1)/C)}: shift by one, group into chunks of C
         qg = F.pad(q, (0, 0, 0, 0, 1, C - 1)).unflatten(1, (n + 1, C))  # (B, n+1, C, H, d)
         o = torch.einsum("bhgij,bgchj->bgchi", weights, qg).flatten(1, 2)[:, 1 : n * C + 1]
         out = self.o_proj(_from_slots(o.flatten(-2), slots, T).to(x.dtype))
-        new_state = _final_state(w, s, kk, vk, x_sum, slots.end.to(x.device), C)
+        new_state = _final_state(w[-1], s, kk, vk, x_sum, slots.end.to(x.device), C)
         with torch.no_grad():
             diag = _diagnostics(weights, kc, vc, C)  # (B, S, 2)
         surprise, norm = _from_slots(diag, slots, T).unbind(-1)
