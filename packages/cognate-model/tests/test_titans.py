@@ -10,7 +10,7 @@ weights the chunk started from; every token then reads W q.
 import pytest
 import torch
 import torch.nn.functional as F
-from cognate_model.titans import NeuralMemory, TitansState
+from cognate_model.titans import MemoryGate, NeuralMemory, TitansState
 
 D, H, HD = 12, 3, 4
 
@@ -296,3 +296,16 @@ def test_bad_arguments_raise():
             torch.randn(2, 5, D, dtype=torch.float64),
             state=state._replace(pending_count=state.pending_count.float()),
         )
+
+
+def test_memory_gate_formula():
+    gate = MemoryGate(D, H, chunk_size=4, eps=1e-6).double()
+    with torch.no_grad():
+        for p in gate.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    h, y = torch.randn(2, 9, D, dtype=torch.float64), torch.randn(2, 9, D, dtype=torch.float64)
+    out, _, diag = gate(h, y)
+    mem = gate.memory(h)[0]
+    rms = mem / mem.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt() * gate.norm.weight
+    torch.testing.assert_close(out, y * torch.sigmoid(rms))
+    torch.testing.assert_close(diag["gate"], torch.sigmoid(rms))

@@ -53,6 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import RMSNorm
+
 
 class TitansState(NamedTuple):
     """The memory between calls, per batch row b and head h (d = head width, D = d_model).
@@ -313,4 +315,31 @@ def _diagnostics(weights: Tensor, kc: Tensor, vc: Tensor, C: int) -> Tensor:
     return torch.stack((surprise, norms[:, slot]), -1)
 
 
-__all__ = ["NeuralMemory", "TitansState"]
+class MemoryGate(nn.Module):
+    """MAG (memory as a gate): the attention branch's output y, gated by the memory branch
+    read on the same input h:  out = y * sigmoid(RMSNorm(M(h))), per token and channel.
+
+    The gate is the paper's y (x) M(x) with the non-linearity the paper names (normalise, then
+    sigmoid); the normalisation keeps the gate's input at unit scale whatever the memory's
+    norm, so the gate neither saturates as W grows nor vanishes while it is empty.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, chunk_size: int, eps: float) -> None:
+        super().__init__()
+        self.memory = NeuralMemory(d_model, n_heads, d_model // n_heads, chunk_size)
+        self.norm = RMSNorm(d_model, eps=eps)
+
+    def forward(
+        self,
+        h: Tensor,
+        y: Tensor,
+        attention_mask: Tensor | None = None,
+        state: TitansState | None = None,
+    ) -> tuple[Tensor, TitansState, dict[str, Tensor]]:
+        """h: the block's normalised input (B, T, D), y: its attention output (B, T, D)."""
+        mem, state, diag = self.memory(h, attention_mask, state)
+        gate = torch.sigmoid(self.norm(mem))
+        return y * gate, state, {**diag, "gate": gate.detach()}
+
+
+__all__ = ["MemoryGate", "NeuralMemory", "TitansState"]
