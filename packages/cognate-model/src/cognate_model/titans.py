@@ -25,9 +25,10 @@ needs every earlier chunk's result; the recurrence is linear in (W, S) but its t
 multiplies W by the matrix (1 - alpha) I - 2 theta mean(k k^T), so a parallel scan would
 compose 2d x 2d matrices (O(d) more work than the update itself, times log(T/C) levels).
 benchmarks/titans_recurrence.py measures such a scan (it agrees to fp32 rounding) at 5x to 60x
-the forward + backward time of this loop on the CPU (16 to 512 chunks, head width 16 and 32). Everything per token
-(projections, the chunks' sum k k^T and sum v k^T, the rates, retrieval, the diagnostics)
-is computed for all positions at once; the loop body is five tensor operations per chunk.
+the forward + backward time of this loop on the CPU (16 to 512 chunks, head width 16 and
+32). Everything per token (projections, the chunks' sums of k k^T and v k^T, the rates,
+retrieval, the diagnostics) is computed for all positions at once; the loop body is five
+tensor operations per chunk.
 
 Causality. Position t reads the memory after the last chunk that is complete at t (its own
 chunk included when t is that chunk's last token; lucidrains/titans-pytorch shifts retrieval
