@@ -112,10 +112,10 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
     cfg = _config("train", ns)
     preflight(cfg)
-    for spec in specializations(cfg):
-        _check_resume(cfg, _spec_dir(cfg, spec), compat_fingerprint(cfg, spec))
     root = Path(cfg.output_dir)
     with output_lock(root):
+        for spec in specializations(cfg):
+            _check_resume(cfg, _spec_dir(cfg, spec), compat_fingerprint(cfg, spec))
         summaries = [Trainer(cfg, s, _spec_dir(cfg, s)).run() for s in specializations(cfg)]
         text = render(summaries, root)
         (root / "report.md").write_text(text + "\n")
@@ -135,8 +135,8 @@ def cmd_grok(ns: argparse.Namespace) -> int:
     cfg = _config("grok", ns)
     preflight(cfg)
     out = Path(cfg.output_dir)
-    _check_resume(cfg, out, compat_fingerprint(cfg, None))
     with output_lock(out):
+        _check_resume(cfg, out, compat_fingerprint(cfg, None))
         s = run_grok(cfg)
     fin = s["final"]
     print(
