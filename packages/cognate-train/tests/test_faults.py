@@ -407,3 +407,28 @@ def test_prompt_past_max_seq_len_is_a_one_line_error(smoke_run, capsys):
     prompt = "1+" * 200
     assert main(["generate", "--checkpoint", str(smoke_run / "final"), "--prompt", prompt]) == 2
     one_line(capsys, 2, "max_seq_len", "--prompt")
+
+
+@pytest.mark.parametrize(
+    "victim, content",
+    [
+        ("trainer_state.json", b"[1, 2]"),
+        ("trainer_state.json", b'{"step": "x", "config": {}}'),
+        ("trainer_state.json", b"{not json"),
+        ("state.pt", b"not a torch file"),
+    ],
+)
+def test_contents_that_pass_the_manifest_but_do_not_load(
+    grok_done, tmp_path, capsys, victim, content
+):
+    """A file changed and the manifest rewritten to match: still a one-line error, exit 2."""
+    out = _copy(grok_done, tmp_path / "run")
+    newest = out / "checkpoints" / "step-000020"
+    (newest / victim).write_bytes(content)
+    manifest = json.loads((newest / "manifest.json").read_text())
+    from cognate_train.manifest import write_manifest
+
+    write_manifest(newest, manifest["step"], manifest["fingerprint"])
+    args = [*GROK, "--max-steps", "20", "--checkpoint-every", "10", "--resume", str(newest)]
+    assert main([*args, "--output-dir", str(out)]) == 2
+    one_line(capsys, 2, "step-000020")
