@@ -14,10 +14,14 @@ Division is x * y^(p-2) mod p (Fermat's little theorem), which needs p prime.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from .data import Example
 from .validation import is_prime
+
+if TYPE_CHECKING:
+    from .data import Example
 
 __all__ = [
     "OPS",
@@ -112,6 +116,8 @@ def modular_examples(
 
     For training a character-level LM on the grok task and scoring it with `exact_match`.
     """
+    from .data import Example  # not at the top: the data module imports the Cognate model
+
     train, val = modular_dataset(p, op, train_fraction, seed)
 
     def to_examples(rows: torch.Tensor) -> list[Example]:
