@@ -69,7 +69,15 @@ def find_split(
     return splits[split]
 
 
-def _is_empty_text_file(source: SplitSource) -> bool:
+def _is_empty(source: SplitSource) -> bool:
+    """No rows at all (checked before `datasets`, whose own message for it is unclear)."""
+    if source.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return all(pq.read_metadata(str(p)).num_rows == 0 for p in source.files)
+        except Exception:  # noqa: BLE001 - unreadable: load_rows reports it
+            return False
     if source.kind not in ("jsonl", "json"):
         return False
     return all(not p.read_text(encoding="utf-8", errors="replace").strip() for p in source.files)
@@ -86,7 +94,7 @@ def load_records(
 ) -> LoadedSplit:
     """Read, check and template one split; DataError (one line) on any problem."""
     source = find_split(name, split, data_dir, hub_cache)
-    if _is_empty_text_file(source):
+    if _is_empty(source):
         raise DataError(f"{name}: {source.label}: empty split (no rows)")
     rows, bad_lines = load_rows(source, hf_cache_dir, skip_bad_rows)
     if len(rows) == 0:
