@@ -63,9 +63,10 @@ def test_gpt2_style_vocab_and_merges_folder(bpe, tmp_path):
     eot = vocab["<|endoftext|>"]
     assert tok.eos_token_id == tok.bos_token_id == tok.pad_token_id == eot
     text = "what is 3 plus 4?"
-    assert tok(text, add_special_tokens=False)["input_ids"] == bpe(
-        text, add_special_tokens=False
-    )["input_ids"]
+    assert (
+        tok(text, add_special_tokens=False)["input_ids"]
+        == bpe(text, add_special_tokens=False)["input_ids"]
+    )
     assert tok(text)["input_ids"][0] == eot
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
 
