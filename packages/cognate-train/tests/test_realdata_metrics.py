@@ -90,12 +90,14 @@ def test_choice_scorer_equals_a_direct_computation(tiny, bpe, name):
         for (g, g_greedy), (d, d_greedy) in zip(g_row, d_row, strict=True):
             assert g == pytest.approx(d, abs=1e-4) and g_greedy == d_greedy
     # acc / acc_norm by lm-eval's formula, with numpy's argmax, on the direct numbers
-    acc = np.mean([np.argmax([v for v, _ in d]) == r.gold for d, r in zip(direct, records)])
+    acc = np.mean(
+        [np.argmax([v for v, _ in d]) == r.gold for d, r in zip(direct, records, strict=True)]
+    )
     norm = np.mean(
         [
             np.argmax(np.array([v for v, _ in d]) / np.array([float(len(c)) for c in r.choices]))
             == r.gold
-            for d, r in zip(direct, records)
+            for d, r in zip(direct, records, strict=True)
         ]
     )
     metrics = choice_metrics(records, got)
@@ -140,8 +142,8 @@ def test_acc_norm_divides_by_the_choice_character_length():
     assert m["acc"] == pytest.approx(2 / 3) and m["acc_norm"] == pytest.approx(1 / 3)
     preds = [int(np.argmax([v for v, _ in row])) for row in lls]
     norms = [
-        int(np.argmax([v / len(c) for (v, _), c in zip(row, r.choices)]))
-        for row, r in zip(lls, records)
+        int(np.argmax([v / len(c) for (v, _), c in zip(row, r.choices, strict=True)]))
+        for row, r in zip(lls, records, strict=True)
     ]
     assert preds == [0, 0, 1] and norms == [1, 1, 0]
 

@@ -9,7 +9,7 @@ import json
 
 import pytest
 from cognate_train.realdata.pipeline import find_split, load_records
-from cognate_train.realdata.sources import DATASET_NAMES, DataError, HUB_IDS, locate
+from cognate_train.realdata.sources import DATASET_NAMES, HUB_IDS, DataError, locate
 from cognate_train.realdata.synthetic import FORMATS, synthetic_rows, write_dataset
 from cognate_train.realdata.templates import TEMPLATES
 

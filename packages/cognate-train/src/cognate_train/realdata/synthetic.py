@@ -76,8 +76,9 @@ def _hellaswag(rng: random.Random, i: int) -> dict[str, Any]:
     ctx_a = f"{who} sorts a box of {what} on a table."
     ctx_b = f"then {who}"
     endings = [
-        f"puts the {what} into {j + 2} neat rows [title] and smiles." if j == 0 else
-        f"throws the {what} {rng.choice(('away', 'upward', 'outside'))} number {j}."
+        f"puts the {what} into {j + 2} neat rows [title] and smiles."
+        if j == 0
+        else f"throws the {what} {rng.choice(('away', 'upward', 'outside'))} number {j}."
         for j in range(4)
     ]
     order = list(range(4))
@@ -128,7 +129,9 @@ def write_dataset(
     if fmt in ("parquet", "save_to_disk"):
         import datasets
 
-        dd = datasets.DatasetDict({s: datasets.Dataset.from_list(list(r)) for s, r in splits.items()})
+        dd = datasets.DatasetDict(
+            {s: datasets.Dataset.from_list(list(r)) for s, r in splits.items()}
+        )
         if fmt == "save_to_disk":
             dd.save_to_disk(str(folder))
         else:
