@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from ..data import IGNORE_INDEX
 from ..evaluation import logits_of
+from .packing import TokenizedSplit
 from .templates import TEMPLATES, Record
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "number_exact_match",
     "numbers_equal",
     "run_program",
+    "split_answer_loss",
 ]
 
 _NUMBER = re.compile(r"-?[\d,]*\.?\d+")
@@ -258,7 +260,6 @@ def choice_metrics(
     return {"acc": acc / len(records), "acc_norm": acc_norm / len(records), "n": len(records)}
 
 
-@torch.no_grad()
 def answer_loss(
     model: Any,
     tokenizer: Any,
@@ -272,14 +273,47 @@ def answer_loss(
     A row longer than `max_len` loses prompt tokens from the left (the answer is kept whole as
     long as it fits; otherwise its end is cut).
     """
-    bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, _pad_id(tokenizer)
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     prompts = tokenizer([r.prompt for r in records], add_special_tokens=False)["input_ids"]
     answers = tokenizer([r.answer for r in records], add_special_tokens=False)["input_ids"]
+    examples = [
+        ([bos, *p, *a, eos], [False] * (1 + len(p)) + [True] * (len(a) + 1))
+        for p, a in zip(prompts, answers, strict=True)
+    ]
+    return _pooled_answer_loss(model, examples, _pad_id(tokenizer), batch_size, device, max_len)
+
+
+def split_answer_loss(
+    model: Any,
+    split: TokenizedSplit,
+    pad_id: int,
+    batch_size: int = 16,
+    device: Any = "cpu",
+    max_len: int = 1024,
+) -> float:
+    """`answer_loss` of a tokenised split (the trainer's held-back validation examples)."""
+    bounds = split.offsets.tolist()
+    examples = [
+        (split.ids[a:b].tolist(), split.answer[a:b].tolist())
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    return _pooled_answer_loss(model, examples, pad_id, batch_size, device, max_len)
+
+
+@torch.no_grad()
+def _pooled_answer_loss(
+    model: Any,
+    examples: Sequence[tuple[list[int], list[bool]]],
+    pad: int,
+    batch_size: int,
+    device: Any,
+    max_len: int,
+) -> float:
     rows, labels = [], []
-    for p, a in zip(prompts, answers, strict=True):
-        ids, lab = [bos, *p, *a, eos], [IGNORE_INDEX] * (1 + len(p)) + [*a, eos]
+    for ids, mask in examples:
+        lab = [t if m else IGNORE_INDEX for t, m in zip(ids, mask, strict=True)]
         if len(ids) > max_len:
-            cut = min(len(ids) - max_len, len(p) + 1)
+            cut = min(len(ids) - max_len, mask.index(True) if True in mask else len(ids))
             ids, lab = ids[cut:][:max_len], lab[cut:][:max_len]
         rows.append(ids)
         labels.append(lab)
