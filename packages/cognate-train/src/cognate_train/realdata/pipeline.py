@@ -36,6 +36,7 @@ __all__ = [
     "LoadedSplit",
     "find_split",
     "holdout",
+    "holdout_indices",
     "load_records",
     "load_tokenized",
     "trained_bpe",
@@ -150,17 +151,20 @@ def load_tokenized(
     return tokens, False
 
 
-def holdout(split: TokenizedSplit, n_val: int, seed: int) -> tuple[TokenizedSplit, TokenizedSplit]:
-    """(train, val): `n_val` examples drawn by `Random(f"{seed}|holdout")`, the rest kept.
-
-    Both keep file order; validation never shares an example with training.
-    """
-    n = split.n_examples
+def holdout_indices(n: int, n_val: int, seed: int) -> list[int]:
+    """Which of `n` examples are held back: `n_val` drawn by `Random(f"{seed}|holdout")`,
+    in file order."""
     if isinstance(n_val, bool) or not isinstance(n_val, int) or not 0 < n_val < n:
         raise ValueError(f"n_val must be an int in [1, {n - 1}] for {n} examples, got {n_val!r}")
     chosen = set(random.Random(f"{seed}|holdout").sample(range(n), n_val))
-    val = [i for i in range(n) if i in chosen]
-    train = [i for i in range(n) if i not in chosen]
+    return [i for i in range(n) if i in chosen]
+
+
+def holdout(split: TokenizedSplit, n_val: int, seed: int) -> tuple[TokenizedSplit, TokenizedSplit]:
+    """(train, val) by `holdout_indices`; both keep file order, and share no example."""
+    val = holdout_indices(split.n_examples, n_val, seed)
+    chosen = set(val)
+    train = [i for i in range(split.n_examples) if i not in chosen]
     return _select(split, train), _select(split, val)
 
 
