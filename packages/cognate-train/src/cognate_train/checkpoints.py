@@ -218,6 +218,7 @@ class CheckpointManager:
 FREE_ON_RESUME = frozenset(
     {"preset", "output_dir", "resume", "override", "device", "threads", "log", "samples"}
     | {"eval_batch_size", "keep_last", "checkpoint_every", "log_every", "max_nonfinite"}
+    | {"cache_dir"}
 )
 
 

@@ -89,7 +89,10 @@ class RealDataTask:
                 active_stages=None if data != "seeds" else self.stages_active,
             )
         except (DataError, ValueError) as exc:
-            raise ConfigError(f"data: {exc}", field="data") from None
+            msg = str(exc)
+            if msg.startswith("--tokenizer "):
+                raise ConfigError(msg.removeprefix("--"), field="tokenizer") from None
+            raise ConfigError(f"data: {msg}", field="data") from None
         self.tokenizer = self.real.tokenizer
         self.names = [n for n in self.real.val]
         self.batches_ = self.real.batches
