@@ -169,11 +169,12 @@ def main() -> None:
     load_before = [round(x, 2) for x in os.getloadavg()]
     targs = train_args(a, run_dir)
     _, train_s = run_cli(targs)
-    summary = json.loads((run_dir / a.specialization / "summary.json").read_text())
-    records = [json.loads(x) for x in (run_dir / a.specialization / "metrics.jsonl").open()]
+    # one specialization: its outputs are the output directory itself
+    summary = json.loads((run_dir / "summary.json").read_text())
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").open()]
     tps = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
     losses = [r["train/loss"] for r in records if "train/loss" in r]
-    eargs = eval_args(a, run_dir / a.specialization)
+    eargs = eval_args(a, run_dir)
     out, eval_s = run_cli(eargs)
     result = {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
