@@ -3,7 +3,7 @@
 ``engine`` is the one training loop; a task gives it a model, batches, a loss and an
 evaluation: ``trainer`` (one specialization on the curriculum) and ``grok`` (modular arithmetic
 until grokking). Around them: ``config``/``presets``/``validation`` (settings), ``state`` and
-``checkpoints``/``manifest`` (what a run saves, resume), ``runtime``, ``lock``, ``detector``
+``checkpoints``/``manifest`` (what a run saves, resume), ``runtime``, ``signals``, ``lock``, ``detector``
 (``GrokkingDetector``), ``optim``, ``metrics``, ``progress``, ``plots``, ``report``, ``cli`` and
 ``commands``; the data side: ``tokenizer``, ``data``, ``curriculum``, ``tasks``, ``evaluation``,
 ``grok_data``.

@@ -6,18 +6,21 @@ Layout of an output directory::
     best/                      the checkpoint with the lowest validation loss so far
     final/                     the weights at the end of the run
 
-Every checkpoint directory is a ``save_pretrained`` directory (``config.json``,
-``model.safetensors``, the tokenizer files) plus the training state: ``state.pt`` (optimizer,
-scheduler and torch RNG states; tensors and plain containers only, so it loads with
-``torch.load(weights_only=True)``), ``trainer_state.json`` (step, data position, detector,
-python RNG, counters, config) and ``manifest.json`` (sha256 and size of every file, the step and
+Every checkpoint directory holds the task's weights (for the curriculum a ``save_pretrained``
+directory with the tokenizer) plus the training state described in :mod:`cognate_train.state`,
+and ``manifest.json`` (:mod:`cognate_train.manifest`: sha256 and size of every file, the step and
 a fingerprint of the run's compatibility-relevant settings).
 
 Atomicity: a checkpoint is written into a ``.tmp-*`` directory, its files fsynced, the manifest
 written last, and the directory renamed into place. A kill at any moment leaves either the old
 state or the new one, plus perhaps a ``.tmp-*`` leftover that is never mistaken for a checkpoint
 (it has no final name) and is removed on the next start. A checkpoint whose files do not match
-its manifest is reported by name and skipped, never deleted.
+its manifest is reported by name and skipped, never deleted. A write that fails (a full or
+read-only disk) removes its temporary directory and raises :class:`StorageError` naming the
+checkpoint and the cause.
+
+Resume (``never`` / ``auto`` / a PATH) is decided and checked in one place,
+:func:`resolve_resume`.
 """
 
 from __future__ import annotations
@@ -217,6 +220,7 @@ class CheckpointManager:
 # settings a resumed run may change freely: where and how it runs and reports, not what it learns
 FREE_ON_RESUME = frozenset(
     {"preset", "output_dir", "resume", "override", "device", "threads", "log", "samples"}
+    | {"specialization"}  # the checkpoint's own specialization is in its fingerprint
     | {"eval_batch_size", "keep_last", "checkpoint_every", "log_every", "max_nonfinite"}
     | {"cache_dir"}
 )
@@ -225,7 +229,11 @@ FREE_ON_RESUME = frozenset(
 def changed_settings(path: Path, cfg: RunConfig) -> dict[str, list[Any]]:
     """``{field: [checkpoint's value, this run's value]}`` for every setting that differs from
     the one the checkpoint was trained with (bookkeeping settings excepted)."""
-    saved = load_json(path / "trainer_state.json").get("config")
+    try:
+        state = load_json(path / "trainer_state.json")
+    except (ValueError, OSError):
+        state = None
+    saved = state.get("config") if isinstance(state, dict) else None
     if not isinstance(saved, dict):
         raise CheckpointError(f"checkpoint {path} is damaged: trainer_state.json has no config")
     renamed = aliases(type(cfg))

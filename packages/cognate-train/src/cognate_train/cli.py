@@ -27,6 +27,7 @@ from .config import (
     field_meta,
     specializations,
 )
+from .signals import Interrupted, StopSignals
 
 PROG = "cognate-train"
 
@@ -127,10 +128,10 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
     cfg = _config("train", ns)
     preflight(cfg)
-    for spec in specializations(cfg):
-        _check_resume(cfg, _spec_dir(cfg, spec), compat_fingerprint(cfg, spec))
     root = Path(cfg.output_dir)
     with output_lock(root):
+        for spec in specializations(cfg):
+            _check_resume(cfg, _spec_dir(cfg, spec), compat_fingerprint(cfg, spec))
         summaries = [Trainer(cfg, s, _spec_dir(cfg, s)).run() for s in specializations(cfg)]
         text = render(summaries, root)
         (root / "report.md").write_text(text + "\n")
@@ -150,8 +151,8 @@ def cmd_grok(ns: argparse.Namespace) -> int:
     cfg = _config("grok", ns)
     preflight(cfg)
     out = Path(cfg.output_dir)
-    _check_resume(cfg, out, compat_fingerprint(cfg, None))
     with output_lock(out):
+        _check_resume(cfg, out, compat_fingerprint(cfg, None))
         s = run_grok(cfg)
     fin = s["final"]
     print(
@@ -184,25 +185,31 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0].startswith("-") and args[0] not in ("-h", "--help"):
         args = ["train", *args]  # `cognate-train` alone runs `train` with the quick preset
     try:
-        from .checkpoints import CheckpointError, StorageError
-        from .engine import TrainingStopped
-        from .runtime import Interrupted
-
-        try:
-            return _dispatch(args)
-        except (ConfigError, CheckpointError) as exc:
-            print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
-            return 2
-        except (TrainingStopped, StorageError) as exc:
-            print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
-            return 1
-        except OSError as exc:  # a full disk or a vanished directory while writing outputs
-            where = f" ({exc.filename})" if exc.filename else ""
-            print(f"{PROG}: error: {exc.strerror or exc}{where}", file=sys.stderr)
-            return 1
-        except Interrupted as exc:
-            print(f"{PROG}: {_one_line(exc)}", file=sys.stderr)
-            return exc.status
+        with StopSignals() as signals:
+            return _run_command(args, signals)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+
+
+def _run_command(args: list[str], signals: StopSignals) -> int:
+    """Run one command; every error it can end with becomes one line and an exit status."""
+    try:
+        from .checkpoints import CheckpointError, StorageError
+        from .engine import TrainingStopped
+
+        signals.check()  # a signal while importing: stop here, before any work
+        return _dispatch(args)
+    except (ConfigError, CheckpointError) as exc:
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except (TrainingStopped, StorageError) as exc:
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a full disk or a vanished directory while writing outputs
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"{PROG}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    except Interrupted as exc:
+        print(f"{PROG}: {_one_line(exc)}", file=sys.stderr)
+        return exc.status

@@ -44,7 +44,8 @@ from .optim import (
     grokfast_lambda,
 )
 from .progress import Progress
-from .runtime import Interrupted, StopSignals, cpu_threads, resolve_device, setup_device
+from .runtime import cpu_threads, resolve_device, setup_device
+from .signals import Interrupted, StopSignals
 from .state import Checkpointer, TrainState
 from .task import Task
 
@@ -89,6 +90,7 @@ class Engine:
         with StopSignals() as signals:
             self.setup()
             try:
+                signals.check()
                 while self.should_train():
                     result = self.train_step(self.task.batches(self.state.step))
                     self.state.step += 1
@@ -123,15 +125,11 @@ class Engine:
         )
 
     def setup(self) -> None:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # no "Writing model shards" bar per checkpoint
         self.out.mkdir(parents=True, exist_ok=True)
         self.checkpointer.manager.cleanup_partial()
         resumed = self.checkpointer.resume(lambda m: self.log(f"warning: {m}"))
-        self.checkpointer.t0 = self.t0 = (
-            time.perf_counter()
-        )  # time before this point is not training time
+        # time before this point (imports, set-up, loading) is not training time
+        self.checkpointer.t0 = self.t0 = time.perf_counter()
         self.metrics = MetricsLogger(
             self.out,
             [b for b in self.cfg.log if b in ("wandb", "tensorboard")],

@@ -82,8 +82,12 @@ class MetricsLogger:
         else:
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
             tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            os.replace(tmp, self.path)
+            try:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+                os.replace(tmp, self.path)
+            except OSError:
+                tmp.unlink(missing_ok=True)  # a full disk: the old file stays as it was
+                raise
         self._fh = self.path.open("a")
         self._wandb = None
         self._tb = None

@@ -1,12 +1,9 @@
-"""Where and how a run computes: device choice, CPU threads, denormals, autocast, seeding,
-and how it stops on SIGINT/SIGTERM."""
+"""Where and how a run computes: device choice, CPU threads, denormals, autocast, seeding."""
 
 from __future__ import annotations
 
 import contextlib
 import random
-import signal
-import threading
 
 import torch
 
@@ -58,40 +55,3 @@ def seed_everything(seed: int) -> None:
     """Seed torch's and Python's global RNGs (model initialisation, dropout)."""
     torch.manual_seed(seed)
     random.seed(seed)
-
-
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM stopped the run; ``status`` is the conventional 128 + signal number.
-    A BaseException, like KeyboardInterrupt, so no ``except Exception`` swallows it."""
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.status = 128 + signum
-
-
-class StopSignals:
-    """While active, a first SIGINT/SIGTERM is only remembered (``received``): the engine
-    finishes its step, writes a checkpoint and stops. A second one stops at once."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._old: dict[int, object] = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.received is not None:
-            name = signal.Signals(signum).name
-            raise Interrupted(f"stopped at once by a second {name}", signum)
-        self.received = signum

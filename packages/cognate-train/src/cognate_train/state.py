@@ -186,10 +186,11 @@ class Checkpointer:
         path, changed = found
         try:
             self._load(path)
-        except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as exc:
-            if isinstance(exc, (ConfigError, ck.CheckpointError)):
-                raise
-            raise ck.CheckpointError(f"checkpoint {path} cannot be resumed here: {exc}") from None
+        except (ConfigError, ck.CheckpointError):
+            raise
+        except Exception as exc:  # damaged or foreign contents that passed the manifest
+            why = f"{type(exc).__name__}: {exc}"
+            raise ck.CheckpointError(f"checkpoint {path} cannot be resumed here ({why})") from None
         if changed:
             self.apply_overrides(changed)
         e.log(f"[{e.task.name}] resumed from {path} (step {e.state.step})")

@@ -93,8 +93,12 @@ class CurriculumTask:
         device: torch.device,
         model_factory: Callable[[Any], torch.nn.Module] | None = None,
     ) -> None:
+        from transformers.utils import logging as hf_logging
+
         from .data import make_split, split_by_stage
         from .tokenizer import build_tokenizer
+
+        hf_logging.disable_progress_bar()  # no "Writing model shards" bar per checkpoint
 
         self.cfg, self.name, self.device = cfg, specialization, device
         self.fingerprint = compat_fingerprint(cfg, specialization)
