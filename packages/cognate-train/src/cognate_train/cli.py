@@ -79,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.add_argument(
         "--data",
-        metavar="NAME[,NAME...]",
-        help="real datasets to score on their held-out split (test, else validation)",
+        metavar="{seeds,NAME[,NAME...]}",
+        help="real datasets (seeds: all six) scored on their held-out split (test, else "
+        "validation)",
     )
     e.add_argument("--data-dir", metavar="DIR", help="DIR/<name>/ (default: the local HF cache)")
     e.add_argument("--limit", type=int, help="score only the first N rows of each dataset")

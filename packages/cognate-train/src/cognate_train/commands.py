@@ -104,14 +104,21 @@ def _eval_real(d: Path, ts: dict[str, Any], ns: argparse.Namespace) -> dict[str,
         names = parse_data(ns.data)
     except ValueError as exc:
         raise ConfigError(str(exc).removeprefix("--")) from None
-    if isinstance(names, str):
-        raise ConfigError(f"data: eval takes dataset names, got {ns.data!r}")
+    if names == "curriculum":
+        raise ConfigError("data: eval --data takes seeds or dataset names, got 'curriculum'")
+    if names == "seeds":  # the six datasets of the seed curriculum
+        from .realdata.sources import DATASET_NAMES
+
+        names = DATASET_NAMES
     for flag in ("limit", "max_new_tokens", "batch_size"):
         value = getattr(ns, flag)
         if value is not None and value < 1:
             raise ConfigError(f"{flag.replace('_', '-')}: must be >= 1, got {value}")
     if ns.data_dir and not Path(ns.data_dir).is_dir():
         raise ConfigError(f"data-dir: {ns.data_dir} is not a directory")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     model, tok, dev = _load_hf(d, ns.device)
     try:
         datasets = evaluate_checkpoint(

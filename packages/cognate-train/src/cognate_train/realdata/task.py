@@ -62,8 +62,11 @@ class RealDataTask:
         model_factory: Callable[[Any], torch.nn.Module] | None = None,
         saved_tokenizer: Path | None = None,
     ) -> None:
+        from transformers.utils import logging as hf_logging
+
         from ..trainer import build_model
 
+        hf_logging.disable_progress_bar()  # no "Writing model shards" bar per checkpoint
         self.cfg, self.name, self.device = cfg, specialization, device
         self.fingerprint = compat_fingerprint(cfg, specialization)
         self.amp = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
