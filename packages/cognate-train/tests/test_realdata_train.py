@@ -79,6 +79,12 @@ def test_eval_reports_each_dataset_on_its_held_out_split(ref_run, data_dir, caps
     assert sets["hellaswag"]["split"] == "validation" and sets["arc_easy"]["split"] == "test"
     assert all(m["n"] == 2 for m in sets.values())
     assert {"acc", "acc_norm"} <= set(sets["arc_challenge"]) and "exact_match" in sets["svamp"]
+    # seeds means all six; curriculum is not real data
+    seeds = [*argv[:4], "seeds", *argv[5:]]
+    assert main(seeds) == 0
+    assert list(json.loads(capsys.readouterr().out)["datasets"]) == list(DATASET_NAMES)
+    assert main([*argv[:4], "curriculum", *argv[5:]]) == 2
+    assert "data:" in capsys.readouterr().err
 
 
 def _error(capsys) -> str:
