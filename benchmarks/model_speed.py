@@ -107,7 +107,7 @@ def bench_preset(preset: str, batch: int, seq: int, reps: int) -> dict[str, Any]
     def forward() -> None:
         model.eval()
         with torch.no_grad():
-            model(ids, return_metrics=False)
+            model(ids, return_metrics=False, use_cache=False)  # as before the cache
 
     def train() -> None:
         model.train()
