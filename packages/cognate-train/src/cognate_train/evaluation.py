@@ -42,7 +42,7 @@ def _check_positive(name: str, value: object) -> int:
     return value
 
 
-class _EvalMode:
+class EvalMode:
     """Put the model in eval mode for the block and restore its previous mode afterwards."""
 
     def __init__(self, model: Any) -> None:
@@ -80,7 +80,7 @@ def _greedy(
     for i, ids in enumerate(encoded):
         groups[len(ids)].append(i)
     results: list[tuple[list[int], bool]] = [([], False)] * len(encoded)
-    with _EvalMode(model):
+    with EvalMode(model):
         for indices in groups.values():
             indices = sorted(indices, key=lambda i: budgets[i])
             for start in range(0, len(indices), batch_size):
@@ -185,7 +185,7 @@ def val_loss(
         raise ValueError("examples must not be empty")
     _check_positive("batch_size", batch_size)
     total, count = 0.0, 0
-    with _EvalMode(model):
+    with EvalMode(model):
         for start in range(0, len(examples), batch_size):
             batch = encode(tokenizer, examples[start : start + batch_size], max_len)
             ids = batch["input_ids"].to(device)

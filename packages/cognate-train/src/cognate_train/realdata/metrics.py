@@ -26,21 +26,17 @@ against one-row computations).
 from __future__ import annotations
 
 import math
-import os
 import re
-import signal
-import subprocess
-import sys
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..data import IGNORE_INDEX
-from ..evaluation import logits_of
+from ..evaluation import EvalMode, logits_of
+from .execution import run_program
+from .generation import greedy_generate, pad_id, right_pad
 from .packing import TokenizedSplit
 from .templates import TEMPLATES, Record
 
@@ -82,86 +78,6 @@ def numbers_equal(predicted: str | None, target: str) -> bool:
     except ValueError:
         return False
     return math.isfinite(a) and a == b
-
-
-class _EvalMode:
-    def __init__(self, model: Any) -> None:
-        self.model, self.was_training = model, bool(getattr(model, "training", False))
-
-    def __enter__(self) -> None:
-        if hasattr(self.model, "eval"):
-            self.model.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.was_training:
-            self.model.train()
-
-
-def _right_pad(rows: Sequence[Sequence[int]], pad: int, device: Any) -> tuple[torch.Tensor, ...]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _pad_id(tokenizer: Any) -> int:
-    pad = tokenizer.pad_token_id
-    return int(pad if pad is not None else tokenizer.eos_token_id)
-
-
-@torch.no_grad()
-def greedy_generate(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    max_new_tokens: int,
-    batch_size: int = 16,
-    device: Any = "cpu",
-    max_len: int | None = None,
-) -> list[str]:
-    """Greedy continuation of `<bos> prompt` until `<eos>` or `max_new_tokens`, decoded.
-
-    Rows are right-padded and each row has its own cursor: a step appends the argmax at the
-    row's last real position. With `max_len`, a prompt is cut from the left so that prompt and
-    generation fit it. Results come back in the order of `prompts`.
-    """
-    if max_new_tokens < 1 or batch_size < 1:
-        raise ValueError("max_new_tokens and batch_size must be positive")
-    bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, _pad_id(tokenizer)
-    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
-    keep = None if max_len is None else max(1, max_len - max_new_tokens - 1)
-    rows = [[bos, *(ids[-keep:] if keep else ids)] for ids in encoded]
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
-    out: list[str] = [""] * len(rows)
-    with _EvalMode(model):
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            starts = [len(rows[i]) for i in chunk]
-            ids, _ = _right_pad([rows[i] + [pad] * max_new_tokens for i in chunk], pad, device)
-            lens = torch.tensor(starts, device=ids.device)
-            mask = (torch.arange(ids.shape[1], device=ids.device)[None] < lens[:, None]).long()
-            done = torch.zeros(len(chunk), dtype=torch.bool, device=ids.device)
-            arange = torch.arange(len(chunk), device=ids.device)
-            for _ in range(max_new_tokens):
-                width = int(lens.max())
-                logits = logits_of(model(input_ids=ids[:, :width], attention_mask=mask[:, :width]))
-                nxt = logits[arange, lens - 1].argmax(dim=-1)
-                live = ~done
-                ids[arange[live], lens[live]] = nxt[live]
-                mask[arange[live], lens[live]] = 1
-                lens = lens + live.long()
-                done |= nxt == eos
-                if bool(done.all()):
-                    break
-            for row, i in enumerate(chunk):
-                new = ids[row, starts[row] : int(lens[row])].tolist()
-                if eos in new:
-                    new = new[: new.index(eos)]
-                out[i] = tokenizer.decode(new, skip_special_tokens=False)
-    return out
 
 
 def number_exact_match(
@@ -219,12 +135,12 @@ def choice_loglikelihoods(
     """
     requests = [(ri, req) for ri, r in enumerate(records) for req in choice_requests(tokenizer, r)]
     results: list[tuple[float, bool]] = []
-    pad = _pad_id(tokenizer)
-    with _EvalMode(model):
+    pad = pad_id(tokenizer)
+    with EvalMode(model):
         for start in range(0, len(requests), batch_size):
             chunk = [req for _, req in requests[start : start + batch_size]]
             inputs = [(ctx + cont)[-(max_len + 1) :][:-1] for ctx, cont in chunk]
-            ids, mask = _right_pad(inputs, pad, device)
+            ids, mask = right_pad(inputs, pad, device)
             logp = F.log_softmax(logits_of(model(input_ids=ids, attention_mask=mask)).float(), -1)
             for row, ((_, cont), inp) in enumerate(zip(chunk, inputs, strict=True)):
                 n = len(cont)
@@ -280,7 +196,7 @@ def answer_loss(
         ([bos, *p, *a, eos], [False] * (1 + len(p)) + [True] * (len(a) + 1))
         for p, a in zip(prompts, answers, strict=True)
     ]
-    return _pooled_answer_loss(model, examples, _pad_id(tokenizer), batch_size, device, max_len)
+    return _pooled_answer_loss(model, examples, pad_id(tokenizer), batch_size, device, max_len)
 
 
 def split_answer_loss(
@@ -318,10 +234,10 @@ def _pooled_answer_loss(
         rows.append(ids)
         labels.append(lab)
     total, count = 0.0, 0
-    with _EvalMode(model):
+    with EvalMode(model):
         for start in range(0, len(rows), batch_size):
-            ids, mask = _right_pad(rows[start : start + batch_size], pad, device)
-            lab, _ = _right_pad(labels[start : start + batch_size], IGNORE_INDEX, device)
+            ids, mask = right_pad(rows[start : start + batch_size], pad, device)
+            lab, _ = right_pad(labels[start : start + batch_size], IGNORE_INDEX, device)
             logits = logits_of(model(input_ids=ids, attention_mask=mask)).float()
             total += F.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]),
@@ -331,49 +247,6 @@ def _pooled_answer_loss(
             ).item()
             count += int((lab[:, 1:] != IGNORE_INDEX).sum())
     return total / count
-
-
-def _limits(memory_mb: int, cpu_s: int) -> None:
-    import resource
-
-    mem = memory_mb * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
-
-
-def run_program(source: str, timeout_s: float = 5.0, memory_mb: int = 512) -> tuple[bool, str]:
-    """Run `source` with `python -I` in a fresh temporary directory: (passed, reason).
-
-    Passed means exit status 0 within `timeout_s` seconds of wall time. The child gets its own
-    session (killed as a group on timeout), an address-space limit of `memory_mb`, a CPU-time
-    limit and a 1 MiB file-size limit; stdout is discarded, the last stderr line is the reason.
-    """
-    with tempfile.TemporaryDirectory(prefix="cognate-exec-") as tmp:
-        path = Path(tmp) / "program.py"
-        path.write_text(source, encoding="utf-8")
-        err_path = Path(tmp) / "stderr.txt"
-        with open(err_path, "wb") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-I", str(path)],
-                cwd=tmp,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                env={"PATH": os.environ.get("PATH", ""), "PYTHONHASHSEED": "0"},
-                start_new_session=True,
-                preexec_fn=lambda: _limits(memory_mb, int(math.ceil(timeout_s)) + 1),
-            )
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return False, f"timed out after {timeout_s:g} s"
-        if proc.returncode == 0:
-            return True, "passed"
-        lines = err_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
-        return False, lines[-1] if lines else f"exit status {proc.returncode}"
 
 
 def code_pass_at_1(

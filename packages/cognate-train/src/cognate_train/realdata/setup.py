@@ -122,30 +122,48 @@ def build_real_data(
     val: dict[str, TokenizedSplit] = {}
     summary: dict[str, Any] = {"datasets": {}, "tokenizer_vocab": len(tok)}
     for name in names:
-        split, hit = load_tokenized(
-            name, "train", tok, data_dir=data_dir, skip_bad_rows=skip_bad_rows, cache=cache
+        packed[name], val[name], summary["datasets"][name], skipped = _pack_dataset(
+            name, tok, data_dir, skip_bad_rows, cache, n_val, seed, max_len, loss_on
         )
-        k = min(n_val, split.n_examples // 2)
-        if k < 1:
-            raise DataError(f"{name}: the train split has too few rows to hold any out")
-        train, val[name] = holdout(split, k, seed)
-        try:
-            packed[name] = pack_rows(train, max_len, loss_on)
-        except ValueError as exc:
-            raise DataError(f"{name}: train split: {exc}") from None
-        summary["datasets"][name] = {
-            "train_examples": train.n_examples,
-            "val_examples": k,
-            "rows": int(packed[name]["input_ids"].shape[0]),
-            "tokens": int(packed[name]["input_ids"].numel()),
-            "dropped_tokens": int(packed[name]["dropped"]),
-            "skipped_rows": len(split.skipped),
-            "cache_hit": hit,
-        }
-        summary.setdefault("skipped", []).extend(split.skipped)
+        summary.setdefault("skipped", []).extend(skipped)
     pools = {s: concat_rows([packed[n] for n in v]) for s, v in stages.items()}
     try:
         batches = PackedBatches(pools, batch_size, seed)
     except ValueError as exc:
         raise DataError(f"--batch-size/--max-len: {exc}") from None
     return RealData(tok, batches, stages, val, summary)
+
+
+def _pack_dataset(
+    name: str,
+    tok: Any,
+    data_dir: str | Path | None,
+    skip_bad_rows: bool,
+    cache: PreprocessCache,
+    n_val: int,
+    seed: int,
+    max_len: int,
+    loss_on: str,
+) -> tuple[dict[str, Any], TokenizedSplit, dict[str, Any], list]:
+    """One dataset's train split: held-back validation, packed rows, its summary entry."""
+    split, hit = load_tokenized(
+        name, "train", tok, data_dir=data_dir, skip_bad_rows=skip_bad_rows, cache=cache
+    )
+    k = min(n_val, split.n_examples // 2)
+    if k < 1:
+        raise DataError(f"{name}: the train split has too few rows to hold any out")
+    train, val = holdout(split, k, seed)
+    try:
+        packed = pack_rows(train, max_len, loss_on)
+    except ValueError as exc:
+        raise DataError(f"{name}: train split: {exc}") from None
+    info = {
+        "train_examples": train.n_examples,
+        "val_examples": k,
+        "rows": int(packed["input_ids"].shape[0]),
+        "tokens": int(packed["input_ids"].numel()),
+        "dropped_tokens": int(packed["dropped"]),
+        "skipped_rows": len(split.skipped),
+        "cache_hit": hit,
+    }
+    return packed, val, info, list(split.skipped)
