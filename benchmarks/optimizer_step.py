@@ -14,8 +14,10 @@ with fixed random gradients; only ``optimizer.step()`` is timed. Shape sets:
 Comparisons (each a ratio against its baseline, timed interleaved, median of ``--reps``):
 
 1. ``MuGrokfast`` (grokfast None / ema / ma / dual) vs ``torch.optim.Muon`` (hidden matrices) +
-   ``torch.optim.AdamW(foreach=True)`` (the rest), same lr, wd and Newton-Schulz dtype (bf16,
-   torch's only choice); MA with ``--ma-window`` (memory: window x numel floats).
+   ``torch.optim.AdamW(foreach=True)`` (the rest), same lr and wd. "defaults" rows pass no
+   ``ns_dtype`` and no ``foreach`` (what a user gets: MuGrokfast picks them per device);
+   "tuned" rows pass torch's choices (``ns_dtype=torch.bfloat16, foreach=True``). MA with
+   ``--ma-window`` (memory: window x numel floats).
 2. ``Grokfast(AdamW, "ema")`` vs the reference style (a dict of EMA tensors updated per parameter
    before ``AdamW.step()``, as in ironjr/grokfast's ``gradfilter_ema``), on every parameter.
 3. MA step time at windows 10, 100, 200: ``Grokfast(AdamW, "ma")`` (ring buffer + running sum) and
@@ -120,11 +122,18 @@ def torch_muon_adamw(muon: list, rest: list) -> Stepper:
     return Stepper(step, [m, a])
 
 
-def mugrokfast_stepper(muon: list, rest: list, grokfast: str | None, window: int) -> Stepper:
+# the "tuned" setting: what torch's pair does (bf16 Newton-Schulz, foreach AdamW); the
+# "defaults" rows pass neither, so they measure what MuGrokfast picks by itself
+TUNED = dict(ns_dtype=torch.bfloat16, foreach=True)
+
+
+def mugrokfast_stepper(
+    muon: list, rest: list, grokfast: str | None, window: int, tuned: bool = False
+) -> Stepper:
     opt = mugrokfast.MuGrokfast(
         [{"params": muon, "use_muon": True}, {"params": rest, "use_muon": False}],
-        lr=LR, betas=BETAS, weight_decay=WD, muon_lr=MUON_LR, ns_dtype=torch.bfloat16,
-        grokfast=grokfast, grokfast_window=window, foreach=True,
+        lr=LR, betas=BETAS, weight_decay=WD, muon_lr=MUON_LR,
+        grokfast=grokfast, grokfast_window=window, **(TUNED if tuned else {}),
     )  # fmt: skip
     return Stepper(opt.step, [opt])
 
@@ -217,8 +226,11 @@ def time_steppers(
             s.step()
         steppers[name] = s
         out[name] = {"state_mb": round(state_mb(s), 2), "times_ms": []}
-    for _ in range(reps):
-        for name, s in steppers.items():
+    names = list(steppers)
+    for rep in range(reps):
+        # rotate the order each repetition so no config always follows the same neighbour
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+            s = steppers[name]
             t0 = time.perf_counter()
             for _ in range(steps):
                 s.step()
@@ -250,6 +262,8 @@ def bench_shape_set(name: str, shapes: list[Shape], args: argparse.Namespace) ->
         "torch Muon+AdamW": lambda: torch_muon_adamw(muon, rest),
         "MuGrokfast(None)": lambda: mugrokfast_stepper(muon, rest, None, w),
         "MuGrokfast(ema)": lambda: mugrokfast_stepper(muon, rest, "ema", w),
+        "MuGrokfast(None) tuned": lambda: mugrokfast_stepper(muon, rest, None, w, True),
+        "MuGrokfast(ema) tuned": lambda: mugrokfast_stepper(muon, rest, "ema", w, True),
         f"MuGrokfast(ma, w={w})": lambda: mugrokfast_stepper(muon, rest, "ma", w),
         f"MuGrokfast(dual, w={w})": lambda: mugrokfast_stepper(muon, rest, "dual", w),
     }
@@ -306,21 +320,38 @@ def print_table(res: dict[str, dict[str, Any]]) -> None:
 
 def goals(sets: dict[str, Any], window: int) -> dict[str, Any]:
     out = {}
+    key = "ratio_vs_torch Muon+AdamW"
     for name, r in sets.items():
-        ema = r["muon_vs_torch"]["MuGrokfast(ema)"]["ratio_vs_torch Muon+AdamW"]
+        m = r["muon_vs_torch"]
+        ema, none = m["MuGrokfast(ema)"][key], m["MuGrokfast(None)"][key]
         wrap = r["wrapper_vs_reference"]["Grokfast(AdamW, ema)"][
             "ratio_vs_reference-style EMA + AdamW"
         ]
         ma = r["ma_window"]["Grokfast(AdamW, ma, w=200)"]["ratio_vs_Grokfast(AdamW, ma, w=10)"]
         out[name] = {
-            "MuGrokfast(ema) / torch Muon+AdamW": ema,
+            "MuGrokfast(ema) defaults / torch Muon+AdamW": ema,
             "goal <= 1.10": ema <= 1.10,
+            "MuGrokfast(None) defaults / torch Muon+AdamW": none,
+            "goal <= 1.02": none <= 1.02,
+            "MuGrokfast(ema) tuned / torch Muon+AdamW": m["MuGrokfast(ema) tuned"][key],
+            "MuGrokfast(None) tuned / torch Muon+AdamW": m["MuGrokfast(None) tuned"][key],
             "Grokfast wrapper / reference style": wrap,
             "goal <= 1.0": wrap <= 1.0,
             "MA w=200 / w=10": ma,
             "goal <= 1.6": ma <= 1.6,
         }
     return out
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -342,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
 
+    load_before = os.getloadavg()
     sets: dict[str, Any] = {}
     for name in [s.strip() for s in args.sets.split(",") if s.strip()]:
         if name == "cognate-25m":
@@ -366,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "machine": {
             "platform": platform.platform(),
+            "cpu": cpu_model(),
+            "cpu_native_bf16_matmul": mugrokfast.newton_schulz.CPU_NATIVE_BF16,
+            "load_average_1min_before_after": [load_before[0], os.getloadavg()[0]],
             "cpu_count": os.cpu_count(),
             "threads": args.threads,
             "device": "cpu",
@@ -375,11 +410,16 @@ def main(argv: list[str] | None = None) -> int:
             "muon_lr": MUON_LR,
             "weight_decay": WD,
             "betas": BETAS,
-            "ns_dtype": "bfloat16 (torch.optim.Muon's; MuGrokfast given ns_dtype=torch.bfloat16)",
+            "torch": "torch.optim.Muon (bf16 Newton-Schulz, its only choice) + "
+            "torch.optim.AdamW(foreach=True)",
+            "MuGrokfast defaults": "no ns_dtype, no foreach: ns_dtype=None -> "
+            f"{mugrokfast.default_ns_dtype('cpu')} on this CPU, foreach=None",
+            "MuGrokfast tuned": "ns_dtype=torch.bfloat16, foreach=True",
             "reps": args.reps,
             "steps_per_rep": args.steps,
             "ma_window": args.ma_window,
-            "timing": "median over reps of the mean step time; configs interleaved within a rep",
+            "timing": "median over reps of the mean step time; configs interleaved within a "
+            "rep, the order rotated by one each rep",
         },  # fmt: skip
         "goals": goals(sets, args.ma_window),
         "sets": sets,
@@ -401,8 +441,15 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"`{result['command']}`  ",
         f"{result['date']}, torch {result['torch']}, {result['machine']['platform']}, "
-        f"{result['machine']['threads']} thread(s), CPU. Median of {result['settings']['reps']} "
-        "interleaved repetitions.",
+        f"{result['machine']['threads']} thread(s), CPU ({result['machine']['cpu']}, native bf16 "
+        f"matmul: {result['machine']['cpu_native_bf16_matmul']}; 1-min load average before / "
+        f"after: {result['machine']['load_average_1min_before_after']}). Median of "
+        f"{result['settings']['reps']} interleaved repetitions (order rotated each repetition) "
+        f"of {result['settings']['steps_per_rep']} step(s).",
+        "",
+        f"torch: {result['settings']['torch']}. MuGrokfast defaults: "
+        f"{result['settings']['MuGrokfast defaults']}. MuGrokfast tuned: "
+        f"{result['settings']['MuGrokfast tuned']}. Other MuGrokfast rows: defaults.",
         "",
     ]
     for name, r in result["sets"].items():

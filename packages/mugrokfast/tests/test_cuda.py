@@ -54,3 +54,18 @@ def test_default_ns_dtype_on_cuda_is_bf16_and_close_to_fp32():
     _train(ref, MuGrokfast(param_groups(ref), grokfast=None, ns_dtype=torch.float32), 3)
     for a, b in zip(model.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+@cuda
+@pytest.mark.parametrize("grokfast", [None, "ema", "dual"])
+def test_compiled_step_has_no_graph_break_on_cuda(grokfast):
+    """torch.compile(opt.step, fullgraph=True) raises on any graph break."""
+    torch._dynamo.reset()
+    model = TinyLM().cuda()
+    opt = MuGrokfast(param_groups(model), grokfast=grokfast, grokfast_window=2)
+    step = torch.compile(opt.step, backend="eager", fullgraph=True)
+    for t in range(3):
+        opt.zero_grad()
+        lm_loss(model, t).backward()
+        step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -74,10 +74,19 @@ def test_bf16_is_bit_identical_to_torch_muon_ns(shape):
     assert torch.equal(ours_b, torch.stack([torch_ns(g, ABC, 5, 1e-7) for g in batch]))
 
 
-def test_zero_matrix_and_defaults():
+def test_zero_matrix_and_defaults(monkeypatch):
+    """bf16 on CUDA and on CPUs that multiply bf16 natively (measured faster there), fp32 on
+    CPUs that emulate bf16 (measured slower there); see default_ns_dtype's docstring."""
+    import mugrokfast.newton_schulz as ns
+
     assert torch.equal(zeropower_via_newtonschulz(torch.zeros(4, 6)), torch.zeros(4, 6))
-    assert default_ns_dtype("cpu") == torch.float32
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert ns.CPU_NATIVE_BF16 == native
+    assert default_ns_dtype("cpu") == (torch.bfloat16 if native else torch.float32)
     assert default_ns_dtype("cuda") == torch.bfloat16
+    assert zeropower_via_newtonschulz(torch.randn(3, 3)).dtype == default_ns_dtype("cpu")
+    monkeypatch.setattr(ns, "CPU_NATIVE_BF16", False)  # an emulating CPU
+    assert default_ns_dtype("cpu") == torch.float32
     assert zeropower_via_newtonschulz(torch.randn(3, 3)).dtype == torch.float32
 
 

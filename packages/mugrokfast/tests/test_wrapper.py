@@ -130,7 +130,14 @@ def test_bad_arguments(kwargs, match):
 def test_base_must_be_an_optimizer():
     with pytest.raises(ValueError, match="base_optimizer"):
         Grokfast([torch.nn.Parameter(torch.randn(2))])
-    with pytest.raises(ValueError, match="state_dict"):
-        Grokfast(torch.optim.SGD([torch.nn.Parameter(torch.randn(2))], lr=0.1)).load_state_dict(
-            torch.optim.SGD([torch.nn.Parameter(torch.randn(2))], lr=0.1).state_dict()
-        )
+    # (issue 13: this used to assert a ValueError naming state_dict; a plain base-optimizer
+    # checkpoint now loads, the filter starting fresh: see test_torch_optim_invariants.py)
+    plain = torch.optim.SGD([torch.nn.Parameter(torch.randn(2))], lr=0.1, momentum=0.9)
+    plain.param_groups[0]["params"][0].grad = torch.ones(2)
+    plain.step()
+    opt = Grokfast(torch.optim.SGD([torch.nn.Parameter(torch.randn(2))], lr=0.5, momentum=0.9))
+    opt.load_state_dict(plain.state_dict())
+    p = opt.param_groups[0]["params"][0]
+    assert opt.param_groups[0]["lr"] == 0.1 and opt.param_groups[0]["grokfast"] == "ema"
+    assert torch.equal(opt.base_optimizer.state[p]["momentum_buffer"], torch.ones(2))
+    assert len(opt.state) == 0  # no filter state: it starts at the next step

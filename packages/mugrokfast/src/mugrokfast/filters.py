@@ -24,12 +24,15 @@ Two layers live here:
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+
+from ._state import check_int, check_number
 
 FILTERS = (None, "ema", "ma", "dual")
 
@@ -157,22 +160,61 @@ def validate_filter_args(
     """ValueError naming the offending argument (``names`` maps to the caller's spelling)."""
     if filter not in FILTERS:
         raise ValueError(f"{names[0]} must be one of {FILTERS} (got {filter!r})")
-    if not 0.0 <= alpha < 1.0:
-        raise ValueError(f"{names[1]} must be in [0, 1) (got {alpha!r})")
-    if not lamb >= 0.0:
-        raise ValueError(f"{names[2]} must be >= 0 (got {lamb!r})")
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"{names[3]} must be a positive int (got {window!r})")
-    if not ma_lamb >= 0.0:
-        raise ValueError(f"{names[4]} must be >= 0 (got {ma_lamb!r})")
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise ValueError(f"{names[5]} must be a non-negative int (got {warmup_steps!r})")
+    check_number(names[1], alpha, 0.0, 1.0, open_high=True)
+    check_number(names[2], lamb)
+    check_int(names[3], window, 1)
+    check_number(names[4], ma_lamb)
+    check_int(names[5], warmup_steps, 0)
     if history_dtype is not None and not (
         isinstance(history_dtype, torch.dtype) and history_dtype.is_floating_point
     ):
         raise ValueError(
             f"{names[6]} must be None or a floating torch.dtype (got {history_dtype!r})"
         )
+
+
+def ma_history_bytes(
+    params: Sequence[Tensor], window: int, history_dtype: torch.dtype | None = None
+) -> int:
+    """Bytes the MA filter keeps for ``params``: a ring buffer of ``window`` gradients per
+    parameter (in ``history_dtype``, default the parameter's) plus one running sum."""
+    return sum(
+        p.numel() * (window * (history_dtype or p.dtype).itemsize + p.dtype.itemsize)
+        for p in params
+    )
+
+
+def device_memory_bytes(device: torch.device) -> int | None:
+    """Physical memory of ``device`` (RAM for the CPU), or None when unknown."""
+    try:
+        if device.type == "cpu":
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if device.type == "cuda":
+            return torch.cuda.get_device_properties(device).total_memory
+    except (ValueError, OSError, RuntimeError, AttributeError):
+        pass
+    return None
+
+
+def check_ma_memory(groups: Sequence[dict[str, Any]], window_name: str) -> None:
+    """Refuse, at construction, MA/dual filters whose history cannot fit in the memory of its
+    device: ValueError naming ``window_name`` and the bytes it would need."""
+    need: dict[torch.device, int] = {}
+    for g in groups:
+        if g.get("grokfast") in ("ma", "dual"):
+            for p in g["params"]:
+                n = ma_history_bytes([p], g["grokfast_window"], g["grokfast_history_dtype"])
+                need[p.device] = need.get(p.device, 0) + n
+    for device, n in need.items():
+        have = device_memory_bytes(device)
+        if have is not None and n > have:
+            windows = sorted({g["grokfast_window"] for g in groups if g.get("grokfast")})
+            raise ValueError(
+                f"{window_name}={windows[-1]}: the MA filter would keep {n} bytes "
+                f"({n / 2**30:.1f} GiB) of gradient history on {device}, which has {have} "
+                f"bytes ({have / 2**30:.1f} GiB); use a smaller window, "
+                "a bf16 history dtype, or the EMA filter"
+            )
 
 
 def _ema_update(grads: list[Tensor], states: list[dict]) -> list[Tensor]:

@@ -32,12 +32,14 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.adamw import adamw as _adamw
+from torch.optim.optimizer import _get_value, _to_scalar
 
-from ._state import restore_state_dtypes, run_closure, saved_state_dtypes
+from ._state import cast_history, check_int, check_number, group_params, run_closure, with_params
 from .filters import (
     Terms,
     add_terms,
     apply_terms,
+    check_ma_memory,
     group_terms,
     params_with_grad,
     set_grokfast_lambda,
@@ -67,6 +69,12 @@ _MUON_NAMES = (
 )
 
 
+_DEFAULT_KEYS = (
+    "lr", "betas", "eps", "weight_decay", "muon_lr", "momentum", "nesterov", "ns_steps",
+    "adjust_lr_fn", "ns_dtype", "ns_coefficients", "ns_eps", *_FILTER_NAMES, "foreach",
+)  # fmt: skip
+
+
 def _scalar_dtype() -> torch.dtype:
     # what torch.optim.AdamW uses for state["step"]
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
@@ -76,17 +84,23 @@ class MuGrokfast(Optimizer):
     """Grokfast + Muon + AdamW in one ``torch.optim.Optimizer``.
 
     Args:
-        params: tensors or param-group dicts. A group's ``use_muon`` says which update it gets;
-            a group without ``use_muon`` is split into a Muon group (params with ``ndim >= 2``)
-            and an AdamW group (the rest). Prefer :func:`mugrokfast.param_groups(model)`, which
-            also keeps embeddings and the output head on AdamW. Any hyperparameter below can be
-            set per group.
+        params: tensors, ``(name, tensor)`` pairs (``model.named_parameters()``) or param-group
+            dicts. A group's ``use_muon`` says which update it gets; a group without
+            ``use_muon`` is split, in place, into a Muon group (params with ``ndim >= 2``) and
+            an AdamW group (the rest), empty ones left out. Every group records the index of
+            the group the user passed as ``user_group``; :meth:`per_user_group` expands one
+            value per user group (e.g. ``LambdaLR`` lambdas) to one per param group. Prefer
+            :func:`mugrokfast.param_groups(model)`, which also keeps embeddings and the output
+            head on AdamW. Any hyperparameter below can be set per group.
         lr: AdamW learning rate. betas, eps, weight_decay: AdamW's (``weight_decay`` also is
             Muon's decoupled decay ``p *= 1 - lr*wd``).
         muon_lr: learning rate of Muon groups. It is copied into the group's ``"lr"`` (unless
             the group sets ``lr`` itself), so LR schedulers scale Muon and AdamW groups alike.
         momentum, nesterov, ns_steps, adjust_lr_fn, ns_dtype, ns_coefficients, ns_eps: Muon's
-            (see :class:`mugrokfast.Muon`).
+            (see :class:`mugrokfast.Muon`). A momentum-cycling scheduler (``OneCycleLR``,
+            ``CyclicLR`` with ``cycle_momentum``) cycles ``betas[0]`` of every group (the
+            defaults hold ``betas``); Muon groups then take their momentum from it, as
+            ``torch.optim.Muon`` would take the cycled momentum from its own scheduler.
         grokfast: None | "ema" | "ma" | "dual". grokfast_alpha, grokfast_lambda: the EMA filter.
             grokfast_window, grokfast_ma_lambda: the MA filter (ring buffer of ``window``
             gradients per parameter: memory ``window x numel`` in ``grokfast_history_dtype``,
@@ -122,7 +136,7 @@ class MuGrokfast(Optimizer):
     ) -> None:
         defaults = dict(
             lr=lr,
-            betas=tuple(betas),
+            betas=tuple(betas) if isinstance(betas, (tuple, list)) else betas,
             eps=eps,
             weight_decay=weight_decay,
             muon_lr=muon_lr,
@@ -131,7 +145,11 @@ class MuGrokfast(Optimizer):
             ns_steps=ns_steps,
             adjust_lr_fn=adjust_lr_fn,
             ns_dtype=ns_dtype,
-            ns_coefficients=tuple(ns_coefficients),
+            ns_coefficients=(
+                tuple(ns_coefficients)
+                if isinstance(ns_coefficients, (tuple, list))
+                else ns_coefficients
+            ),
             ns_eps=ns_eps,
             grokfast=grokfast,
             grokfast_alpha=grokfast_alpha,
@@ -142,26 +160,33 @@ class MuGrokfast(Optimizer):
             grokfast_history_dtype=grokfast_history_dtype,
             foreach=foreach,
         )
-        self._validate(defaults | {"use_muon": False})
+        self._validate(defaults | {"use_muon": False, "user_group": 0})
         super().__init__(params, defaults)
 
     # ---------------------------------------------------------------- groups and validation
 
     @staticmethod
     def _validate(g: dict[str, Any]) -> None:
-        if not 0.0 <= g["lr"]:
-            raise ValueError(f"lr must be >= 0 (got {g['lr']!r})")
-        b = g["betas"]
-        if len(b) != 2 or not (0.0 <= b[0] < 1.0 and 0.0 <= b[1] < 1.0):
-            raise ValueError(f"betas must be two floats in [0, 1) (got {b!r})")
-        if not g["eps"] >= 0.0:
-            raise ValueError(f"eps must be >= 0 (got {g['eps']!r})")
-        if not 0.0 <= g["muon_lr"]:
-            raise ValueError(f"muon_lr must be >= 0 (got {g['muon_lr']!r})")
-        if not isinstance(g["use_muon"], bool):
-            raise ValueError(f"use_muon must be a bool (got {g['use_muon']!r})")
-        if not isinstance(g["nesterov"], bool):
-            raise ValueError(f"nesterov must be a bool (got {g['nesterov']!r})")
+        try:
+            betas = tuple(g["betas"])
+        except TypeError:
+            betas = ()
+        if len(betas) != 2:
+            raise ValueError(f"betas must be two floats in [0, 1) (got {g['betas']!r})")
+        for b in betas:
+            check_number("betas", b, 0.0, 1.0, open_high=True)
+        check_number("eps", g["eps"])
+        check_number("muon_lr", g["muon_lr"], open_low=True, tensor_ok=True)
+        for key in ("use_muon", "nesterov"):
+            if not isinstance(g[key], bool):
+                raise ValueError(f"{key} must be a bool (got {g[key]!r})")
+        if g["foreach"] not in (None, True, False):
+            raise ValueError(f"foreach must be None or a bool (got {g['foreach']!r})")
+        if isinstance(g["lr"], Tensor) and g["foreach"]:
+            raise ValueError(  # torch.optim.AdamW's rule, at construction rather than at step
+                "lr as a Tensor is not supported for capturable=False and foreach=True"
+            )
+        check_int("user_group", g["user_group"], 0)
         validate_muon_args(
             g["lr"], g["weight_decay"], g["momentum"], g["ns_coefficients"], g["ns_eps"],
             g["ns_steps"], g["adjust_lr_fn"], g["ns_dtype"], names=_MUON_NAMES,
@@ -173,20 +198,27 @@ class MuGrokfast(Optimizer):
         )  # fmt: skip
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; without ``use_muon`` it is split by ``ndim`` (see the class docstring)."""
+        """Add a group; without ``use_muon`` it is split by ``ndim`` (see the class docstring).
+
+        Every group records ``user_group``: the index of the group the user passed (or added)
+        that it came from; :meth:`per_user_group` uses it to line up per-group scheduler
+        arguments.
+        """
         group = dict(param_group)
-        params = group["params"]
-        params = [params] if isinstance(params, Tensor) else list(params)
+        params, names = group_params(group)  # plain or named; a set is a TypeError
+        if "user_group" not in group:
+            group["user_group"] = 1 + max((g["user_group"] for g in self.param_groups), default=-1)
         if "use_muon" not in group:
-            matrices = [p for p in params if p.ndim >= 2]
-            vectors = [p for p in params if p.ndim < 2]
-            for use_muon, ps in ((True, matrices), (False, vectors)):
-                if ps:
-                    self.add_param_group(group | {"params": ps, "use_muon": use_muon})
+            parts = [[i for i, p in enumerate(params) if (p.ndim >= 2) == m] for m in (True, False)]
+            for use_muon, idx in zip((True, False), parts, strict=True):
+                if idx:
+                    part_names = None if names is None else [names[i] for i in idx]
+                    part = with_params(group, [params[i] for i in idx], part_names)
+                    self.add_param_group(part | {"use_muon": use_muon})
             if params:
                 return
             group["use_muon"] = False
-        group["params"] = params
+        group = with_params(group, params, names)
         if group["use_muon"]:
             for p in params:
                 if p.ndim < 2:
@@ -196,8 +228,26 @@ class MuGrokfast(Optimizer):
                     )
             if "lr" not in group:
                 group["lr"] = group.get("muon_lr", self.defaults["muon_lr"])
-        self._validate(self.defaults | group)  # before torch stores the group
+        filled = self.defaults | group
+        self._validate(filled)  # before torch stores the group
+        check_ma_memory([*self.param_groups, filled], "grokfast_window")
         super().add_param_group(group)
+
+    def per_user_group(self, values: list[Any]) -> list[Any]:
+        """One entry of ``values`` per group the user passed, repeated for each param group
+        made from it (a group without ``use_muon`` becomes a Muon and an AdamW group).
+
+        For schedulers that take one value per group: ``LambdaLR(opt,
+        opt.per_user_group([f_backbone, f_head]))``, ``OneCycleLR(opt,
+        max_lr=opt.per_user_group([...]))``.
+        """
+        n = 1 + max(g["user_group"] for g in self.param_groups)
+        if len(values) != n:
+            raise ValueError(
+                f"values: expected one entry per group passed to MuGrokfast ({n}), "
+                f"got {len(values)}"
+            )
+        return [values[g["user_group"]] for g in self.param_groups]
 
     def set_grokfast_lambda(self, lamb: float, ma_lamb: float | None = None) -> None:
         """Set the amplification of every group (e.g. boost it when grokking stalls).
@@ -224,16 +274,31 @@ class MuGrokfast(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # also runs in load_state_dict: fill options missing from older/foreign state dicts
+        # (only ours: torch's __setstate__ adds "differentiable" to the defaults)
         super().__setstate__(state)
-        for group in self.param_groups:
+        for i, group in enumerate(self.param_groups):
             group.setdefault("use_muon", all(p.ndim >= 2 for p in group["params"]))
-            for key, value in self.defaults.items():
-                group.setdefault(key, value)
+            group.setdefault("user_group", i)
+            for key in _DEFAULT_KEYS:
+                group.setdefault(key, self.defaults[key])
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()  # torch's: defaults, state, param_groups
+        if hasattr(self, "preset"):  # from_preset's record survives pickle and deepcopy
+            state["preset"] = self.preset
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        dtypes = saved_state_dtypes(state_dict)
+        """torch's ``load_state_dict`` (hooks, state cast to each parameter's dtype and
+        device); MA ring buffers then go back to ``grokfast_history_dtype``."""
+        mapping = [g["user_group"] for g in self.param_groups]
         super().load_state_dict(state_dict)
-        restore_state_dtypes(self, dtypes, state_dict)
+        for group, saved, user_group in zip(
+            self.param_groups, state_dict["param_groups"], mapping, strict=True
+        ):
+            if "user_group" not in saved:  # a checkpoint of mugrokfast 0.1: keep ours
+                group["user_group"] = user_group
+        cast_history(self)
 
     # -------------------------------------------------------------------------------- step
 
@@ -264,6 +329,11 @@ class MuGrokfast(Optimizer):
                 st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         bufs = [st["momentum_buffer"] for st in states]
         opts = muon_group_options(group, eps_key="ns_eps")
+        if "max_momentum" in group:
+            # a momentum-cycling scheduler (OneCycleLR, CyclicLR with cycle_momentum) is
+            # attached: it cycles betas[0] of every group, as it would cycle torch.optim.Muon's
+            # momentum; follow it (see the class docstring)
+            opts["momentum"] = group["betas"][0]
         muon_step(params, grads, bufs, terms=terms, **opts)
 
     @staticmethod
@@ -298,6 +368,16 @@ class MuGrokfast(Optimizer):
             return
         skip = set(fused)
         rest = [i for i in range(len(params)) if i not in skip]
+        foreach = group["foreach"]
+        if (
+            foreach is None
+            and not isinstance(group["lr"], Tensor)
+            and not torch.compiler.is_compiling()
+            and all(params[i].device.type == "cpu" for i in rest)
+        ):
+            # torch picks its per-tensor loop on CPU; its foreach path gives the same numbers
+            # and measured ~25% faster there (one thread, cognate-25m's AdamW tensors)
+            foreach = True
         _adamw(
             [params[i] for i in rest],
             apply_terms([grads[i] for i in rest], [terms[i] for i in rest]),
@@ -305,7 +385,7 @@ class MuGrokfast(Optimizer):
             [states[i]["exp_avg_sq"] for i in rest],
             [],
             [states[i]["step"] for i in rest],
-            foreach=group["foreach"],
+            foreach=foreach,
             amsgrad=False,
             maximize=False,
             **hp,
@@ -333,10 +413,11 @@ def _adamw_cpu_filtered(
     ``sqrt(v) / c2`` per tensor (or all of them at once with foreach), and materialising the
     filtered gradients first would be one more parameter-sized allocation per step.
     """
+    lr = _to_scalar(lr)  # a 1-element tensor lr, as in torch's AdamW
     for p, g, tm, st in zip(params, grads, terms, states, strict=True):
         step_t = st["step"]
         step_t += 1
-        step = step_t.item()
+        step = _get_value(step_t)  # a float, or the tensor under torch.compile (no graph break)
         u = add_terms(g, tm)
         exp_avg, exp_avg_sq = st["exp_avg"], st["exp_avg_sq"]
         p.mul_(1 - lr * weight_decay)

@@ -26,8 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim.optimizer import _to_scalar
 
-from ._state import run_closure
+from ._state import MAX_SCALE, check_int, check_number, group_params, run_closure, with_params
 from .filters import Terms, add_terms, params_with_grad
 from .newton_schulz import (
     DEFAULT_NS_COEFFICIENTS,
@@ -47,6 +48,9 @@ _ARG_KEYS = (
     "lr", "weight_decay", "momentum", "ns_coefficients", "eps", "ns_steps", "adjust_lr_fn",
     "ns_dtype",
 )  # fmt: skip
+
+
+_GROUP_KEYS = (*_ARG_KEYS, "nesterov")
 
 
 def adjust_lr(lr: float, adjust_lr_fn: str | None, shape: tuple[int, ...]) -> float:
@@ -73,32 +77,26 @@ def validate_muon_args(
     ns_steps: Any,
     adjust_lr_fn: Any,
     ns_dtype: Any,
-    names: tuple[str, ...] = (
-        "lr",
-        "weight_decay",
-        "momentum",
-        "ns_coefficients",
-        "eps",
-        "ns_steps",
-        "adjust_lr_fn",
-        "ns_dtype",
-    ),
+    names: tuple[str, ...] = _ARG_KEYS,
 ) -> None:
-    """ValueError naming the offending argument (``names``: the caller's spelling)."""
-    if isinstance(lr, Tensor) and lr.numel() != 1:
-        raise ValueError(f"{names[0]} must be a float or a 1-element tensor")
-    if not 0.0 <= lr:
-        raise ValueError(f"{names[0]} must be >= 0 (got {lr!r})")
-    if not 0.0 <= weight_decay:
-        raise ValueError(f"{names[1]} must be >= 0 (got {weight_decay!r})")
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"{names[2]} must be in [0, 1) (got {momentum!r})")
-    if len(tuple(ns_coefficients)) != 3:
+    """ValueError naming the offending argument (``names``: the caller's spelling).
+
+    Numbers must be finite reals (``inf``, ``nan``, strings are refused), learning rates and
+    weight decay at most :data:`~mugrokfast._state.MAX_SCALE`; ``lr`` may be a 1-element tensor.
+    """
+    check_number(names[0], lr, tensor_ok=True)
+    check_number(names[1], weight_decay)
+    check_number(names[2], momentum, 0.0, 1.0, open_high=True)
+    try:
+        coefficients = tuple(ns_coefficients)
+    except TypeError:
+        coefficients = ()
+    if len(coefficients) != 3:
         raise ValueError(f"{names[3]} must be 3 floats (a, b, c) (got {ns_coefficients!r})")
-    if not eps > 0.0:
-        raise ValueError(f"{names[4]} must be > 0 (got {eps!r})")
-    if isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or not 1 <= ns_steps < 100:
-        raise ValueError(f"{names[5]} must be an int in [1, 100) (got {ns_steps!r})")
+    for c in coefficients:
+        check_number(names[3], c, -MAX_SCALE)
+    check_number(names[4], eps, 0.0, 1.0, open_low=True)
+    check_int(names[5], ns_steps, 1, 100)
     if adjust_lr_fn not in ADJUST_LR_FNS:
         raise ValueError(f"{names[6]} must be one of {ADJUST_LR_FNS} (got {adjust_lr_fn!r})")
     if ns_dtype is not None and not (
@@ -142,7 +140,7 @@ def muon_step(
     """
     if not params:
         return
-    lr = float(lr)
+    lr = _to_scalar(lr)  # a 1-element tensor lr works as in torch.optim.Muon
     if terms is None:
         terms = [[] for _ in params]
 
@@ -167,6 +165,8 @@ def muon_step(
                 f"Muon needs parameters with >= 2 dims; got shape {tuple(p.shape)} "
                 "(send vectors such as biases and norm gains to AdamW)"
             )
+        if p.numel() == 0:  # nothing to update (torch's Muon divides by zero here)
+            continue
         flat = (p.shape[0], math.prod(p.shape[1:]))
         device = grads[i].device
         alone = i if device.type == "cpu" and not BATCH_ON_CPU else -1
@@ -194,10 +194,12 @@ class Muon(Optimizer):
     """Muon for matrix parameters; the arguments and the numbers of ``torch.optim.Muon``.
 
     Differences from torch's: parameters with more than two dims are accepted (flattened to
-    ``(out, -1)``), same-shaped matrices share one batched Newton-Schulz call (off CPU), and ``ns_dtype``
-    picks the NS compute dtype (``None``: bf16 on CUDA, fp32 on CPU, see
-    :func:`~mugrokfast.newton_schulz.default_ns_dtype`; torch always uses bf16, so pass
-    ``ns_dtype=torch.bfloat16`` for torch's exact numbers on CPU). Use it for hidden matrices
+    ``(out, -1)``); zero-size matrices are skipped (torch's divides by zero); same-shaped
+    matrices share one batched Newton-Schulz call (off CPU); ``ns_dtype`` picks the NS compute
+    dtype (``None``: :func:`~mugrokfast.newton_schulz.default_ns_dtype`, bf16 on CUDA and on
+    CPUs with native bf16 matmul, where the numbers equal torch's bit for bit; fp32 on other
+    CPUs). Like torch's there is no ``maximize``, and complex or sparse gradients raise.
+    ``params`` may be plain or named (``model.named_parameters()``). Use it for hidden matrices
     only; embeddings, the output head, gains and biases belong to AdamW (see
     :func:`mugrokfast.param_groups` and :class:`mugrokfast.MuGrokfast`).
     """
@@ -223,7 +225,7 @@ class Muon(Optimizer):
             weight_decay=weight_decay,
             momentum=momentum,
             nesterov=nesterov,
-            ns_coefficients=tuple(ns_coefficients),
+            ns_coefficients=tuple(ns_coefficients),  # validated above
             eps=eps,
             ns_steps=ns_steps,
             adjust_lr_fn=adjust_lr_fn,
@@ -232,9 +234,9 @@ class Muon(Optimizer):
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        params = param_group["params"]
-        params = [params] if isinstance(params, Tensor) else list(params)  # may be a generator
-        param_group = param_group | {"params": params}
+        # plain or named parameters, maybe a generator: read them once, as torch does
+        params, names = group_params(param_group)
+        param_group = with_params(param_group, params, names)
         g = self.defaults | param_group  # validate before torch stores the group
         validate_muon_args(*(g[k] for k in _ARG_KEYS))
         for p in params:
@@ -247,10 +249,11 @@ class Muon(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # also runs in load_state_dict: fill options a torch.optim.Muon state dict lacks
+        # (only ours: torch's __setstate__ adds "differentiable" to the defaults)
         super().__setstate__(state)
         for group in self.param_groups:
-            for key, value in self.defaults.items():
-                group.setdefault(key, value)
+            for key in _GROUP_KEYS:
+                group.setdefault(key, self.defaults[key])
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]

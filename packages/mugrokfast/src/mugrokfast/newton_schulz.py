@@ -21,19 +21,37 @@ DEFAULT_NS_STEPS = 5
 DEFAULT_NS_EPS = 1e-7
 
 
-def default_ns_dtype(device: torch.device | str) -> torch.dtype:
-    """The compute dtype ``dtype=None`` picks: bfloat16 on CUDA, float32 elsewhere.
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX tiles)."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    try:
+        return any(bool(getattr(cpu, name)()) for name in checks if hasattr(cpu, name))
+    except Exception:  # an older torch without the probes: assume emulated bf16
+        return False
 
-    CUDA tensor cores run bf16 GEMMs several times faster than fp32 and the quintic only needs
-    ~2-3 significant digits (it does not converge to 1 exactly anyway), which is why Keller
-    Jordan's Muon and ``torch.optim.Muon`` use bf16. On CPU the answer depends on the ISA: with
-    AVX512-BF16 (this project's machine) bf16 NS is ~2x faster than fp32 but ~1000x less accurate
-    (relative error vs float64 NS 1e-2 instead of 1e-5, ``scripts/bench_ns_dtype.py``); without
-    it bf16 GEMM is emulated and slower than fp32. CPU runs are small models where NS is not the
-    bottleneck, so float32 is the predictable choice there. Pass ``ns_dtype=torch.bfloat16`` to
-    reproduce ``torch.optim.Muon`` bit for bit on CPU.
+
+# probed once at import: default_ns_dtype runs inside step(), also under torch.compile
+CPU_NATIVE_BF16 = cpu_has_native_bf16()
+
+
+def default_ns_dtype(device: torch.device | str) -> torch.dtype:
+    """The compute dtype ``dtype=None`` picks: bf16 where matmuls run natively in bf16, else fp32.
+
+    * CUDA (and other accelerators): bf16. Tensor cores run bf16 GEMMs several times faster
+      than fp32, and the quintic only needs ~2-3 significant digits (it does not converge to 1
+      exactly anyway): what Keller Jordan's Muon and ``torch.optim.Muon`` use.
+    * CPU with AVX512-BF16 or AMX: bf16, measured 2.5-5x faster than fp32 for the
+      Newton-Schulz products of 320- to 768-wide models (``scripts/bench_ns_dtype.py``) and the
+      same numbers as ``torch.optim.Muon`` bit for bit.
+    * Other CPUs: fp32, because bf16 GEMM is emulated there and slower than fp32.
+
+    bf16 NS is ~1000x less accurate than fp32 (relative error vs float64 ~1e-2 instead of
+    ~1e-5); training does not notice, but pass ``ns_dtype=torch.float32`` for the accurate one.
     """
-    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if torch.device(device).type != "cpu" or CPU_NATIVE_BF16:
+        return torch.bfloat16
+    return torch.float32
 
 
 def zeropower_via_newtonschulz(

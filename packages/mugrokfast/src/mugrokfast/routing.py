@@ -17,8 +17,11 @@ Those go to AdamW. Rules, first match wins, each parameter listed once even when
    -> AdamW;
 3. ``nn.Embedding``/``nn.EmbeddingBag`` weights -> AdamW;
 4. the output head's parameters -> AdamW. The head is ``head=`` (a module, a module name, or a
-   list of them), else detected: a Linear whose weight is shared with an embedding, or the
-   last Linear whose ``out_features`` equals some embedding's ``num_embeddings``;
+   list of them; ``[]`` for none), else detected by structure: a Linear whose weight is
+   shared with an embedding, the last Linear whose ``out_features`` equals some embedding's
+   ``num_embeddings``, and the Linear producing a plain ``nn.Sequential``'s output. When none
+   is found and some Linear goes to Muon, a UserWarning says so (a custom ``forward`` may use
+   its modules in any order, so the last registered Linear is not guessed);
 5. weights of ``nn.Linear``, ``nn.Conv{1,2,3}d``/``nn.ConvTranspose{1,2,3}d`` and the input
    projections of ``nn.MultiheadAttention`` (``in_proj_weight`` or ``q/k/v_proj_weight``;
    its ``out_proj`` is an ``nn.Linear``) -> Muon;
@@ -28,6 +31,7 @@ Those go to AdamW. Rules, first match wins, each parameter listed once even when
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -52,8 +56,8 @@ def _as_list(x: Any) -> list:
     return list(x)
 
 
-def _detect_heads(model: nn.Module, head: Any) -> set[int]:
-    """ids of the modules treated as output heads."""
+def _detect_heads(model: nn.Module, head: Any) -> set[int] | None:
+    """ids of the modules treated as output heads; None when none could be found."""
     modules = dict(model.named_modules())
     if head is not None:
         ids = set()
@@ -66,17 +70,35 @@ def _detect_heads(model: nn.Module, head: Any) -> set[int]:
                 raise ValueError(f"head: expected module names or modules (got {type(h)})")
             ids.add(id(h))
         return ids
+    heads: set[int] = set()
     embeddings = [m for m in modules.values() if isinstance(m, EMBEDDING_MODULES)]
-    if not embeddings:
-        return set()
-    emb_weights = {id(m.weight) for m in embeddings}
-    vocab_sizes = {m.num_embeddings for m in embeddings}
     linears = [m for m in modules.values() if isinstance(m, nn.Linear)]
-    heads = {id(m) for m in linears if id(m.weight) in emb_weights}
-    sized = [m for m in linears if m.out_features in vocab_sizes]
-    if sized:
-        heads.add(id(sized[-1]))
-    return heads
+    if embeddings:
+        emb_weights = {id(m.weight) for m in embeddings}
+        vocab_sizes = {m.num_embeddings for m in embeddings}
+        heads = {id(m) for m in linears if id(m.weight) in emb_weights}
+        sized = [m for m in linears if m.out_features in vocab_sizes]
+        if sized:
+            heads.add(id(sized[-1]))
+    last = _output_linear(model)
+    if last is not None:
+        heads.add(id(last))
+    return heads or None
+
+
+def _output_linear(module: nn.Module) -> nn.Linear | None:
+    """The Linear producing a plain ``nn.Sequential``'s output: its last child with parameters
+    (parameter-free ones such as ReLU, Dropout, Softmax skipped), searched into nested
+    Sequentials. None when that child is not a Linear or the model is no Sequential (a custom
+    ``forward`` may use its modules in any order)."""
+    if isinstance(module, nn.Linear):
+        return module
+    if not isinstance(module, nn.Sequential):
+        return None
+    for child in reversed(list(module.children())):
+        if any(True for _ in child.parameters()):
+            return _output_linear(child)
+    return None
 
 
 def _is_hidden_weight(module: nn.Module, p_name: str) -> bool:
@@ -114,7 +136,8 @@ def param_groups(
                 raise ValueError(f"{arg}: a parameter is listed in both muon= and adamw=")
             force[id(item)] = flag
 
-    heads = _detect_heads(model, head)
+    found = _detect_heads(model, head)
+    heads = found or set()
     seen: set[int] = set()
     to_muon: list[nn.Parameter] = []
     to_adamw: list[nn.Parameter] = []
@@ -139,6 +162,15 @@ def param_groups(
                 raise ValueError(f"muon: {name} has shape {tuple(p.shape)}; Muon needs >= 2 dims")
             (to_muon if use else to_adamw).append(p)
 
+    if found is None and to_muon and any(isinstance(m, nn.Linear) for m in model.modules()):
+        warnings.warn(
+            "param_groups: found no output head (no Linear tied to or as wide as an embedding, "
+            "and the model is not a plain nn.Sequential ending in a Linear), so every Linear "
+            "weight goes to Muon; pass head='<module name>' to keep the output layer on AdamW, "
+            "or head=[] to say there is none",
+            UserWarning,
+            stacklevel=2,
+        )
     groups = []
     if to_muon:
         groups.append({"params": to_muon, "use_muon": True, **(muon_group or {})})

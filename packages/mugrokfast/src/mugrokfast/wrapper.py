@@ -1,30 +1,40 @@
 """``Grokfast(base_optimizer)``: the Grokfast filter in front of any torch optimizer.
 
-``step()`` replaces each ``p.grad`` by its filtered value (see :mod:`mugrokfast.filters`) and
-then calls ``base_optimizer.step()``. The wrapper is a ``torch.optim.Optimizer`` that shares the
-base's ``param_groups`` list (the same dict objects), so LR schedulers built on either object
-move the same learning rates, and ``GradScaler.unscale_(wrapper)`` unscales the gradients the
-filter then reads. Filter state lives in the wrapper's own ``state[p]`` (separate from the
-base's, whose optimizers may initialise on ``len(state) == 0``); ``state_dict()`` holds both.
-Filter hyperparameters are stored per group (``grokfast_alpha`` ...), so groups may differ.
+``step()`` filters each gradient (see :mod:`mugrokfast.filters`), lets the base optimizer step
+on the filtered gradients, and puts the raw gradients back: after ``step()`` ``p.grad`` is the
+gradient backward produced, as with any torch optimizer (the reference's ``gradfilter_ema``
+leaves the amplified gradient in ``p.grad`` instead).
+
+The wrapper is a ``torch.optim.Optimizer`` citizen. It shares the base's ``param_groups`` list
+(the same dict objects) and ``defaults``, so LR schedulers built on either object move the same
+learning rates, and ``GradScaler.unscale_(wrapper)`` unscales the gradients the filter then
+reads. Filter state lives in the wrapper's own ``state[p]`` (keys ``grokfast_*``; the base's
+state stays in the base, whose optimizers may initialise on ``len(state) == 0``).
+``state_dict()`` is torch's format with both merged per parameter, so a plain base-optimizer
+checkpoint loads into the wrapper (the filter starts fresh) and a wrapper checkpoint into the
+base (which ignores the ``grokfast_*`` entries). ``load_state_dict``, hooks, pickling and
+``deepcopy`` are torch's; step hooks fire once per ``step()`` (the base's own instance hooks
+run too, the global ones once).
 """
 
 from __future__ import annotations
 
-import itertools
 from collections import defaultdict
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
+from torch.optim.optimizer import _use_grad_for_differentiable
 
-from ._state import run_closure
+from ._state import cast_history, run_closure
 from .filters import (
+    check_ma_memory,
     filter_group,
     params_with_grad,
     set_grokfast_lambda,
     validate_filter_args,
 )
+from .mugrokfast import MuGrokfast
 
 _NAMES = ("filter", "alpha", "lamb", "window_size", "ma_lamb", "warmup_steps", "history_dtype")
 _KEYS = (
@@ -36,18 +46,24 @@ _KEYS = (
     "grokfast_warmup_steps",
     "grokfast_history_dtype",
 )
+_PREFIX = "grokfast_"  # every filter state entry starts with it
+# the code object of the wrapper torch puts around its optimizers' step()
+_USE_GRAD_CODE = _use_grad_for_differentiable(lambda *args, **kwargs: None).__code__
 
 
 class Grokfast(Optimizer):
     """Wrap ``base_optimizer`` with a Grokfast gradient filter.
 
     Args:
-        base_optimizer: any ``torch.optim.Optimizer`` (AdamW, SGD, Muon, ...).
+        base_optimizer: any ``torch.optim.Optimizer`` (AdamW, SGD, Muon, ...), not a
+            ``MuGrokfast`` (it has its own filter: ``grokfast=...``).
         filter: "ema" | "ma" | "dual" | None (None: pass-through).
         alpha, lamb: EMA filter ``g + lamb * ema(g)`` (reference defaults 0.98, 2.0).
         window_size, ma_lamb: MA filter ``g + ma_lamb * mean(last window_size g)``, applied once
             the window is full (reference defaults 100, 5.0; with ``filter="ma"`` the
-            amplification is ``ma_lamb``).
+            amplification is ``ma_lamb``). Its memory: ``window_size x numel`` history entries
+            per parameter (:func:`mugrokfast.filters.ma_history_bytes`); a window that cannot
+            fit in the device's memory is refused here, not at the first step.
         warmup_steps: steps during which the filter state is updated but not applied.
         history_dtype: dtype of the MA ring buffer (default: the gradient's), e.g. bf16 to halve
             its ``window_size x numel`` memory.
@@ -71,6 +87,8 @@ class Grokfast(Optimizer):
             )
         if isinstance(base_optimizer, Grokfast):
             raise ValueError("base_optimizer is already wrapped in Grokfast")
+        if isinstance(base_optimizer, MuGrokfast):
+            raise ValueError("base_optimizer: MuGrokfast has its own filter (grokfast=...)")
         args = (filter, alpha, lamb, window_size, ma_lamb, warmup_steps, history_dtype)
         validate_filter_args(*args, names=_NAMES)
         self._filter_defaults = dict(zip(_KEYS, args, strict=True))
@@ -78,8 +96,13 @@ class Grokfast(Optimizer):
         params = [p for g in base_optimizer.param_groups for p in g["params"]]
         super().__init__(params, {})
         self.base_optimizer = base_optimizer
-        self.param_groups = base_optimizer.param_groups
-        self.defaults = base_optimizer.defaults
+        self._link()
+        check_ma_memory(self.param_groups, "window_size")
+
+    def _link(self) -> None:
+        """Share the base's groups and defaults; fill the filter options into its groups."""
+        self.param_groups = self.base_optimizer.param_groups
+        self.defaults = self.base_optimizer.defaults
         for group in self.param_groups:
             self._fill_group(group)
 
@@ -94,27 +117,82 @@ class Grokfast(Optimizer):
             return
         self._fill_group(param_group)  # validate (and fill) before the base stores it
         self.base_optimizer.add_param_group(param_group)
+        try:
+            check_ma_memory(self.param_groups, "window_size")
+        except ValueError:
+            self.param_groups.pop()
+            raise
 
     def set_grokfast_lambda(self, lamb: float, ma_lamb: float | None = None) -> None:
         """Same contract as :meth:`mugrokfast.MuGrokfast.set_grokfast_lambda`."""
         set_grokfast_lambda(self.param_groups, lamb, ma_lamb)
 
+    # -------------------------------------------------------------------------------- step
+
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
-        """Filter every ``p.grad`` in place, then step the base optimizer.
+        """Filter the gradients, step the base optimizer on them, restore the raw ``p.grad``.
 
         A ``closure`` is evaluated once, before filtering; optimizers that call their closure
         several times per step (LBFGS) are not supported.
         """
         loss = run_closure(closure)
+        compiling = torch.compiler.is_compiling()
+        swapped: list[tuple[torch.Tensor, torch.Tensor]] = []
         for group in self.param_groups:
             params, grads = params_with_grad(group, "Grokfast")
             if not params or group["grokfast"] is None:
                 continue
-            # in place: p.grad <- p.grad + lamb*h directly, no new tensors and no copy back
-            filter_group(group, grads, [self.state[p] for p in params], inplace=True)
-        self.base_optimizer.step()
+            states = [self.state[p] for p in params]
+            if compiling:
+                # torch.compile cannot step a torch optimizer after p.grad was reassigned
+                # (a graph break): amplify in place and copy the raw gradients back after
+                raw = [g.clone() for g in grads]
+                filter_group(group, grads, states, inplace=True)
+                swapped += [(g, r) for g, r in zip(grads, raw, strict=True)]
+                continue
+            filtered = filter_group(group, grads, states)  # new tensors where amplified
+            for p, g, f in zip(params, grads, filtered, strict=True):
+                if f is not g:
+                    swapped.append((p, g))
+                    p.grad = f
+        try:
+            self._step_base()
+        finally:
+            for a, b in swapped:
+                if compiling:
+                    a.copy_(b)
+                else:
+                    a.grad = b
         return loss
+
+    def _step_base(self) -> None:
+        """``base_optimizer.step()`` with the base's own step hooks, but not the global ones:
+        those already ran for this ``step()``."""
+        base = self.base_optimizer
+        hooked = type(base).step
+        unhooked = getattr(hooked, "__wrapped__", None)
+        if unhooked is None or not getattr(hooked, "hooked", False):
+            base.step()
+            return
+        if getattr(unhooked, "__code__", None) is _USE_GRAD_CODE and not base.defaults.get(
+            "differentiable", False
+        ):
+            # torch's grad-mode wrapper: we already run in no_grad, and its explicit graph
+            # breaks would split a torch.compile'd step() in two
+            unhooked = unhooked.__wrapped__
+        args: tuple = (base,)
+        kwargs: dict = {}
+        for hook in list(base._optimizer_step_pre_hooks.values()):
+            result = hook(base, args, kwargs)
+            if result is not None:
+                args, kwargs = result
+        unhooked(*args, **kwargs)
+        base._optimizer_step_code()
+        for hook in list(base._optimizer_step_post_hooks.values()):
+            hook(base, args, kwargs)
+        if "step" in vars(base):  # an LR scheduler built on the base tracks its step calls
+            base._opt_called = True
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base_optimizer.zero_grad(set_to_none=set_to_none)
@@ -122,27 +200,63 @@ class Grokfast(Optimizer):
     # ------------------------------------------------------------------------------- state
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"state": filter state, "param_groups": [...], "base_state": base's state}``."""
-        base = self.base_optimizer.state_dict()
-        own = super().state_dict()
-        return {"state": own["state"], "param_groups": base["param_groups"],
-                "base_state": base["state"]}  # fmt: skip
+        """torch's ``state_dict()`` (hooks included) with the base's state and the filter's
+        merged per parameter: ``{"state": {i: {**base, **grokfast_*}}, "param_groups": ...}``."""
+        own = self.state
+        merged: defaultdict = defaultdict(dict)
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = {**self.base_optimizer.state.get(p, {}), **own.get(p, {})}
+                if st:
+                    merged[p] = st
+        self.state = merged
+        try:
+            return super().state_dict()
+        finally:
+            self.state = own
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "base_state" not in state_dict:
-            raise ValueError("state_dict: not a Grokfast state dict (no 'base_state' entry)")
-        groups = state_dict["param_groups"]
-        self.base_optimizer.load_state_dict({"state": state_dict["base_state"],
-                                             "param_groups": groups})  # fmt: skip
-        self.param_groups = self.base_optimizer.param_groups
-        # Filter state: map saved param ids onto our params in group order, as torch does.
-        saved_ids = itertools.chain.from_iterable(g["params"] for g in groups)
-        params = itertools.chain.from_iterable(g["params"] for g in self.param_groups)
-        id_map = dict(zip(saved_ids, params, strict=False))
-        self.state = defaultdict(dict)
-        for pid, st in state_dict["state"].items():
-            p = id_map[pid]
-            self.state[p] = {
-                k: v.to(device=p.device) if isinstance(v, torch.Tensor) else v
-                for k, v in st.items()
-            }
+        """torch's ``load_state_dict`` (hooks, state cast to each parameter's dtype and device).
+
+        Takes a wrapper checkpoint, a plain checkpoint of the base optimizer (the filter then
+        starts fresh) or one written by mugrokfast 0.1 (``base_state`` kept apart).
+        """
+        if "base_state" in state_dict:
+            state = {i: dict(st) for i, st in state_dict["base_state"].items()}
+            for i, st in state_dict["state"].items():
+                state.setdefault(i, {}).update(st)
+            state_dict = {"state": state, "param_groups": state_dict["param_groups"]}
+        super().load_state_dict(state_dict)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return super().__getstate__() | {
+            "base_optimizer": self.base_optimizer,
+            "_filter_defaults": self._filter_defaults,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "base_optimizer" in state:  # unpickling, deepcopy
+            super().__setstate__(state)
+            self._link()
+            return
+        # from Optimizer.load_state_dict: params already cast; split base and filter state
+        loaded, groups = state["state"], state["param_groups"]
+        base_sd: dict[str, Any] = {"state": {}, "param_groups": []}
+        filt: defaultdict = defaultdict(dict)
+        index = 0
+        for group in groups:
+            ids = list(range(index, index + len(group["params"])))
+            index += len(ids)
+            base_sd["param_groups"].append({**group, "params": ids})
+            for i, p in zip(ids, group["params"], strict=True):
+                st = loaded.get(p, {})
+                base_part = {k: v for k, v in st.items() if not k.startswith(_PREFIX)}
+                if base_part:
+                    base_sd["state"][i] = base_part
+                filt_part = {k: v for k, v in st.items() if k.startswith(_PREFIX)}
+                if filt_part:
+                    filt[p] = filt_part
+        self.base_optimizer.load_state_dict(base_sd)
+        self.state = filt
+        self._link()
+        cast_history(self)
