@@ -47,8 +47,8 @@ def test_every_cycle_answer_is_causal(make_tiny):
     ids = _ids()
     changed = ids.clone()
     changed[:, 20:] = (changed[:, 20:] + 1) % 256
-    ys = model(ids, act_halting=False, output_hidden_states=True).hidden_states
-    ys2 = model(changed, act_halting=False, output_hidden_states=True).hidden_states
+    ys = model(ids, act_halting=False, output_hidden_states=True).recursion_states
+    ys2 = model(changed, act_halting=False, output_hidden_states=True).recursion_states
     assert len(ys) == model.config.trm_cycles + 1
     for y, y2 in zip(ys, ys2, strict=True):
         torch.testing.assert_close(y2[:, :20], y[:, :20], rtol=0, atol=1e-12)

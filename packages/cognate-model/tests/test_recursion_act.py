@@ -58,7 +58,7 @@ def test_loss_is_weighted_deep_supervision_plus_act_and_gate_terms(make_tiny):
         F.cross_entropy(
             model.lm_logits(y)[:, :-1].reshape(-1, 256), targets.reshape(-1), ignore_index=-100
         )
-        for y in out.hidden_states
+        for y in out.recursion_states
     ]
     torch.testing.assert_close(out.cycle_losses, torch.stack(ce))
     torch.testing.assert_close(out.lm_loss, ce[-1])
@@ -76,7 +76,7 @@ def test_loss_is_weighted_deep_supervision_plus_act_and_gate_terms(make_tiny):
     # the ACT target: does cycle c's argmax already equal the label?
     halt = out.halt_probs
     correct = torch.stack(
-        [model.lm_logits(y)[:, :-1].argmax(-1) == targets for y in out.hidden_states[1:]]
+        [model.lm_logits(y)[:, :-1].argmax(-1) == targets for y in out.recursion_states[1:]]
     )
     valid = (targets != -100).expand(3, -1, -1)
     bce = F.binary_cross_entropy(halt[:, :, :-1][valid], correct[valid].double())
@@ -123,7 +123,7 @@ def test_halted_tokens_keep_the_answer_of_their_halting_cycle(make_tiny):
     assert {1, 2} <= set(steps.unique().tolist()), "need tokens halting at several cycles"
     # the halting decision comes from the unfrozen run's probabilities
     assert torch.equal(steps, halting_steps(torch.logit(p), model.config.act_threshold))
-    per_cycle = torch.stack([model.lm_logits(y) for y in free.hidden_states[1:]])  # (C,B,T,V)
+    per_cycle = torch.stack([model.lm_logits(y) for y in free.recursion_states[1:]])  # (C,B,T,V)
     expect = per_cycle.gather(0, (steps - 1)[None, ..., None].expand(1, -1, -1, 256))[0]
     torch.testing.assert_close(frozen.logits, expect, rtol=0, atol=1e-10)
     # and the reported mean is the mean cycles used
@@ -137,9 +137,9 @@ def test_all_halted_stops_early_with_identical_results(make_tiny):
     ids = _ids()
     out = model(ids, output_hidden_states=True)
     assert (out.act_steps == 1).all()
-    assert len(out.hidden_states) == model.config.trm_cycles + 1
+    assert len(out.recursion_states) == model.config.trm_cycles + 1
     free = model(ids, act_halting=False, output_hidden_states=True)
-    torch.testing.assert_close(out.logits, model.lm_logits(free.hidden_states[1]))
+    torch.testing.assert_close(out.logits, model.lm_logits(free.recursion_states[1]))
 
 
 def test_speed_specialization_uses_fewer_cycles_than_reasoning():
@@ -180,9 +180,9 @@ def test_gradient_modes_of_the_cycles(make_tiny):
     recursion): the intermediate cycles run under no_grad, only y_0 and the last do."""
     ids = _ids()
     ys = make_tiny(detach_between_cycles=True).train()(ids, output_hidden_states=True)
-    assert all(y.requires_grad for y in ys.hidden_states)
+    assert all(y.requires_grad for y in ys.recursion_states)
     ys = make_tiny(detach_between_cycles=False).train()(ids, output_hidden_states=True)
-    flags = [y.requires_grad for y in ys.hidden_states]
+    flags = [y.requires_grad for y in ys.recursion_states]
     assert flags == [True, False, False, True]
 
 

@@ -19,6 +19,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from .cache import WindowKV
 
 
 def sliding_window_mask(
@@ -26,33 +29,48 @@ def sliding_window_mask(
     window: int,
     attention_mask: Tensor | None = None,
     device: torch.device | None = None,
+    past_len: int = 0,
 ) -> Tensor:
     """Boolean attention mask, True where query t may attend key s.
 
-    Returns (1, 1, T, T) without padding, else (B, 1, T, T) from a (B, T) 0/1 `attention_mask`.
+    Keys are the `past_len` cached positions followed by the `seq_len` new ones; query i sits at
+    key index past_len + i. Returns (1, 1, T, P + T) without padding, else (B, 1, T, P + T)
+    from a (B, P + T) 0/1 `attention_mask` over the keys.
     """
-    idx = torch.arange(seq_len, device=device)
-    dist = idx[:, None] - idx[None, :]  # t - s
-    band = (dist >= 0) & (dist < window)  # (T, T)
+    q = torch.arange(seq_len, device=device) + past_len
+    k = torch.arange(past_len + seq_len, device=device)
+    dist = q[:, None] - k[None, :]  # t - s
+    band = (dist >= 0) & (dist < window)  # (T, P + T)
     if attention_mask is None:
         return band[None, None]
-    keys = attention_mask.to(torch.bool)[:, None, None, :]  # (B, 1, 1, T)
-    diag = torch.eye(seq_len, dtype=torch.bool, device=device)[None, None]
+    keys = attention_mask.to(torch.bool)[:, None, None, :]  # (B, 1, 1, P + T)
+    diag = (dist == 0)[None, None]
     return band[None, None] & (keys | diag)
 
 
 def rotary_cos_sin(
-    seq_len: int, head_dim: int, theta: float, device: torch.device, dtype: torch.dtype
+    seq_len: int | Tensor,
+    head_dim: int,
+    theta: float,
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor]:
-    """cos/sin tables (T, head_dim/2) for rotary embeddings, computed on the fly (no buffers).
+    """cos/sin tables for rotary embeddings, computed on the fly (no buffers, no length limit).
 
+    `seq_len` an int: positions 0..T-1, tables (T, head_dim/2). Or a tensor of positions:
+    (T,) -> (T, head_dim/2), (B, T) -> (B, 1, T, head_dim/2) (per-row `position_ids`).
     Rotary encodes position by rotating each pair (x_i, x_{i+d/2}) by angle t * theta^(-2i/d),
     so q_t . k_s depends on t - s only: padding on the left does not change real tokens' scores.
     """
     work = torch.promote_types(dtype, torch.float32)  # float64 models get float64 angles
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=work) / head_dim))
-    t = torch.arange(seq_len, device=device, dtype=work)
-    angles = torch.outer(t, inv_freq)  # (T, head_dim/2)
+    if isinstance(seq_len, int):
+        t = torch.arange(seq_len, device=device, dtype=work)
+    else:
+        t = seq_len.to(device=device, dtype=work)
+    angles = t[..., None] * inv_freq  # (..., T, head_dim/2)
+    if angles.dim() == 3:
+        angles = angles[:, None]  # (B, 1, T, head_dim/2): broadcast over heads
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
@@ -107,11 +125,18 @@ class Attention(nn.Module):
         cos: Tensor,
         sin: Tensor,
         kv: tuple[Tensor, Tensor] | None = None,
+        cache: WindowKV | None = None,
     ) -> Tensor:
-        """x: (B, T, D) queries; kv: precomputed keys/values, or None for self-attention."""
+        """x: (B, T, D) queries; kv: precomputed keys/values, or None for self-attention.
+
+        cache: this layer's window of past keys/values; the new ones are appended to it and
+        the mask must then cover the cached keys too (`sliding_window_mask(..., past_len)`).
+        """
         b, t, d = x.shape
         q = apply_rotary(self._heads(self.q_proj(x)), cos, sin)
         k, v = kv if kv is not None else self.project_kv(x, cos, sin)
+        if cache is not None:
+            k, v = cache.update(k, v)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, T, hd)
@@ -132,8 +157,12 @@ class SwiGLU(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: x + Attn(RMSNorm x), then x + SwiGLU(RMSNorm x)."""
+class Block(GradientCheckpointingLayer):
+    """Pre-norm transformer block: x + Attn(RMSNorm x), then x + SwiGLU(RMSNorm x).
+
+    A `GradientCheckpointingLayer`: `model.gradient_checkpointing_enable()` recomputes it in
+    the backward pass (the model turns the cache off first: a replay would append twice).
+    """
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int, eps: float, dropout: float) -> None:
         super().__init__()
@@ -143,8 +172,10 @@ class Block(nn.Module):
         self.mlp = SwiGLU(d_model, d_ff)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        x = x + self.drop(self.attn(self.attn_norm(x), mask, cos, sin))
+    def forward(
+        self, x: Tensor, mask: Tensor, cos: Tensor, sin: Tensor, cache: WindowKV | None = None
+    ) -> Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), mask, cos, sin, cache=cache))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 

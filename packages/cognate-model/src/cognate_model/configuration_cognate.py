@@ -125,6 +125,8 @@ class CognateConfig(PretrainedConfig):
         logit against "this cycle's argmax already equals the label"), ponder_weight (on the
         expected number of cycles / trm_cycles), act_diversity_weight and act_diversity_target
         (hinge max(0, target - Var_tokens(p)) from the original design).
+    Generation:
+        use_cache (a forward outside training returns a `CognateCache` for the next step).
     """
 
     model_type: ClassVar[str] = "cognate"
@@ -136,6 +138,7 @@ class CognateConfig(PretrainedConfig):
         "max_position_embeddings": "max_seq_len",
         "sliding_window": "window_size",
     }
+    keys_to_ignore_at_inference: ClassVar[list[str]] = ["past_key_values"]
 
     vocab_size: int = 32768
     d_model: int = 320
@@ -171,6 +174,8 @@ class CognateConfig(PretrainedConfig):
 
     specialization: str | None = None
     preset: str | None = None
+
+    use_cache: bool = True
 
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None

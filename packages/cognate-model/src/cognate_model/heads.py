@@ -56,8 +56,11 @@ def shift_labels(labels: Tensor) -> Tensor:
     return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
 
 
-def token_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean CE over positions whose target is not -100 (0 if there are none), in >= fp32."""
+def token_cross_entropy(logits: Tensor, targets: Tensor, denom: Tensor | None = None) -> Tensor:
+    """Mean CE over positions whose target is not -100 (0 if there are none), in >= fp32.
+
+    denom: divide the summed CE by this instead of the count (HF's `num_items_in_batch`).
+    """
     valid = targets != IGNORE_INDEX
     ce = F.cross_entropy(
         logits.to(torch.promote_types(logits.dtype, torch.float32)).reshape(-1, logits.shape[-1]),
@@ -65,7 +68,7 @@ def token_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
-    return ce / valid.sum().clamp_min(1)
+    return ce / (valid.sum().clamp_min(1) if denom is None else denom)
 
 
 def halting_steps(halt_logits: Tensor, threshold: float) -> Tensor:

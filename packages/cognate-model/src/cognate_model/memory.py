@@ -176,7 +176,8 @@ class LongTermMemory(nn.Module):
             first = _first_real(attention_mask, b)
             carry = torch.exp(log_a) * state.to(scan_dtype)  # (B, Cm)
             b = b + first[..., None] * carry[:, None, :]
-        m = linear_scan(log_a, b, self.chunk_size)
+        # One step (cached decoding): h_0 = b_0, the state already folded in; skip the scan.
+        m = b if b.shape[1] == 1 else linear_scan(log_a, b, self.chunk_size)
         final = m[:, -1]
         if attention_mask is not None:  # the state after the last real token
             last = _last_real_index(attention_mask)

@@ -2,7 +2,7 @@
 
 Data flow and shapes (B batch, T tokens, D = d_model, Cm = d_memory, C = trm_cycles, V vocab):
 
-    input_ids (B, T)
+    input_ids (B, T)  (or inputs_embeds (B, T, D))
       -> token embedding                                         (B, T, D)
       -> n_layers x [sliding-window self-attention, SwiGLU]      (B, T, D)   rotary positions
       -> RMSNorm -> y
@@ -11,15 +11,18 @@ Data flow and shapes (B batch, T tokens, D = d_model, Cm = d_memory, C = trm_cyc
       -> LM head on each y_c (RMSNorm, Linear D->V, tied to the embedding if asked)
     logits = LM(y_C) (B, T, V); loss = deep supervision + ACT + gate entropy terms
 
-There is no KV cache: the model is stateless, every call recomputes from the tokens it is
-given (generation passes the whole prefix each step). The one explicit carry is the LTM's
-`memory_state` (B, Cm): pass it in to continue a stream, read the new one from the output.
+Incremental decoding: a `CognateCache` (`cache.py`) carries, per backbone layer, the keys and
+values of the last window_size - 1 positions, the LTM state and the recursion's feature
+keys/values; a step then reads only its new tokens and gives the logits of a full forward.
+Without a cache every call recomputes from the tokens it is given. The model stores nothing
+between calls: the cache and `memory_state` are passed in and returned.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor, nn
@@ -27,13 +30,15 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    GenerationConfig,
     GenerationMixin,
     PreTrainedModel,
 )
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .attention import Block, RMSNorm, rotary_cos_sin, sliding_window_mask
+from .cache import CognateCache
 from .configuration_cognate import CognateConfig
 from .heads import (
     IGNORE_INDEX,
@@ -43,18 +48,29 @@ from .heads import (
     halting_steps,
     masked_mean,
     masked_std,
-    shift_labels,
     token_cross_entropy,
 )
+from .heads import (
+    shift_labels as shift_targets,
+)
 from .memory import LongTermMemory, MemoryAsGate, binary_entropy
-from .recursion import TRMRecursion
+from .recursion import RecursionOutput, TRMRecursion
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
 class CognateModelOutput(ModelOutput):
-    """Backbone output: features (B, T, D), the LTM's final state, gate and memory streams."""
+    """Backbone output: features (B, T, D), the LTM's final state, gate and memory streams.
+
+    hidden_states (with output_hidden_states): the embeddings and each layer's output, the last
+    one after the final norm (n_layers + 1 tensors, as in LlamaModel); past_key_values: the
+    cache, when one was used.
+    """
 
     last_hidden_state: Tensor | None = None
+    past_key_values: CognateCache | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
     memory_state: Tensor | None = None
     gate: Tensor | None = None
     memory: Tensor | None = None
@@ -65,19 +81,27 @@ class CognateCausalLMOutput(ModelOutput):
     """What `CognateForCausalLM.forward` returns.
 
     loss: the training objective (deep supervision CE + ACT + gate terms), with labels.
-    logits: (B, T, V) from the final answer y_C (with ACT halting at inference: per-token).
+    logits: (B, T, V) from the final answer y_C (with ACT halting at inference: per-token),
+    only the last `logits_to_keep` positions when asked.
+    past_key_values: the `CognateCache` (with use_cache), to pass to the next call.
+    hidden_states (with output_hidden_states): the backbone's per-layer states, as in HF models
+    (embeddings, layer 1..n_layers-1 outputs, final-norm output: n_layers + 1 tensors).
+    recursion_states (with output_hidden_states): the recursion's answers (y_0, ..., y_C).
     lm_loss: next-token CE of `logits` alone (what perplexity and validation should use).
     cycle_losses: (C+1,) CE of y_0..y_C. act_steps: (B, T) cycles each token used.
     halt_probs: (C, B, T) halting probability of each token after each cycle.
     act_steps_mean / act_steps_std: over real (non-padding) tokens. ponder_cost: mean expected
     cycles. ltm_gate_mean: mean g (weight of the attention path; 1 - g is memory usage).
     memory_norm: mean L2 norm of m_t. memory_state: (B, Cm) final LTM state.
-    hidden_states (with output_hidden_states): the recursion's answers (y_0, ..., y_C).
-    metrics: plain floats keyed "act/...", "ltm/...", "trm/..." for the trainer's logs.
+    metrics: floats keyed "act/...", "ltm/...", "trm/..." for the trainer's logs, copied from
+    the device on first read (a plain forward that does not read them does not sync).
     """
 
     loss: Tensor | None = None
     logits: Tensor | None = None
+    past_key_values: CognateCache | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    recursion_states: tuple[Tensor, ...] | None = None
     lm_loss: Tensor | None = None
     cycle_losses: Tensor | None = None
     act_steps: Tensor | None = None
@@ -88,15 +112,83 @@ class CognateCausalLMOutput(ModelOutput):
     ltm_gate_mean: Tensor | None = None
     memory_norm: Tensor | None = None
     memory_state: Tensor | None = None
-    hidden_states: tuple[Tensor, ...] | None = None
     metrics: dict[str, float] | None = None
+
+
+class LazyMetrics(dict):
+    """A dict of float diagnostics that copies its 0-d tensors to the host on first read.
+
+    One device-to-host transfer for all of them, and none for a forward whose metrics nobody
+    reads (generation, evaluation loops, HF's Trainer). Behaves as a plain dict once read.
+    """
+
+    def __init__(self, tensors: dict[str, Tensor]) -> None:
+        super().__init__()
+        self._pending: dict[str, Tensor] | None = tensors
+
+    def _load(self) -> None:
+        if self._pending is None:
+            return
+        pending, self._pending = self._pending, None
+        if pending:
+            values = torch.stack([v.float().reshape(()) for v in pending.values()]).tolist()
+            dict.update(self, zip(pending, values, strict=True))
+
+    def __getitem__(self, key: str) -> float:
+        self._load()
+        return dict.__getitem__(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        self._load()
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        self._load()
+        return dict.__len__(self)
+
+    def __contains__(self, key: object) -> bool:
+        self._load()
+        return dict.__contains__(self, key)
+
+    def __eq__(self, other: object) -> bool:
+        self._load()
+        return dict.__eq__(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        self._load()
+        return dict.__repr__(self)
+
+    def keys(self):  # noqa: ANN201 (dict views)
+        self._load()
+        return dict.keys(self)
+
+    def values(self):  # noqa: ANN201
+        self._load()
+        return dict.values(self)
+
+    def items(self):  # noqa: ANN201
+        self._load()
+        return dict.items(self)
+
+    def get(self, key: str, default: object = None) -> object:
+        self._load()
+        return dict.get(self, key, default)
+
+    def copy(self) -> dict[str, float]:
+        self._load()
+        return dict(dict.items(self))
+
+    def __reduce__(self) -> tuple:
+        return dict, (self.copy(),)
 
 
 class CognatePreTrainedModel(PreTrainedModel):
     config_class = CognateConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["Block", "RecursionBlock"]
 
@@ -115,6 +207,20 @@ class CognatePreTrainedModel(PreTrainedModel):
             init.constant_(module.bias, HaltingLinear.INIT_BIAS)
         elif getattr(module, "is_residual_output", False):
             init.normal_(module.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layers))
+
+
+@dataclass
+class AttentionInputs:
+    """What every attention layer of one forward shares: the sliding-window mask over
+    (held + new) keys, the rotary tables of the new positions, and the new tokens' 0/1 mask."""
+
+    mask: Tensor
+    cos: Tensor
+    sin: Tensor
+    new_mask: Tensor | None
+
+    def __iter__(self) -> Iterator[Tensor]:  # `mask, cos, sin = attention_inputs`
+        return iter((self.mask, self.cos, self.sin))
 
 
 class CognateModel(CognatePreTrainedModel):
@@ -150,45 +256,158 @@ class CognateModel(CognatePreTrainedModel):
         self.embed_tokens = value
 
     def attention_inputs(
-        self, seq_len: int, attention_mask: Tensor | None, device: torch.device, dtype: torch.dtype
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """The shared (mask, cos, sin) for every attention layer of one forward."""
-        mask = sliding_window_mask(seq_len, self.config.window_size, attention_mask, device)
+        self,
+        seq_len: int,
+        attention_mask: Tensor | None,
+        device: torch.device,
+        dtype: torch.dtype,
+        cache: CognateCache | None = None,
+        position_ids: Tensor | None = None,
+    ) -> AttentionInputs:
+        """The shared mask and rotary tables of one forward over `seq_len` new tokens.
+
+        attention_mask: (B, T), or (B, seen + T) with a cache (HF's convention: the whole
+        sequence so far); only its last T columns are read. With a cache this advances it.
+        position_ids: rotary positions (B, T) or (T,); default seen..seen+T-1. They only set the
+        rotary phases (relative, so a per-row offset changes nothing); which keys a query sees
+        follows the sequence order (the causal sliding window and the padding mask).
+        """
+        new_mask = None if attention_mask is None else attention_mask[:, -seq_len:]
+        start, held, key_mask = 0, 0, new_mask
+        if cache is not None:
+            start, held, key_mask = cache.step(new_mask, seq_len)
+        mask = sliding_window_mask(seq_len, self.config.window_size, key_mask, device, held)
+        positions = position_ids
+        if positions is None:
+            positions = torch.arange(start, start + seq_len, device=device) if start else seq_len
+        elif positions.dim() == 2 and positions.shape[0] == 1:
+            positions = positions[0]
         cos, sin = rotary_cos_sin(
-            seq_len, self.config.head_dim, self.config.rope_theta, device, dtype
+            positions, self.config.head_dim, self.config.rope_theta, device, dtype
         )
-        return mask, cos, sin
+        return AttentionInputs(mask, cos, sin, new_mask)
 
     def forward(
         self,
-        input_ids: Tensor,
+        input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         memory_state: Tensor | None = None,
-        attention_inputs: tuple[Tensor, Tensor, Tensor] | None = None,
+        attention_inputs: AttentionInputs | None = None,
+        inputs_embeds: Tensor | None = None,
+        past_key_values: CognateCache | None = None,
+        position_ids: Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs: object,
     ) -> CognateModelOutput:
-        _check_input_ids(input_ids, self.config)
-        x = self.drop(self.embed_tokens(input_ids))
-        mask, cos, sin = attention_inputs or self.attention_inputs(
-            input_ids.shape[1], attention_mask, input_ids.device, x.dtype
+        """Backbone + memory over the new tokens. memory_state: (B, d_memory) to continue a
+        stream (a cache's own state wins once it has one). attention_inputs: precomputed by
+        `CognateForCausalLM` so that the recursion shares them."""
+        _reject_unknown(kwargs)
+        x = _embeddings(self.embed_tokens, input_ids, inputs_embeds, self.config)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        cache = past_key_values
+        attn = attention_inputs or self.attention_inputs(
+            x.shape[1], attention_mask, x.device, x.dtype, cache, position_ids
         )
-        for layer in self.layers:
-            x = layer(x, mask, cos, sin)
+        x = self.drop(x)
+        hidden: list[Tensor] = []
+        for i, layer in enumerate(self.layers):
+            if output_hidden_states:
+                hidden.append(x)
+            x = layer(
+                x, attn.mask, attn.cos, attn.sin, cache=None if cache is None else cache.layers[i]
+            )
         x = self.norm(x)
-        if self.memory is None:
-            return CognateModelOutput(last_hidden_state=x)
-        x, aux, new_state = self.memory(x, attention_mask, memory_state)
-        return CognateModelOutput(
-            last_hidden_state=x, memory_state=new_state, gate=aux["gate"], memory=aux["memory"]
-        )
+        out = CognateModelOutput(past_key_values=cache)
+        if output_hidden_states:
+            out.hidden_states = (*hidden, x)
+        if self.memory is not None:
+            if cache is not None and cache.memory.state is not None:
+                memory_state = cache.memory.state
+            x, aux, out.memory_state = self.memory(x, attn.new_mask, memory_state)
+            out.gate, out.memory = aux["gate"], aux["memory"]
+            if cache is not None:
+                cache.memory.state = out.memory_state
+        out.last_hidden_state = x
+        return out
 
 
-def _check_input_ids(input_ids: Tensor, config: CognateConfig) -> None:
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
-    if input_ids.shape[1] > config.max_seq_len:
+# Arguments of the HF causal-LM call that Cognate accepts and ignores: `cache_position` (the
+# cache knows its position).
+_IGNORED_KWARGS = {"cache_position"}
+
+
+def _reject_unknown(kwargs: dict[str, object]) -> None:
+    if kwargs.get("output_attentions"):
         raise ValueError(
-            f"input_ids has {input_ids.shape[1]} positions, more than max_seq_len="
-            f"{config.max_seq_len}"
+            "output_attentions=True is not supported: attention runs in "
+            "scaled_dot_product_attention, which returns no weights"
+        )
+    unexpected = set(kwargs) - _IGNORED_KWARGS - {"output_attentions"}
+    if unexpected:
+        raise TypeError(f"unexpected arguments to forward: {sorted(unexpected)}")
+
+
+def _embeddings(
+    embed: nn.Embedding,
+    input_ids: Tensor | None,
+    inputs_embeds: Tensor | None,
+    config: CognateConfig,
+) -> Tensor:
+    """(B, T, D) from exactly one of input_ids (B, T) or inputs_embeds (B, T, D)."""
+    source = _check_source(input_ids, inputs_embeds, config)
+    return embed(source) if input_ids is not None else source
+
+
+def _check_source(
+    input_ids: Tensor | None, inputs_embeds: Tensor | None, config: CognateConfig
+) -> Tensor:
+    """The one given input, validated: shape, and at most max_seq_len positions per call."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids or inputs_embeds")
+    if input_ids is not None and input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
+    if inputs_embeds is not None and (
+        inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.d_model
+    ):
+        raise ValueError(
+            f"inputs_embeds must be (batch, seq_len, d_model={config.d_model}), "
+            f"got shape {tuple(inputs_embeds.shape)}"
+        )
+    seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+    if seq_len > config.max_seq_len:
+        raise ValueError(
+            f"{seq_len} positions in one forward, more than max_seq_len={config.max_seq_len}; "
+            "longer sequences decode in steps with a cache (use_cache=True / past_key_values)"
+        )
+    return input_ids if input_ids is not None else inputs_embeds
+
+
+def _check_shapes(
+    batch: int,
+    seq_len: int,
+    seen: int,
+    attention_mask: Tensor | None,
+    labels: Tensor | None,
+    position_ids: Tensor | None,
+) -> None:
+    shape = (batch, seq_len)
+    allowed = {shape, (batch, seen + seq_len)}
+    if attention_mask is not None and tuple(attention_mask.shape) not in allowed:
+        raise ValueError(
+            f"attention_mask must have the shape of input_ids {shape}"
+            + (f" or cover the cached positions too {(batch, seen + seq_len)}" if seen else "")
+            + f", got {tuple(attention_mask.shape)}"
+        )
+    if labels is not None and tuple(labels.shape) != shape:
+        raise ValueError(
+            f"labels must have the shape of input_ids {shape}, got {tuple(labels.shape)}"
+        )
+    if position_ids is not None and (position_ids.shape[-1] != seq_len or position_ids.dim() > 2):
+        raise ValueError(
+            f"position_ids must be (batch, seq_len) or (seq_len,) with seq_len={seq_len}, "
+            f"got {tuple(position_ids.shape)}"
         )
 
 
@@ -232,85 +451,148 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
 
     def forward(
         self,
-        input_ids: Tensor,
+        input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
         memory_state: Tensor | None = None,
         act_halting: bool | None = None,
         return_metrics: bool = True,
-        output_hidden_states: bool = False,
+        output_hidden_states: bool | None = None,
+        position_ids: Tensor | None = None,
+        past_key_values: CognateCache | None = None,
+        inputs_embeds: Tensor | None = None,
+        use_cache: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | Tensor = 0,
+        shift_labels: Tensor | None = None,
+        num_items_in_batch: Tensor | int | None = None,
         **kwargs: object,
-    ) -> CognateCausalLMOutput:
+    ) -> CognateCausalLMOutput | tuple:
         """Next-token logits, and with `labels` the full training loss.
 
         input_ids, attention_mask, labels: (B, T) (labels as input_ids, -100 ignored; the
-        model shifts them). memory_state: (B, d_memory) LTM state to continue from.
+        model shifts them; or `shift_labels`, already shifted). inputs_embeds: (B, T, D)
+        instead of input_ids. memory_state: (B, d_memory) LTM state to continue from.
+        past_key_values / use_cache: a `CognateCache` to continue from / to return (default:
+        config.use_cache outside training); the step then reads only the new tokens.
         act_halting: freeze halted tokens (default: `use_act and not self.training`).
-        return_metrics: fill `metrics` with floats (one host sync); generation turns it off.
+        return_metrics: fill `metrics` (read lazily: no device sync unless read).
+        logits_to_keep: int k > 0 keeps the last k positions' logits (0: all), or an index
+        tensor. num_items_in_batch: the target count of the whole (accumulated) batch: the
+        loss is then this micro-batch's share of the batch mean (HF Trainer passes it).
         """
-        unexpected = set(kwargs) - {"use_cache", "past_key_values", "return_dict", "cache_position"}
-        if unexpected:
-            raise TypeError(f"unexpected arguments to forward: {sorted(unexpected)}")
+        _reject_unknown(kwargs)
         cfg = self.config
-        _check_input_ids(input_ids, cfg)
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        if use_cache is None:
+            use_cache = past_key_values is not None or (cfg.use_cache and not self.training)
+        if use_cache and self.training and self._checkpointing():
+            logger.warning_once("use_cache=True is incompatible with gradient checkpointing: off")
+            use_cache, past_key_values = False, None
+        if use_cache and past_key_values is None:
+            past_key_values = CognateCache(cfg)
+        if not use_cache:
+            past_key_values = None
+        if past_key_values is not None and not isinstance(past_key_values, CognateCache):
             raise ValueError(
-                f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
-                f"got {tuple(attention_mask.shape)}"
+                f"past_key_values must be a CognateCache, got {type(past_key_values).__name__}"
             )
-        if labels is not None and labels.shape != input_ids.shape:
-            raise ValueError(
-                f"labels must have the shape of input_ids {tuple(input_ids.shape)}, "
-                f"got {tuple(labels.shape)}"
-            )
+        source = _check_source(input_ids, inputs_embeds, cfg)
+        seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+        _check_shapes(*source.shape[:2], seen, attention_mask, labels, position_ids)
         if act_halting is None:
             act_halting = cfg.use_act and not self.training
+        if output_hidden_states is None:
+            output_hidden_states = cfg.output_hidden_states
         dtype = self.model.embed_tokens.weight.dtype
-        if torch.is_autocast_enabled(input_ids.device.type):
-            dtype = torch.get_autocast_dtype(input_ids.device.type)
+        if inputs_embeds is not None:
+            dtype = inputs_embeds.dtype
+        if torch.is_autocast_enabled(source.device.type):
+            dtype = torch.get_autocast_dtype(source.device.type)
         attn = self.model.attention_inputs(
-            input_ids.shape[1], attention_mask, input_ids.device, dtype
+            source.shape[1], attention_mask, source.device, dtype, past_key_values, position_ids
         )
-        base = self.model(input_ids, attention_mask, memory_state, attention_inputs=attn)
+        base = self.model(
+            input_ids,
+            attention_mask,
+            memory_state,
+            attention_inputs=attn,
+            inputs_embeds=inputs_embeds,
+            past_key_values=past_key_values,
+            output_hidden_states=output_hidden_states,
+        )
         rec = self.recursion(
             base.last_hidden_state,
             *attn,
             halt_threshold=cfg.act_threshold if (act_halting and cfg.use_act) else None,
+            cache=None if past_key_values is None else past_key_values.recursion,
         )
-        logits = self.lm_logits(rec.ys[-1])
+        out, terms, real = self._outputs(
+            base, rec, attn.new_mask, labels, shift_labels, num_items_in_batch, logits_to_keep
+        )
+        out.past_key_values = past_key_values
+        if output_hidden_states:
+            out.hidden_states, out.recursion_states = base.hidden_states, tuple(rec.ys)
+        if return_metrics:
+            out.metrics = _collect_metrics(out, terms, rec.halt_logits, real)
+        return_dict = return_dict if return_dict is not None else cfg.return_dict
+        if return_dict:
+            return out
+        return tuple(v for f in fields(out) if (v := getattr(out, f.name)) is not None)
 
+    def _checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+
+    def _outputs(
+        self,
+        base: CognateModelOutput,
+        rec: RecursionOutput,
+        attention_mask: Tensor | None,
+        labels: Tensor | None,
+        targets: Tensor | None,
+        num_items_in_batch: Tensor | int | None,
+        logits_to_keep: int | Tensor,
+    ) -> tuple[CognateCausalLMOutput, dict[str, Tensor], Tensor]:
+        """Logits, loss and the per-call diagnostics (tensors, no host sync); also the loss
+        parts and the (B, T) real-token mask for the metrics."""
+        cfg = self.config
+        y = rec.ys[-1]
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        need_all = labels is not None or targets is not None
+        logits = self.lm_logits(y if need_all else y[:, keep])
         real = (
             attention_mask.to(torch.bool)
             if attention_mask is not None
-            else torch.ones_like(input_ids, dtype=torch.bool)
+            else torch.ones(y.shape[:2], dtype=torch.bool, device=y.device)
         )
-        steps = None
-        if rec.halt_logits is not None:
-            steps = halting_steps(rec.halt_logits.detach(), cfg.act_threshold)
         out = CognateCausalLMOutput(logits=logits, memory_state=base.memory_state)
-        if output_hidden_states:
-            out.hidden_states = tuple(rec.ys)
-
         terms: dict[str, Tensor] = {}
-        if labels is not None:
+        if need_all:
+            if targets is None:
+                targets = shift_targets(labels)
             out.loss, out.cycle_losses, terms = self._loss(
-                rec.ys, logits, rec.halt_logits, base.gate, labels, attention_mask, real
+                rec.ys,
+                logits,
+                rec.halt_logits,
+                base.gate,
+                targets,
+                attention_mask,
+                real,
+                num_items_in_batch,
             )
             out.lm_loss = out.cycle_losses[-1]
-
-        if steps is not None:
-            stepsf = steps.float()
+            out.logits = logits[:, keep]
+        if rec.halt_logits is not None:
+            halt = rec.halt_logits.detach()
+            steps = halting_steps(halt, cfg.act_threshold)
             out.act_steps = steps
-            out.halt_probs = torch.sigmoid(rec.halt_logits.detach())
-            out.act_steps_mean = masked_mean(stepsf, real)
-            out.act_steps_std = masked_std(stepsf, real)
-            out.ponder_cost = masked_mean(expected_steps(rec.halt_logits.detach()), real)
+            out.halt_probs = torch.sigmoid(halt)
+            out.act_steps_mean = masked_mean(steps.float(), real)
+            out.act_steps_std = masked_std(steps.float(), real)
+            out.ponder_cost = masked_mean(expected_steps(halt), real)
         if base.gate is not None:
             out.ltm_gate_mean = masked_mean(base.gate.detach().float(), real[..., None])
             out.memory_norm = masked_mean(base.memory.detach().norm(dim=-1), real)
-        if return_metrics:
-            out.metrics = _collect_metrics(out, terms, rec.halt_logits, real)
-        return out
+        return out, terms, real
 
     def _loss(
         self,
@@ -318,26 +600,34 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         logits: Tensor,
         halt_logits: Tensor | None,
         gate: Tensor | None,
-        labels: Tensor,
+        targets: Tensor,
         attention_mask: Tensor | None,
         real: Tensor,
+        num_items_in_batch: Tensor | int | None = None,
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """loss = sum_c w_c CE(y_c) + ACT terms + gate entropy term; also per-cycle CE, parts.
 
+        targets: (B, T), position t's target (labels shifted), -100 ignored.
         w: `supervision_weights()` (sum 1). ACT: act_loss_weight * BCE(p_c, [argmax_c ==
         target]) + ponder_weight * E[steps] / C + act_diversity_weight * diversity.
         Gate: gate_entropy_weight * (ln 2 - H(g)).
+        With `num_items_in_batch` = N (targets in the whole accumulated batch), CE terms are
+        sums / N and the mean-type terms are weighted by n / N (n: this micro-batch's targets),
+        so summing the micro-batch losses gives the batch's token-weighted loss.
         """
         cfg = self.config
-        targets = shift_labels(labels)
         if attention_mask is not None:  # neither the position nor its target is padding
-            pad = ~(attention_mask.bool() & (shift_labels(attention_mask) == 1))
+            pad = ~(attention_mask.bool() & (shift_targets(attention_mask) == 1))
             targets = targets.masked_fill(pad, IGNORE_INDEX)
         valid = targets != IGNORE_INDEX
+        denom, share = None, 1.0
+        if num_items_in_batch is not None:
+            denom = torch.as_tensor(num_items_in_batch, device=logits.device).clamp_min(1)
+            share = valid.sum() / denom
         cycle_ce, correct = [], []
         for c, y in enumerate(ys):
             cycle_logits = logits if c == len(ys) - 1 else self.lm_logits(y)
-            cycle_ce.append(token_cross_entropy(cycle_logits, targets))
+            cycle_ce.append(token_cross_entropy(cycle_logits, targets, denom))
             if c > 0 and halt_logits is not None:
                 correct.append(cycle_logits.detach().argmax(-1) == targets)
         weights = cfg.supervision_weights()
@@ -345,9 +635,8 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         terms = {"trm/deep_supervision": loss}
         if halt_logits is not None:
             act = act_losses(halt_logits, torch.stack(correct), valid, cfg.act_diversity_target)
-            loss = (
-                loss
-                + cfg.act_loss_weight * act["bce"]
+            loss = loss + share * (
+                cfg.act_loss_weight * act["bce"]
                 + cfg.ponder_weight * act["ponder"]
                 + cfg.act_diversity_weight * act["diversity"]
             )
@@ -355,18 +644,52 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
             terms["act/accuracy_final"] = masked_mean(correct[-1].float(), valid)
         if gate is not None:
             entropy = masked_mean(binary_entropy(gate), real[..., None])
-            loss = loss + cfg.gate_entropy_weight * (math.log(2) - entropy)
+            loss = loss + share * cfg.gate_entropy_weight * (math.log(2) - entropy)
             terms["ltm/gate_entropy"] = entropy
         return loss, torch.stack(cycle_ce), terms
 
     def prepare_inputs_for_generation(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs: object
+        self,
+        input_ids: Tensor,
+        past_key_values: CognateCache | None = None,
+        attention_mask: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        **kwargs: object,
     ) -> dict[str, object]:
-        """No KV cache: every step re-reads the whole prefix (metrics off)."""
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "return_metrics": False}
+        """HF's default (slices to the new tokens when a cache is carried, passes model kwargs
+        such as memory_state and output_hidden_states through), with metrics off."""
+        inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        inputs["return_metrics"] = False
+        return inputs
+
+    def _prepare_cache_for_generation(
+        self,
+        generation_config: GenerationConfig,
+        model_kwargs: dict,
+        *args: object,
+        **kwargs: object,
+    ) -> None:
+        """generate() carries a `CognateCache` (one passed in, or a new one) unless use_cache=False."""
+        cache = model_kwargs.get("past_key_values")
+        if cache is not None:
+            if not isinstance(cache, CognateCache):
+                raise ValueError(
+                    f"past_key_values must be a CognateCache, got {type(cache).__name__}"
+                )
+            cache._is_user_defined = True
+            return
+        if generation_config.use_cache is False:
+            return
+        model_kwargs["past_key_values"] = CognateCache(self.config)
 
     @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:  # no KV cache to build
+    def _supports_default_dynamic_cache(cls) -> bool:  # ours, built above
         return False
 
 
@@ -376,8 +699,8 @@ def _collect_metrics(
     terms: dict[str, Tensor],
     halt_logits: Tensor | None,
     real: Tensor,
-) -> dict[str, float]:
-    """All scalar diagnostics as floats, fetched with one device-to-host copy."""
+) -> LazyMetrics:
+    """All scalar diagnostics, as floats fetched with one device-to-host copy on first read."""
     named: dict[str, Tensor] = {k: v.detach() for k, v in terms.items()}
     if out.loss is not None:
         named["trm/lm_loss"] = out.lm_loss.detach()
@@ -394,20 +717,25 @@ def _collect_metrics(
         named["ltm/gate_mean"] = out.ltm_gate_mean
         named["ltm/usage"] = 1 - out.ltm_gate_mean
         named["ltm/memory_norm"] = out.memory_norm
-    if not named:
-        return {}
-    values = torch.stack([v.float().reshape(()) for v in named.values()]).tolist()
-    return dict(zip(named.keys(), values, strict=True))
+    return LazyMetrics(named)
 
 
 AutoConfig.register(CognateConfig.model_type, CognateConfig, exist_ok=True)
 AutoModel.register(CognateConfig, CognateModel, exist_ok=True)
 AutoModelForCausalLM.register(CognateConfig, CognateForCausalLM, exist_ok=True)
+# save_pretrained then writes `auto_map` and copies this file with its relative imports
+# (configuration_cognate, attention, cache, heads, memory, recursion: only relative imports
+# among them), so `trust_remote_code=True` loads without `cognate_model` installed.
+CognateConfig.register_for_auto_class()
+CognateModel.register_for_auto_class("AutoModel")
+CognateForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
 __all__ = [
+    "AttentionInputs",
     "CognateCausalLMOutput",
     "CognateForCausalLM",
     "CognateModel",
     "CognateModelOutput",
     "CognatePreTrainedModel",
+    "LazyMetrics",
 ]

@@ -33,13 +33,20 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .attention import Attention, RMSNorm, SwiGLU
+from .cache import WindowKV
 from .heads import ACTHead
 
 
-class RecursionBlock(nn.Module):
-    """net(h, x) = h' with h' = h + XAttn(norm h, x) (if x given), then h' + MLP(norm h')."""
+class RecursionBlock(GradientCheckpointingLayer):
+    """net(h, x) = h' with h' = h + XAttn(norm h, x) (if x given), then h' + MLP(norm h').
+
+    A `GradientCheckpointingLayer` (each of the C * (n + 1) calls is recomputed in backward when
+    checkpointing is on); the feature keys/values come as separate positional tensors so that
+    reentrant checkpointing tracks their gradients.
+    """
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int, eps: float, dropout: float) -> None:
         super().__init__()
@@ -56,13 +63,14 @@ class RecursionBlock(nn.Module):
     def forward(
         self,
         h: Tensor,
-        kv: tuple[Tensor, Tensor] | None = None,
+        k: Tensor | None = None,
+        v: Tensor | None = None,
         mask: Tensor | None = None,
         cos: Tensor | None = None,
         sin: Tensor | None = None,
     ) -> Tensor:
-        if kv is not None:
-            h = h + self.drop(self.attn(self.attn_norm(h), mask, cos, sin, kv=kv))
+        if k is not None:
+            h = h + self.drop(self.attn(self.attn_norm(h), mask, cos, sin, kv=(k, v)))
         return h + self.drop(self.mlp(self.mlp_norm(h)))
 
 
@@ -103,9 +111,16 @@ class TRMRecursion(nn.Module):
         cos: Tensor,
         sin: Tensor,
         halt_threshold: float | None = None,
+        cache: WindowKV | None = None,
     ) -> RecursionOutput:
-        """x: (B, T, D) features. `halt_threshold` set: freeze tokens once p > threshold."""
+        """x: (B, T, D) features. `halt_threshold` set: freeze tokens once p > threshold.
+
+        cache: the window of past feature keys/values (decoding); the new ones are appended,
+        and `mask` must cover the cached keys too. Per-position updates need nothing else.
+        """
         kv = self.block.project_features(x, cos, sin)
+        if cache is not None:
+            kv = cache.update(*kv)
         y, z = x, x
         ys, logits = [y], []
         halted = None
@@ -117,7 +132,7 @@ class TRMRecursion(nn.Module):
             with torch.no_grad() if no_grad else contextlib.nullcontext():
                 z_new = z
                 for _ in range(self.micro_steps):
-                    z_new = self.block(z_new + y, kv, mask, cos, sin)
+                    z_new = self.block(z_new + y, *kv, mask, cos, sin)
                 y_new = self.block(y + z_new)
                 logit = self.act_head(z_new) if self.act_head is not None else None
             if halt_threshold is not None and logit is not None:
