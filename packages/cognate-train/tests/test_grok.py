@@ -9,6 +9,7 @@ import torch
 from cognate_train import checkpoints as ck
 from cognate_train import grok as grok_mod
 from cognate_train.cli import main
+from cognate_train.detector import GrokkingDetector
 from cognate_train.grok_data import modular_dataset, vocab_size
 from cognate_train.metrics import read_metrics
 
@@ -91,7 +92,7 @@ def test_detector_events_boost_lambda_stop_the_run_and_reach_metrics(tmp_path, m
             return [{"event": "converged", "step": step}]
         return []
 
-    monkeypatch.setattr(grok_mod.GrokkingDetector, "update", scripted)
+    monkeypatch.setattr(GrokkingDetector, "update", scripted)
     out = tmp_path / "run"
     assert main([*ARGS, "--output-dir", str(out), "--log-every", "5"]) == 0
     summary = json.loads((out / "summary.json").read_text())

@@ -13,6 +13,7 @@ from cognate_train import trainer as trainer_mod
 from cognate_train.cli import main
 from cognate_train.config import TRAIN_PRESETS, build_config
 from cognate_train.metrics import read_metrics
+from cognate_train.state import Checkpointer
 
 SMOKE = TRAIN_PRESETS["smoke"]
 
@@ -78,13 +79,19 @@ def test_metrics_jsonl_contents(smoke_run):
 
 def test_train_tokens_count_the_batches_drawn(smoke_run):
     """``train/tokens`` = non-padding tokens of every batch so far, replayed from the data."""
-    from cognate_train.data import CurriculumDataset, families_for_stage, make_split, split_by_stage
+    from cognate_train.data import (
+        STAGES,
+        CurriculumDataset,
+        families_for_stage,
+        make_split,
+        split_by_stage,
+        stage_at,
+    )
     from cognate_train.tokenizer import build_tokenizer
-    from cognate_train.trainer import STAGE_NAMES, stage_at
 
     cfg = build_config("train", "smoke", None, {})
     train, _ = make_split(
-        families_for_stage(STAGE_NAMES[-1]), cfg.n_train, cfg.n_val, cfg.seed, cfg.max_len
+        families_for_stage(STAGES[-1]), cfg.n_train, cfg.n_val, cfg.seed, cfg.max_len
     )
     data = CurriculumDataset(
         build_tokenizer(), split_by_stage(train), cfg.batch_size, cfg.max_len, cfg.seed
@@ -152,7 +159,7 @@ def test_eval_and_generate_commands(smoke_run, capsys):
 
 def test_resume_after_crash_equals_uninterrupted(smoke_run, tmp_path, monkeypatch, same_weights):
     out = tmp_path / "run"
-    real_save = trainer_mod.Trainer.save_checkpoint
+    real_save = Checkpointer.save
     calls = []
 
     def crash_after_first(self):
@@ -160,10 +167,10 @@ def test_resume_after_crash_equals_uninterrupted(smoke_run, tmp_path, monkeypatc
         calls.append(path)
         raise KeyboardInterrupt  # the process dies right after the step-8 checkpoint
 
-    monkeypatch.setattr(trainer_mod.Trainer, "save_checkpoint", crash_after_first)
+    monkeypatch.setattr(Checkpointer, "save", crash_after_first)
     assert main(["train", "--preset", "smoke", "--output-dir", str(out)]) == 130
     assert [p.name for p in calls] == ["step-000008"] and not (out / "final").exists()
-    monkeypatch.setattr(trainer_mod.Trainer, "save_checkpoint", real_save)
+    monkeypatch.setattr(Checkpointer, "save", real_save)
     assert main(["train", "--preset", "smoke", "--output-dir", str(out)]) == 0
     same_weights(out / "final", smoke_run / "final")
     # the resumed run's metrics read like the uninterrupted run's (losses are bit-identical)
@@ -279,15 +286,15 @@ def test_modes_resume_mid_supervision_with_ema_and_accumulation(
     fin, raw = load_file_dir(ref / "final"), load_file_dir(ref / "checkpoints" / "step-000008")
     assert any(not torch.equal(fin[k], raw[k]) for k in fin)
 
-    real_save = trainer_mod.Trainer.save_checkpoint
+    real_save = Checkpointer.save
 
     def crash_after_first(self):
         real_save(self)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer_mod.Trainer, "save_checkpoint", crash_after_first)
+    monkeypatch.setattr(Checkpointer, "save", crash_after_first)
     assert main([*args, "--output-dir", str(out)]) == 130
-    monkeypatch.setattr(trainer_mod.Trainer, "save_checkpoint", real_save)
+    monkeypatch.setattr(Checkpointer, "save", real_save)
     assert main([*args, "--output-dir", str(out)]) == 0
     same_weights(out / "final", ref / "final")
     same_weights(out / "checkpoints" / "step-000008", ref / "checkpoints" / "step-000008")
@@ -320,14 +327,14 @@ def test_early_stopping_stops_after_patience_evaluations(tmp_path, single_thread
 def test_epochs_set_the_number_of_steps(tmp_path):
     cfg = build_config("train", "smoke", None, {"epochs": 2.0, "grad_accum": 2})
     t = trainer_mod.Trainer(cfg, "reasoning", tmp_path, log=lambda m: None)
-    t._setup()
+    task = t.make_task(torch.device("cpu"))
     from cognate_train.data import families_for_stage
 
     n_final_stage = SMOKE["n_train"] * len(
         families_for_stage("advanced")
     )  # every family's train split
     per_epoch = n_final_stage // SMOKE["batch_size"] // 2  # optimizer steps per epoch (accum 2)
-    assert t.total_steps == 2 * per_epoch
+    assert task.total_steps == 2 * per_epoch
 
 
 def test_resume_from_an_explicit_checkpoint_path(smoke_run, tmp_path, same_weights):

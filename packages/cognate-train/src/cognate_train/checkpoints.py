@@ -6,23 +6,27 @@ Layout of an output directory::
     best/                      the checkpoint with the lowest validation loss so far
     final/                     the weights at the end of the run
 
-Every checkpoint directory is a ``save_pretrained`` directory (``config.json``,
-``model.safetensors``, the tokenizer files) plus the training state: ``state.pt`` (optimizer,
-scheduler and torch RNG states; tensors and plain containers only, so it loads with
-``torch.load(weights_only=True)``), ``trainer_state.json`` (step, data position, detector,
-python RNG, counters, config) and ``manifest.json`` (sha256 and size of every file, the step and
+Every checkpoint directory holds the task's weights (for the curriculum a ``save_pretrained``
+directory with the tokenizer) plus the training state described in :mod:`cognate_train.state`,
+and ``manifest.json`` (:mod:`cognate_train.manifest`: sha256 and size of every file, the step and
 a fingerprint of the run's compatibility-relevant settings).
 
 Atomicity: a checkpoint is written into a ``.tmp-*`` directory, its files fsynced, the manifest
 written last, and the directory renamed into place. A kill at any moment leaves either the old
 state or the new one, plus perhaps a ``.tmp-*`` leftover that is never mistaken for a checkpoint
 (it has no final name) and is removed on the next start. A checkpoint whose files do not match
-its manifest is reported by name and skipped, never deleted.
+its manifest is reported by name and skipped, never deleted. A write that fails (a full or
+read-only disk) removes its temporary directory and raises :class:`StorageError` naming the
+checkpoint and the cause.
+
+Resume (``never`` / ``auto`` / a PATH) is decided and checked in one place,
+:func:`resolve_resume`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import errno
+import io
 import json
 import os
 import re
@@ -34,90 +38,41 @@ from typing import Any
 
 import torch
 
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+from .config import ConfigError, RunConfig, aliases, to_dict
+from .manifest import (
+    MANIFEST,
+    CheckpointError,
+    fingerprint_mismatch,
+    fsync_dir,
+    read_manifest,
+    sha256_file,
+    verify,
+    write_manifest,
+)
+
+__all__ = ["MANIFEST", "CheckpointError", "CheckpointManager", "StorageError", "verify"]
+__all__ += ["read_manifest", "resolve_resume", "sha256_file", "fingerprint_mismatch"]
+
 _STEP_RE = re.compile(r"^step-(\d{6,})$")
 
 
-class CheckpointError(RuntimeError):
-    """A damaged, missing or incompatible checkpoint; the message names it."""
+class StorageError(RuntimeError):
+    """A checkpoint could not be written (disk full, read-only, ...); names path and cause."""
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_manifest(directory: Path, step: int, fingerprint: dict[str, Any]) -> None:
-    """Checksum every file in ``directory`` (fsyncing it) and write the manifest last."""
-    files = {}
-    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
-        with path.open("rb") as fh:
-            os.fsync(fh.fileno())
-        rel = path.relative_to(directory).as_posix()
-        files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-    manifest = {"format": FORMAT_VERSION, "step": step, "fingerprint": fingerprint, "files": files}
-    tmp = directory / (MANIFEST + ".tmp")
-    with tmp.open("w") as fh:
-        json.dump(manifest, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, directory / MANIFEST)
-    _fsync_dir(directory)
-
-
-def read_manifest(directory: Path) -> dict[str, Any]:
-    path = directory / MANIFEST
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {directory} is damaged: {MANIFEST} is missing")
-    try:
-        manifest = json.loads(path.read_text())
-        manifest["files"], manifest["step"]  # noqa: B018 - presence check
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-        raise CheckpointError(
-            f"checkpoint {directory} is damaged: {MANIFEST} is unreadable"
-        ) from None
-    return manifest
-
-
-def verify(directory: Path) -> dict[str, Any]:
-    """Check every file against the manifest; return the manifest or raise naming the file."""
-    manifest = read_manifest(directory)
-    for rel, meta in manifest["files"].items():
-        path = directory / rel
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {directory} is damaged: {rel} is missing")
-        if path.stat().st_size != meta["bytes"]:
-            raise CheckpointError(
-                f"checkpoint {directory} is damaged: {rel} has {path.stat().st_size} bytes, "
-                f"the manifest says {meta['bytes']}"
-            )
-        if sha256_file(path) != meta["sha256"]:
-            raise CheckpointError(f"checkpoint {directory} is damaged: {rel} checksum mismatch")
-    return manifest
-
-
-def fingerprint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
-    """Describe the first setting that differs between two fingerprints, or None."""
-    for key in sorted(set(saved) | set(current)):
-        if saved.get(key) != current.get(key):
-            return f"{key} {saved.get(key)!r} != {current.get(key)!r}"
+def storage_failure(exc: BaseException) -> str | None:
+    """``<cause> (<path>)`` when ``exc`` is a failed write (an OSError, or safetensors' Rust
+    I/O error, which is not one), else None."""
+    if isinstance(exc, OSError):
+        cause = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
+        return f"{cause} ({exc.filename})" if exc.filename else cause
+    text = str(exc)
+    for needle, errno_ in (("StorageFull", errno.ENOSPC), ("code: 28", errno.ENOSPC)):
+        if needle in text:
+            return os.strerror(errno_)
+    for needle in ("ReadOnlyFilesystem", "code: 30"):
+        if needle in text:
+            return os.strerror(errno.EROFS)
     return None
 
 
@@ -205,9 +160,16 @@ class CheckpointManager:
         tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
-        tmp.mkdir()
-        writer(tmp)
-        write_manifest(tmp, step, self.fingerprint)
+        try:
+            tmp.mkdir()
+            writer(tmp)
+            write_manifest(tmp, step, self.fingerprint)
+        except Exception as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            cause = storage_failure(exc)
+            if cause is None:
+                raise
+            raise StorageError(f"cannot write checkpoint {target}: {cause}") from None
         if target.exists():
             if _STEP_RE.match(target.name):
                 # a step directory of the same name: an old damaged one (resumed from an
@@ -226,7 +188,7 @@ class CheckpointManager:
                 shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         return target
 
     def save(self, step: int, writer: Callable[[Path], None]) -> Path:
@@ -250,6 +212,75 @@ class CheckpointManager:
             intact.append((step, path))
         for _, path in intact[: -self.keep_last]:
             shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# resume: never / auto / PATH, checked in one place
+
+# settings a resumed run may change freely: where and how it runs and reports, not what it learns
+FREE_ON_RESUME = frozenset(
+    {"preset", "output_dir", "resume", "override", "device", "threads", "log", "samples"}
+    | {"specialization"}  # the checkpoint's own specialization is in its fingerprint
+    | {"eval_batch_size", "keep_last", "checkpoint_every", "log_every", "max_nonfinite"}
+)
+
+
+def changed_settings(path: Path, cfg: RunConfig) -> dict[str, list[Any]]:
+    """``{field: [checkpoint's value, this run's value]}`` for every setting that differs from
+    the one the checkpoint was trained with (bookkeeping settings excepted)."""
+    try:
+        state = load_json(path / "trainer_state.json")
+    except (ValueError, OSError):
+        state = None
+    saved = state.get("config") if isinstance(state, dict) else None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint {path} is damaged: trainer_state.json has no config")
+    renamed = aliases(type(cfg))
+    saved = {renamed.get(k, k): v for k, v in saved.items()}
+    now = to_dict(cfg)
+    return {
+        k: [saved[k], v]
+        for k, v in now.items()
+        if k in saved and k not in FREE_ON_RESUME and saved[k] != v
+    }
+
+
+def resolve_resume(
+    manager: CheckpointManager, cfg: RunConfig, warn: Callable[[str], None]
+) -> tuple[Path, dict[str, list[Any]]] | None:
+    """The checkpoint ``cfg.resume`` names (``never``: none, and the directory must hold none;
+    ``auto``: the newest intact one, or none; a PATH: that one), checked: intact, a step
+    checkpoint, written by a compatible run, with the same hyperparameters unless
+    ``cfg.override``. Returns (path, changed settings) or None for a fresh start."""
+    if cfg.resume == "never":
+        existing = manager.any_checkpoint()
+        if existing is not None:
+            raise ConfigError(
+                f"resume: output dir {manager.root} already holds checkpoints ({existing.name}); "
+                "use --resume auto to continue that run or choose another --output-dir"
+            )
+        return None
+    if cfg.resume == "auto":
+        path = manager.latest_intact(warn)
+        if path is None:
+            return None
+    else:
+        path = Path(cfg.resume)
+        verify(path)
+        if not (path / "state.pt").is_file():
+            raise CheckpointError(
+                f"resume: {path} holds weights only (best/ and final/ do); "
+                "resume from a checkpoints/step-NNNNNN directory"
+            )
+    manager.check_compatible(path)
+    changed = changed_settings(path, cfg)
+    if changed and not cfg.override:
+        listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        raise ConfigError(
+            f"resume: settings differ from checkpoint {path} ({listed}); rerun with the "
+            "checkpoint's values, or add --override to continue with the new ones"
+        )
+    return path, changed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,7 +322,11 @@ def load_weights(model: torch.nn.Module, directory: Path) -> None:
 
 
 def save_torch_state(directory: Path, state: dict[str, Any]) -> None:
-    torch.save(state, directory / "state.pt")
+    # serialised in memory first, so a full disk surfaces as the OSError of a plain write
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with (directory / "state.pt").open("wb") as fh:
+        fh.write(buffer.getbuffer())
 
 
 def load_torch_state(directory: Path) -> dict[str, Any]:

@@ -13,26 +13,26 @@ the foundation families plus the reasoning ones.
 shifts labels internally (HF convention: logits at t predict labels at t+1), so the loss is the
 cross-entropy of the answer given the prompt:  L = -1/|A| * sum_{t in A} log p(x_t | x_<t).
 
-`CurriculumDataset` API (a simplification of an iterator interface, on purpose): `next_batch(stage)`
-returns the next batch and advances the position of that stage; `batches(stage)` is an infinite
-generator over `next_batch` that never reads ahead, so `state_dict()` taken between two batches
-resumes exactly there.
+The curriculum's stages over a run and its resumable batch stream are in `cognate_train.curriculum`
+(re-exported here).
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from cognate_model.heads import IGNORE_INDEX  # label of positions the loss ignores
 
 from .tasks import FAMILIES, STAGES
 
 __all__ = [
+    "IGNORE_INDEX",
     "STAGES",
     "CurriculumDataset",
     "Example",
@@ -42,11 +42,11 @@ __all__ = [
     "families_for_stage",
     "make_split",
     "read_examples",
+    "active_stages",
     "split_by_stage",
+    "stage_at",
     "write_examples",
 ]
-
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)
@@ -234,136 +234,4 @@ def encode(tokenizer: Any, examples: Sequence[Example], max_len: int) -> dict[st
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-class CurriculumDataset:
-    """Deterministic, resumable stream of encoded training batches for each curriculum stage.
-
-    Each stage has its own position (epoch, batch index). Epoch e of stage s visits the stage's
-    examples in the order of a permutation drawn from `Random(f"{seed}|{s}|{e}")`, in batches of
-    `batch_size`; the last incomplete batch of an epoch is dropped so every batch has the same size
-    (the next epoch's shuffle covers those examples). Because the order is a function of (seed,
-    stage, epoch) alone, the state is three integers per stage and resuming is exact.
-
-    `next_batch(stage)` / `batches(stage)` return dicts of tensors only (`encode`'s output).
-    """
-
-    def __init__(
-        self,
-        tokenizer: Any,
-        train_examples: dict[str, list[Example]],
-        batch_size: int,
-        max_len: int,
-        seed: int,
-    ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 2:
-            raise ValueError(f"max_len must be an int >= 2, got {max_len!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
-        if not train_examples:
-            raise ValueError("train_examples must map at least one stage to examples")
-        for stage, examples in train_examples.items():
-            _check_stage(stage)
-            if len(examples) < batch_size:
-                raise ValueError(
-                    f"train_examples[{stage!r}] has {len(examples)} examples, fewer than "
-                    f"batch_size={batch_size}"
-                )
-        self.tokenizer = tokenizer
-        self.examples = {s: list(ex) for s, ex in train_examples.items()}
-        self.batch_size = batch_size
-        self.max_len = max_len
-        self.seed = seed
-        self.stage: str | None = None
-        self._pos: dict[str, list[int]] = {s: [0, 0] for s in self.examples}  # [epoch, batch]
-        self._order_cache: dict[str, tuple[int, list[int]]] = {}
-
-    def steps_per_epoch(self, stage: str) -> int:
-        """Batches in one epoch of `stage` (incomplete last batch dropped)."""
-        return len(self._examples_of(stage)) // self.batch_size
-
-    def epoch(self, stage: str) -> int:
-        """Completed epochs of `stage` so far."""
-        self._examples_of(stage)
-        return self._pos[stage][0]
-
-    def _examples_of(self, stage: str) -> list[Example]:
-        _check_stage(stage)
-        if stage not in self.examples:
-            raise ValueError(
-                f"stage {stage!r} has no training examples; have {list(self.examples)}"
-            )
-        return self.examples[stage]
-
-    def _order(self, stage: str, epoch: int) -> list[int]:
-        cached = self._order_cache.get(stage)
-        if cached is None or cached[0] != epoch:
-            order = list(range(len(self.examples[stage])))
-            random.Random(f"{self.seed}|{stage}|{epoch}").shuffle(order)
-            cached = (epoch, order)
-            self._order_cache[stage] = cached
-        return cached[1]
-
-    def next_batch(self, stage: str) -> dict[str, torch.Tensor]:
-        """The next batch of `stage`; advances that stage's position (and rolls to a new epoch)."""
-        examples = self._examples_of(stage)
-        epoch, index = self._pos[stage]
-        if index >= self.steps_per_epoch(stage):
-            epoch, index = epoch + 1, 0
-        order = self._order(stage, epoch)
-        chosen = [
-            examples[i] for i in order[index * self.batch_size : (index + 1) * self.batch_size]
-        ]
-        batch = encode(self.tokenizer, chosen, self.max_len)
-        self._pos[stage] = [epoch, index + 1]
-        self.stage = stage
-        return batch
-
-    def batches(self, stage: str) -> Iterator[dict[str, torch.Tensor]]:
-        """Infinite stream of `next_batch(stage)` (no read-ahead, so state_dict stays exact)."""
-        self._examples_of(stage)
-        while True:
-            yield self.next_batch(stage)
-
-    def state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable position: current stage with its epoch/position, and every stage's."""
-        current = self.stage
-        epoch, position = self._pos[current] if current is not None else (0, 0)
-        return {
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "stage": current,
-            "epoch": epoch,
-            "position": position,
-            "positions": {s: {"epoch": e, "position": p} for s, (e, p) in self._pos.items()},
-            "sizes": {s: len(ex) for s, ex in self.examples.items()},
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a position saved by `state_dict`; the data set-up must be the same one."""
-        try:
-            seed, batch_size, sizes = state["seed"], state["batch_size"], state["sizes"]
-            positions = state["positions"]
-            stage = state["stage"]
-        except (KeyError, TypeError) as exc:
-            raise ValueError(
-                f"state is not a CurriculumDataset state_dict (missing {exc})"
-            ) from exc
-        mine = {s: len(ex) for s, ex in self.examples.items()}
-        if seed != self.seed or batch_size != self.batch_size or dict(sizes) != mine:
-            raise ValueError(
-                "state was saved for different data (seed, batch_size or example counts differ: "
-                f"saved seed={seed} batch_size={batch_size} sizes={dict(sizes)}, "
-                f"now seed={self.seed} batch_size={self.batch_size} sizes={mine})"
-            )
-        new_pos: dict[str, list[int]] = {}
-        for s in self.examples:
-            entry = positions.get(s, {"epoch": 0, "position": 0})
-            e, p = int(entry["epoch"]), int(entry["position"])
-            if e < 0 or not 0 <= p <= self.steps_per_epoch(s):
-                raise ValueError(f"state positions[{s!r}] out of range: {entry}")
-            new_pos[s] = [e, p]
-        if stage is not None:
-            self._examples_of(stage)
-        self._pos = new_pos
-        self.stage = stage
+from .curriculum import CurriculumDataset, active_stages, stage_at  # noqa: E402

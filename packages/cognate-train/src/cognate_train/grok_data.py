@@ -14,11 +14,10 @@ Division is x * y^(p-2) mod p (Fermat's little theorem), which needs p prime.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .data import Example
+from .validation import is_prime
 
 __all__ = [
     "OPS",
@@ -49,12 +48,8 @@ def vocab_size(p: int) -> int:
     return p + 2
 
 
-def _is_prime(n: int) -> bool:
-    return n >= 2 and all(n % d for d in range(2, math.isqrt(n) + 1))
-
-
 def _check(p: int, op: str, train_fraction: float | None = None, seed: int | None = None) -> None:
-    if isinstance(p, bool) or not isinstance(p, int) or not _is_prime(p):
+    if isinstance(p, bool) or not isinstance(p, int) or not is_prime(p):
         raise ValueError(f"p must be a prime number, got {p!r}")
     if op not in OPS:
         raise ValueError(f"op must be one of {list(OPS)}, got {op!r}")

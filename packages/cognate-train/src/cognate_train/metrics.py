@@ -7,9 +7,11 @@ like the file of a run that was never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +55,12 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         if not line:
             continue
         try:
-            out.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a kill
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, int) and not isinstance(step, bool):
+            out.append(record)  # anything else is not a record of ours: skipped, never fatal
     return out
 
 
@@ -77,8 +82,12 @@ class MetricsLogger:
         else:
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
             tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            os.replace(tmp, self.path)
+            try:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+                os.replace(tmp, self.path)
+            except OSError:
+                tmp.unlink(missing_ok=True)  # a full disk: the old file stays as it was
+                raise
         self._fh = self.path.open("a")
         self._wandb = None
         self._tb = None
@@ -116,3 +125,45 @@ class MetricsLogger:
             self._wandb.finish()
         if self._tb is not None:
             self._tb.close()
+
+
+class StepWindow:
+    """The per-step values between two metric records, summed, and the training time they took
+    (time spent evaluating or checkpointing is left out through :meth:`paused`)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.n = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.n += 1
+
+    @contextlib.contextmanager
+    def paused(self):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.t0 += time.perf_counter() - t
+
+    def means(self) -> dict[str, float] | None:
+        """``train/loss``, ``train/perplexity``, ``grad_norm``, ``tokens_per_s`` and the mean of
+        every other value; None when every step of the window was skipped."""
+        if not self.n:
+            return None
+        sums, n = dict(self.sums), self.n
+        dt = max(1e-9, time.perf_counter() - self.t0)
+        loss = sums.pop("loss") / n
+        return {
+            "train/loss": loss,
+            "train/perplexity": math.exp(min(loss, 50.0)),
+            "grad_norm": sums.pop("grad_norm") / n,
+            "tokens_per_s": sums.pop("tokens") / dt,
+            **{k: v / n for k, v in sums.items()},
+        }

@@ -100,11 +100,22 @@ def set_grokfast_lambda(optimizer: Any, value: float) -> bool:
 
 
 def boost_on_grokking(optimizer: Any, factor: float, step: int, val_acc: float) -> str:
-    """React to a detected grokking jump: multiply the Grokfast lambda by ``factor`` (the seeds'
-    ``lambda_boost``: amplify the slow gradient more once generalisation has started). Returns
+    """React to a detected grokking jump: multiply the Grokfast lambda by ``factor``
+    (``lambda_boost``: amplify the slow gradient more once generalisation has started). Returns
     the log message."""
     msg = f"grokking detected at step {step} (val acc {val_acc:.3f})"
     old = grokfast_lambda(optimizer)
     if old is not None and set_grokfast_lambda(optimizer, old * factor):
         msg += f": Grokfast lambda {old:g} -> {old * factor:g}"
     return msg
+
+
+def current_lrs(optimizer: Any) -> dict[str, float]:
+    """``lr`` (the AdamW groups') and, when Muon is in use, ``lr/muon``."""
+    out: dict[str, float] = {}
+    for group in optimizer.param_groups:
+        key = "lr/muon" if group.get("use_muon") else "lr"
+        out.setdefault(key, float(group["lr"]))
+    if "lr" not in out:
+        out["lr"] = out["lr/muon"]
+    return out

@@ -71,8 +71,14 @@ def plot_run(
     """Write loss.png, accuracy.png and lr.png for one run; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = []
+    return [
+        _plot_loss(records, out / "loss.png", grokking_step, title),
+        _plot_accuracy(records, out / "accuracy.png", grokking_step, converged_step, title),
+        _plot_lr(records, out / "lr.png", grokking_step, title),
+    ]
 
+
+def _plot_loss(records: list[dict[str, Any]], path: Path, grokking_step, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     # train/loss is the model's objective (for Cognate: deep-supervision CE + ACT/gate terms);
     # val/loss is the plain cross-entropy of the final answer
@@ -95,44 +101,26 @@ def plot_run(
     ax.set_title(f"{title}: loss" if title else "loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    paths.append(_save(fig, out / "loss.png"))
+    return _save(fig, path)
 
+
+def _plot_accuracy(
+    records: list[dict[str, Any]], path: Path, grokking_step, converged_step, title: str
+) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
-    xs, ys = _series(records, "train/accuracy")
-    few = len(xs) <= 30  # markers keep sparse evaluations visible
-    if xs:
-        ax.plot(
-            xs,
-            ys,
-            label="train accuracy",
-            color="tab:blue",
-            linewidth=2,
-            marker="o" if few else None,
-            markersize=3,
-        )
-    xs, ys = _series(records, "val/accuracy")
-    few = len(xs) <= 30
-    if xs:
-        ax.plot(
-            xs,
-            ys,
-            label="val accuracy",
-            color="tab:orange",
-            linewidth=2,
-            marker="o" if few else None,
-            markersize=4,
-        )
+    few = False
+    for key, color, size in (("train", "tab:blue", 3), ("val", "tab:orange", 4)):
+        xs, ys = _series(records, f"{key}/accuracy")
+        few = len(xs) <= 30  # markers keep sparse evaluations visible
+        if xs:
+            marker = "o" if few else None
+            ax.plot(xs, ys, label=f"{key} accuracy", color=color, linewidth=2, marker=marker,
+                    markersize=size)  # fmt: skip
     families = sorted({k for r in records for k in r if k.startswith("val/accuracy/")})
     for key in families:
         fx, fy = _series(records, key)
-        ax.plot(
-            fx,
-            fy,
-            label=key.split("/", 2)[2],
-            linewidth=0.8,
-            alpha=0.6,
-            marker="." if few else None,
-        )
+        label = key.split("/", 2)[2]
+        ax.plot(fx, fy, label=label, linewidth=0.8, alpha=0.6, marker="." if few else None)
     _mark_grokking(ax, grokking_step)
     if converged_step is not None:
         ax.axvline(
@@ -148,8 +136,10 @@ def plot_run(
     ax.set_title(f"{title}: accuracy" if title else "accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2 if len(families) > 4 else 1)
-    paths.append(_save(fig, out / "accuracy.png"))
+    return _save(fig, path)
 
+
+def _plot_lr(records: list[dict[str, Any]], path: Path, grokking_step, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     xs, ys = _series(records, "lr")
     ax.plot(xs, ys, color="tab:blue", label="lr (AdamW groups)")
@@ -169,5 +159,4 @@ def plot_run(
         ax2.set_ylim(0, max(ly) * 1.2 if max(ly) > 0 else 1)
     _mark_grokking(ax, grokking_step)
     ax.set_title(f"{title}: schedule" if title else "schedule")
-    paths.append(_save(fig, out / "lr.png"))
-    return paths
+    return _save(fig, path)

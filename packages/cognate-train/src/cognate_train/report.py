@@ -1,13 +1,23 @@
-"""The end-of-run report: one table per model, sample generations, where the plots are.
+"""The end of a run: its ``summary.json`` (:func:`summarize`) and the report, one table per
+model, sample generations, where the plots are.
 
-Every figure in it is read from the run's own ``summary.json`` (measured at the final
+Every figure in the report is read from the run's own ``summary.json`` (measured at the final
 evaluation); nothing is estimated.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .checkpoints import save_json
+from .metrics import read_metrics
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 
 def _fmt(v: Any, spec: str = ".3f") -> str:
@@ -77,3 +87,41 @@ def render(summaries: list[dict[str, Any]], root: str | Path) -> str:
         out.append("")
     out.append(f"Outputs: {root}")
     return "\n".join(out)
+
+
+def summarize(engine: Engine) -> dict[str, Any]:
+    """The run's ``summary.json`` (also returned): the engine's figures, the task's, plots."""
+    from .plots import plot_run
+
+    st, task = engine.state, engine.task
+    records = read_metrics(engine.out / "metrics.jsonl")
+    task_fields = task.summary(engine, records)
+    plots = plot_run(
+        records,
+        engine.out / "plots",
+        grokking_step=engine.detector.grokking_step,
+        converged_step=engine.detector.converged_step,
+        title=task_fields.pop("title"),
+    )
+    summary = {
+        **task_fields,
+        "optimizer": engine.cfg.optimizer,
+        "n_params": sum(p.numel() for p in task.model.parameters()),
+        "steps": st.step,
+        "total_steps": task.total_steps,
+        "stop_reason": st.stop_reason,
+        "time_s": round(st.elapsed_s + (time.perf_counter() - engine.t0), 2),
+        "tokens_seen": st.tokens_seen,
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "device": str(task.device),
+        "final": st.last_eval,
+        "best_val_loss": st.best_val_loss if math.isfinite(st.best_val_loss) else None,
+        "skipped_steps": st.nonfinite_total,
+        "grokking_step": engine.detector.grokking_step,
+        "converged_step": engine.detector.converged_step,
+        "events": st.events,
+        "plots": [str(p) for p in plots],
+        "output_dir": str(engine.out),
+    }
+    save_json(engine.out / "summary.json", summary)
+    return summary

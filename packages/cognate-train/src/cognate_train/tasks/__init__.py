@@ -1,7 +1,7 @@
 """Registry of the built-in task families, one module per group.
 
-Stages follow the seeds' curriculum (foundation -> reasoning -> advanced): each family names the
-first stage that trains on it, and a stage trains on its own families plus all earlier ones.
+Stages run foundation -> reasoning -> advanced: each family names the first stage that trains
+on it, and a stage trains on its own families plus all earlier ones.
 """
 
 from __future__ import annotations
