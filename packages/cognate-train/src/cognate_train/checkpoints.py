@@ -222,6 +222,7 @@ FREE_ON_RESUME = frozenset(
     {"preset", "output_dir", "resume", "override", "device", "threads", "log", "samples"}
     | {"specialization"}  # the checkpoint's own specialization is in its fingerprint
     | {"eval_batch_size", "keep_last", "checkpoint_every", "log_every", "max_nonfinite"}
+    | {"cache_dir"}
 )
 
 

@@ -76,6 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n-val", type=int, help="validation examples per family (at most the run's)")
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.add_argument(
+        "--data",
+        metavar="NAME[,NAME...]",
+        help="real datasets to score on their held-out split (test, else validation)",
+    )
+    e.add_argument("--data-dir", metavar="DIR", help="DIR/<name>/ (default: the local HF cache)")
+    e.add_argument("--limit", type=int, help="score only the first N rows of each dataset")
+    e.add_argument(
+        "--execute-code",
+        action="store_true",
+        help="mbpp pass@1: run each generated program (subprocess, time and memory limits)",
+    )
+    e.add_argument("--max-new-tokens", type=int, help="generation budget (gsm8k, svamp, mbpp)")
+    e.add_argument("--batch-size", type=int, default=16, help="rows per forward pass")
+    e.add_argument("--skip-bad-rows", action="store_true", help="skip rows that do not fit")
 
     gen = sub.add_parser("generate", help="greedy completion of prompts by a checkpoint")
     gen.add_argument("--checkpoint", required=True, metavar="DIR")

@@ -94,8 +94,63 @@ def _eval_curriculum(d: Path, ts: dict[str, Any], n_val: int | None, device: str
     return result
 
 
+def _eval_real(d: Path, ts: dict[str, Any], ns: argparse.Namespace) -> dict[str, Any]:
+    """Per-dataset metrics on the held-out splits of ``--data`` (cognate_train.realdata)."""
+    from .realdata.evaluate import evaluate_checkpoint
+    from .realdata.setup import parse_data
+    from .realdata.sources import DataError
+
+    try:
+        names = parse_data(ns.data)
+    except ValueError as exc:
+        raise ConfigError(str(exc).removeprefix("--")) from None
+    if isinstance(names, str):
+        raise ConfigError(f"data: eval takes dataset names, got {ns.data!r}")
+    for flag in ("limit", "max_new_tokens", "batch_size"):
+        value = getattr(ns, flag)
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag.replace('_', '-')}: must be >= 1, got {value}")
+    if ns.data_dir and not Path(ns.data_dir).is_dir():
+        raise ConfigError(f"data-dir: {ns.data_dir} is not a directory")
+    model, tok, dev = _load_hf(d, ns.device)
+    try:
+        datasets = evaluate_checkpoint(
+            model,
+            tok,
+            names,
+            data_dir=ns.data_dir,
+            limit=ns.limit,
+            execute_code=ns.execute_code,
+            skip_bad_rows=ns.skip_bad_rows,
+            batch_size=ns.batch_size,
+            device=dev,
+            max_new_tokens=ns.max_new_tokens,
+        )
+    except (DataError, ValueError) as exc:
+        raise ConfigError(f"data: {exc}") from None
+    return {"checkpoint": str(d), "step": ts["step"], "datasets": datasets}
+
+
+def _print_real(result: dict[str, Any]) -> None:
+    print(f"checkpoint {result['checkpoint']} (step {result['step']})")
+    for name, m in result["datasets"].items():
+        shown = ", ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in m.items()
+            if k != "seconds"
+        )
+        print(f"  {name:14s} {shown}")
+
+
 def cmd_eval(ns: argparse.Namespace) -> int:
     d, ts = load_checkpoint_dir(ns.checkpoint)
+    if ns.data:
+        result = _eval_real(d, ts, ns)
+        if ns.json:
+            print(json.dumps(result, indent=1))
+        else:
+            _print_real(result)
+        return 0
     if "p" in ts["config"]:  # a grok checkpoint
         result = _eval_grok(d, ts)
     else:

@@ -34,6 +34,7 @@ else:  # pragma: no cover - Python 3.10
 OPTIMIZERS: tuple[str, ...] = ("mugrokfast", "adamw", "muon", "grokfast-adamw")
 LOG_BACKENDS: tuple[str, ...] = ("wandb", "tensorboard")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+LOSS_ON: tuple[str, ...] = ("answers", "all")
 
 __all__ = ["GROK_PRESETS", "TRAIN_PRESETS", "ConfigError", "GrokConfig", "TrainConfig"]
 
@@ -124,6 +125,36 @@ class TrainConfig(RunConfig):
     precision: str = opt("auto", "auto (bf16 on CUDA), fp32 or bf16")
     samples: int = opt(3, "sample generations per model in the report")
     eval_batch_size: int = opt(64, "batch size of evaluation")
+    # real data (cognate_train.realdata): used when data is not "curriculum"
+    data: str = opt(
+        "curriculum",
+        "curriculum (generated), seeds (the six datasets, 3 stages) or names, comma-separated, "
+        "of gsm8k, svamp, mbpp, arc_easy, arc_challenge, hellaswag (one stage)",
+        metavar="{curriculum,seeds,NAME[,NAME...]}",
+    )
+    data_dir: str = opt(
+        "",
+        "DIR/<name>/: a save_to_disk DatasetDict or <split>.parquet|.jsonl|.json in the hub "
+        "schema (empty: the local Hugging Face cache, offline)",
+        metavar="DIR",
+    )
+    tokenizer: str = opt(
+        "train",
+        "real data: train a byte-level BPE on the training text, or a local tokenizer folder",
+        metavar="{train,PATH}",
+    )
+    vocab_size: int = opt(32768, "real data: vocabulary size of the trained BPE")
+    loss_on: str = opt(
+        "answers", "real data: loss on answer tokens only, or on all tokens", choices=LOSS_ON
+    )
+    skip_bad_rows: bool = opt(
+        False, "real data: skip rows that do not fit their dataset's template (counted)"
+    )
+    cache_dir: str = opt(
+        "",
+        "real data: preprocessing cache (empty: $COGNATE_TRAIN_CACHE or ~/.cache/cognate-train)",
+        metavar="DIR",
+    )
 
 
 @dataclass
@@ -320,7 +351,7 @@ def specializations(cfg: TrainConfig) -> list[str]:
 
 # fields whose change makes existing checkpoints of an output directory unusable
 COMPAT_FIELDS_TRAIN = (
-    *("model_preset", "optimizer", "max_len", "seed", "n_train", "n_val", "batch_size"),
+    *("model_preset", "optimizer", "max_len", "seed", "n_train", "n_val", "batch_size", "data"),
 )
 COMPAT_FIELDS_GROK = (
     *("p", "op", "train_fraction", "optimizer", "d_model", "n_layers", "n_heads", "seed"),

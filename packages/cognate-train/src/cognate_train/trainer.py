@@ -247,8 +247,27 @@ class Trainer:
         self.cfg, self.spec, self.out = cfg, specialization, Path(out_dir)
         self.model_factory, self.log = model_factory, log
 
-    def make_task(self, device: torch.device) -> CurriculumTask:
-        return CurriculumTask(self.cfg, self.spec, device, self.model_factory)
+    def make_task(self, device: torch.device) -> Any:
+        if self.cfg.data == "curriculum":
+            return CurriculumTask(self.cfg, self.spec, device, self.model_factory)
+        from .realdata.task import RealDataTask
+
+        return RealDataTask(
+            self.cfg, self.spec, device, self.model_factory, self._resume_tokenizer()
+        )
+
+    def _resume_tokenizer(self) -> Path | None:
+        """The tokenizer of the checkpoint this run resumes from, if it resumes (real data):
+        a resumed run must tokenize exactly as the run it continues."""
+        if self.cfg.resume == "never":
+            return None
+        manager = ck.CheckpointManager(
+            self.out, self.cfg.keep_last, compat_fingerprint(self.cfg, self.spec)
+        )
+        found = ck.resolve_resume(manager, self.cfg, lambda m: None)
+        if found is None or not (found[0] / "tokenizer.json").is_file():
+            return None
+        return found[0]
 
     def run(self) -> dict[str, Any]:
         """Train (resuming if asked), evaluate, checkpoint, plot; returns the summary."""

@@ -137,6 +137,22 @@ def _validate_train(cfg: TrainConfig) -> None:
     c(cfg.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
     c(cfg.samples >= 0, "samples", "must be >= 0")
     c(cfg.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
+    if cfg.data != "curriculum":
+        _validate_real_data(cfg)
+
+
+def _validate_real_data(cfg: TrainConfig) -> None:
+    from .config import LOSS_ON
+    from .realdata.setup import parse_data
+
+    c = lambda cond, name, msg: _check(cfg, cond, name, msg)  # noqa: E731
+    try:
+        parse_data(cfg.data)
+    except ValueError as exc:
+        c(False, "data", str(exc).removeprefix("--data "))
+    c(cfg.loss_on in LOSS_ON, "loss_on", f"must be one of {', '.join(LOSS_ON)}")
+    c(cfg.vocab_size >= 259, "vocab_size", f"must be >= 259 (256 bytes + 3), got {cfg.vocab_size}")
+    c(cfg.tokenizer != "", "tokenizer", "must be train or a tokenizer folder")
 
 
 def validate(cfg: RunConfig) -> None:
@@ -167,6 +183,14 @@ def preflight(cfg: RunConfig) -> None:
     from .runtime import resolve_device
 
     check_output_dir(cfg.output_dir)
+    if isinstance(cfg, TrainConfig) and cfg.data != "curriculum":
+        if cfg.data_dir and not Path(cfg.data_dir).is_dir():
+            raise ConfigError(f"data-dir: {cfg.data_dir} is not a directory", field="data_dir")
+        if cfg.tokenizer != "train" and not Path(cfg.tokenizer).is_dir():
+            raise ConfigError(
+                f"tokenizer: {cfg.tokenizer} is not a directory (use train or a tokenizer folder)",
+                field="tokenizer",
+            )
     if cfg.optimizer != "adamw":
         try:
             import mugrokfast  # noqa: F401

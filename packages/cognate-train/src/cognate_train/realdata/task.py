@@ -1,0 +1,282 @@
+"""The real-data task: one specialised Cognate model on local copies of the six datasets.
+
+:class:`RealDataTask` is a :class:`~cognate_train.task.Task` for the training engine, the
+counterpart of the curriculum's task: a fresh ``CognateForCausalLM`` sized for the tokenizer,
+packed batches from :class:`~cognate_train.realdata.packing.PackedBatches` in the curriculum
+stage of each step (`--data seeds`: foundation, reasoning, advanced; `--data NAMES`: one pool
+for every stage), the model's own loss, and an evaluation on the examples held back from each
+training split:
+
+- ``val/loss``: cross-entropy per answer token given the prompt, pooled over all datasets, and
+  ``val/loss/<name>`` per dataset;
+- ``val/accuracy/<name>``: exact match of the final number (gsm8k, svamp; greedy, with a
+  budget of the longest reference answer + 8 tokens) or multiple-choice acc (arc, hellaswag);
+  ``val/accuracy`` is their mean. mbpp has no accuracy here (its pass@1 needs execution; see
+  ``cognate-train eval --execute-code``).
+
+The held-out splits (test, else validation) are never touched during training; ``cognate-train
+eval --data NAMES`` reports them. Resume is exact: the stream is a function of (seed, stage,
+epoch, position), and that position and the tokenizer's fingerprint are in every checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import checkpoints as ck
+from ..config import ConfigError, TrainConfig, compat_fingerprint
+from ..data import STAGES, active_stages, stage_at
+from ..runtime import autocast, seed_everything
+from .cache import PreprocessCache
+from .metrics import (
+    choice_loglikelihoods,
+    choice_metrics,
+    greedy_generate,
+    number_exact_match,
+    split_answer_loss,
+)
+from .pipeline import holdout_indices, load_records
+from .setup import build_real_data, parse_data
+from .sources import DataError
+from .templates import TEMPLATES, Record
+from .tokenizer import load_tokenizer, tokenizer_fingerprint
+
+__all__ = ["RealDataTask"]
+
+
+class RealDataTask:
+    """One specialization on real data, as the engine's task (see the module docstring)."""
+
+    console_every = 1
+    save_best = True
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        specialization: str,
+        device: torch.device,
+        model_factory: Callable[[Any], torch.nn.Module] | None = None,
+        saved_tokenizer: Path | None = None,
+    ) -> None:
+        from ..trainer import build_model
+
+        self.cfg, self.name, self.device = cfg, specialization, device
+        self.fingerprint = compat_fingerprint(cfg, specialization)
+        self.amp = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+        self.stages_active = active_stages(cfg.stage_fractions)
+        try:
+            data = parse_data(cfg.data)
+            # a resumed run keeps the tokenizer its checkpoint was trained with
+            tokenizer: Any = cfg.tokenizer
+            if saved_tokenizer is not None:
+                tokenizer = load_tokenizer(saved_tokenizer)
+            self.real = build_real_data(
+                data,
+                data_dir=cfg.data_dir or None,
+                tokenizer=tokenizer,
+                vocab_size=cfg.vocab_size,
+                max_len=cfg.max_len,
+                loss_on=cfg.loss_on,
+                skip_bad_rows=cfg.skip_bad_rows,
+                seed=cfg.seed,
+                batch_size=cfg.batch_size,
+                n_val=cfg.n_val,
+                cache=PreprocessCache(cfg.cache_dir or None),
+                active_stages=None if data != "seeds" else self.stages_active,
+            )
+        except (DataError, ValueError) as exc:
+            msg = str(exc)
+            if msg.startswith("--tokenizer "):
+                raise ConfigError(msg.removeprefix("--"), field="tokenizer") from None
+            raise ConfigError(f"data: {msg}", field="data") from None
+        self.tokenizer = self.real.tokenizer
+        self.names = [n for n in self.real.val]
+        self.batches_ = self.real.batches
+        last = self._pool(self.stages_active[-1])
+        self.total_steps = cfg.max_steps
+        if cfg.epochs > 0:
+            per_epoch = self.batches_.steps_per_epoch(last) // cfg.grad_accum
+            per_epoch *= cfg.steps_per_batch
+            self.total_steps = max(1, int(round(cfg.epochs * max(1, per_epoch))))
+        seed_everything(cfg.seed)
+        make = model_factory or (
+            lambda tok: build_model(cfg.model_preset, specialization, tok, cfg.max_len)
+        )
+        self.model = make(self.tokenizer).to(device)
+        self.current: list[dict[str, torch.Tensor]] = []
+        self.data_at_draw: dict[str, Any] = self.batches_.state_dict()
+        self.draw_stage = STAGES[0]
+        self._val_records: dict[str, list[Record]] | None = None
+
+    def describe(self) -> str:
+        n = sum(p.numel() for p in self.model.parameters())
+        rows = {s: int(p["input_ids"].shape[0]) for s, p in self.batches_.pools.items()}
+        skipped = len(self.real.summary.get("skipped", []))
+        return (
+            f"[{self.name}] {self.cfg.model_preset} ({n / 1e6:.2f}M params), optimizer "
+            f"{self.cfg.optimizer}, {self.total_steps} steps, device {self.device}; data "
+            f"{self.cfg.data}: {', '.join(self.names)}; vocab {len(self.tokenizer)}; packed rows "
+            f"of {self.cfg.max_len} per stage {rows}; loss on {self.cfg.loss_on}"
+            + (f"; {skipped} bad rows skipped" if skipped else "")
+        )
+
+    # -- training ------------------------------------------------------------------------------
+
+    def _pool(self, stage: str) -> str:
+        """The pool a stage trains on: its own (seeds) or the one pool of --data NAMES."""
+        return stage if stage in self.batches_.pools else next(iter(self.batches_.pools))
+
+    def _draw(self, stage: str) -> list[dict[str, torch.Tensor]]:
+        return [self.batches_.next_batch(self._pool(stage)) for _ in range(self.cfg.grad_accum)]
+
+    def batches(self, step: int) -> list[dict[str, torch.Tensor]]:
+        """A new draw every ``steps_per_batch`` steps, in the curriculum stage of ``step``."""
+        if step % self.cfg.steps_per_batch == 0 or not self.current:
+            self.data_at_draw = self.batches_.state_dict()
+            self.draw_stage = stage_at(step, self.total_steps, self.cfg.stage_fractions)
+            self.current = self._draw(self.draw_stage)
+        return self.current
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, dict[str, float]]:
+        from ..trainer import model_aux_metrics
+
+        mb = {k: v.to(self.device) for k, v in batch.items()}
+        with autocast(self.device, self.amp):
+            out = self.model(
+                input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], labels=mb["labels"]
+            )
+        # packed rows hold no padding: every position is a real token
+        return out.loss, int(mb["input_ids"].numel()), model_aux_metrics(out)
+
+    def log_extras(self, step: int) -> dict[str, float]:
+        stage = stage_at(step, self.total_steps, self.cfg.stage_fractions)
+        return {"curriculum/stage": STAGES.index(stage)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "data": self.batches_.state_dict(),
+            "data_at_draw": self.data_at_draw,
+            "draw_stage": self.draw_stage,
+            "tokenizer": tokenizer_fingerprint(self.tokenizer),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], step: int) -> None:
+        mine = tokenizer_fingerprint(self.tokenizer)
+        if state.get("tokenizer") != mine:
+            raise ck.CheckpointError(
+                "tokenizer: the checkpoint was trained with another tokenizer "
+                f"({str(state.get('tokenizer'))[:12]} vs {mine[:12]}); resume with the same "
+                "--tokenizer (or --resume never)"
+            )
+        try:
+            self.data_at_draw = state["data_at_draw"]
+            if step % self.cfg.steps_per_batch != 0:
+                # mid-way through a batch's supervision steps: redraw that batch
+                self.batches_.load_state_dict(state["data_at_draw"])
+                self.draw_stage = state["draw_stage"]
+                self.current = self._draw(self.draw_stage)
+            self.batches_.load_state_dict(state["data"])
+        except ValueError as exc:
+            raise ck.CheckpointError(f"data: {exc}") from None
+
+    def save_weights(self, directory: Path) -> None:
+        ck.save_weights(self.model, directory)
+        self.tokenizer.save_pretrained(directory)
+
+    # -- evaluation and outputs ----------------------------------------------------------------
+
+    def val_records(self) -> dict[str, list[Record]]:
+        """The held-back training examples as records (loaded on first use, in holdout order)."""
+        if self._val_records is None:
+            cfg, out = self.cfg, {}
+            for name, split in self.real.val.items():
+                loaded = load_records(
+                    name, "train", data_dir=cfg.data_dir or None, skip_bad_rows=cfg.skip_bad_rows
+                )
+                n = len(loaded.records)
+                chosen = holdout_indices(n, split.n_examples, cfg.seed)
+                out[name] = [loaded.records[i] for i in chosen]
+            self._val_records = out
+        return self._val_records
+
+    def _accuracy(self, name: str, records: list[Record]) -> float | None:
+        cfg, model, tok, dev = self.cfg, self.model, self.tokenizer, self.device
+        kind = TEMPLATES[name].kind
+        if kind == "choice":
+            lls = choice_loglikelihoods(
+                model, tok, records, cfg.eval_batch_size, dev, self._model_len()
+            )
+            return choice_metrics(records, lls)["acc"]
+        if kind == "number":
+            answers = tok([r.answer for r in records], add_special_tokens=False)["input_ids"]
+            budget = max(len(a) for a in answers) + 8
+            em = number_exact_match(
+                model, tok, records, budget, cfg.eval_batch_size, dev, self._model_len()
+            )
+            return em["exact_match"]
+        return None
+
+    def _model_len(self) -> int:
+        from .evaluate import model_max_len
+
+        return model_max_len(self.model, self.cfg.max_len)
+
+    def evaluate(self) -> dict[str, float]:
+        cfg, model, tok, dev = self.cfg, self.model, self.tokenizer, self.device
+        result: dict[str, float] = {}
+        total = count = 0.0
+        with autocast(dev, self.amp):
+            for name, split in self.real.val.items():
+                loss = split_answer_loss(
+                    model, split, tok.pad_token_id, cfg.eval_batch_size, dev, self._model_len()
+                )
+                n = float(split.answer.sum())  # answer tokens, for the pooled mean
+                result[f"val/loss/{name}"] = loss
+                total, count = total + loss * n, count + n
+            accs = {}
+            for name, records in self.val_records().items():
+                acc = self._accuracy(name, records)
+                if acc is not None:
+                    accs[name] = acc
+        result = {"val/loss": total / count, **result}
+        result["val/accuracy"] = sum(accs.values()) / len(accs) if accs else 0.0
+        result.update({f"val/accuracy/{k}": v for k, v in accs.items()})
+        return result
+
+    def samples(self, engine: Any) -> list[dict[str, str]]:
+        """Greedy answers of the final (EMA) model to one held-back prompt per dataset."""
+        from ..ema import maybe_swapped_in
+
+        chosen = [(n, rs[0]) for n, rs in self.val_records().items()][: self.cfg.samples]
+        if not chosen:
+            return []
+        with maybe_swapped_in(engine.ema, self.model), autocast(self.device, self.amp):
+            outs = greedy_generate(
+                self.model,
+                self.tokenizer,
+                [r.prompt for _, r in chosen],
+                max_new_tokens=48,
+                device=self.device,
+                max_len=self._model_len(),
+            )
+        return [
+            {"family": n, "prompt": r.prompt, "expected": r.answer, "generated": o}
+            for (n, r), o in zip(chosen, outs, strict=True)
+        ]
+
+    def summary(self, engine: Any, records: list[dict[str, Any]]) -> dict[str, Any]:
+        act = [r["act/steps_mean"] for r in records if "act/steps_mean" in r]
+        info = dict(self.real.summary)
+        info["skipped_rows"] = len(info.pop("skipped", []))
+        return {
+            "title": f"{self.cfg.preset} / {self.name} / data {self.cfg.data}",
+            "specialization": self.name,
+            "model_preset": self.cfg.model_preset,
+            "act_cycles_mean": (sum(act[-5:]) / len(act[-5:])) if act else None,
+            "data": info,
+            "samples": self.samples(engine),
+        }
