@@ -4,7 +4,7 @@ Runs ``cognate-train train --preset smoke`` twice with the same global batch (8 
 step): one process with ``--grad-accum 2``, and ``python -m torch.distributed.run
 --nproc-per-node 2`` with ``--grad-accum 1`` (DDP, gloo), one thread per process, and reads the
 mean ``tokens_per_s`` of the logged windows after the first (global tokens / wall time, written
-by rank 0) from each run's metrics.jsonl.
+by rank 0) from each run's metrics.jsonl; ``--repeats`` interleaved runs, the median reported.
 
     python benchmarks/ddp_throughput.py --out benchmarks/results/ddp_throughput.json
 """
@@ -16,6 +16,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,10 +49,19 @@ def run(nproc: int, steps: int, out: Path) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    runs: dict[int, list[dict]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [run(n, args.steps, Path(tmp, f"n{n}")) for n in (1, 2)]
+        for rep in range(args.repeats):  # interleaved: 1, 2, then 2, 1, ...
+            for n in (1, 2) if rep % 2 == 0 else (2, 1):
+                runs[n].append(run(n, args.steps, Path(tmp, f"n{n}-{rep}")))
+    rows = [
+        {**runs[n][0], "tokens_per_s": statistics.median(r["tokens_per_s"] for r in runs[n]),
+         "each_repeat": [r["tokens_per_s"] for r in runs[n]]}
+        for n in (1, 2)
+    ]  # fmt: skip
     ratio = rows[1]["tokens_per_s"] / rows[0]["tokens_per_s"]
     print(f"tokens/s: 1 process {rows[0]['tokens_per_s']:.0f}, 2 processes "
           f"{rows[1]['tokens_per_s']:.0f} (x{ratio:.2f})")  # fmt: skip
@@ -83,9 +93,13 @@ def main() -> int:
             f"- settings: {result['settings']}",
             f"- machine: {result['machine']} -- a 2-core machine shared with other jobs: noisy",
             "",
-            "| processes | grad_accum | tokens/s |",
-            "|---|---|---|",
-            *(f"| {r['processes']} | {r['grad_accum']} | {r['tokens_per_s']:.0f} |" for r in rows),
+            "| processes | grad_accum | tokens/s (median) | each repeat |",
+            "|---|---|---|---|",
+            *(
+                f"| {r['processes']} | {r['grad_accum']} | {r['tokens_per_s']:.0f} | "
+                f"{', '.join(f'{x:.0f}' for x in r['each_repeat'])} |"
+                for r in rows
+            ),
             "",
             f"2 processes / 1 process: x{ratio:.2f}",
         ]
