@@ -97,6 +97,15 @@ def broadcast(obj: Any) -> Any:
     return box[0]
 
 
+def agree_max(value: int, device: torch.device) -> int:
+    """The largest of the ranks' ``value`` (e.g. a signal one rank received), on every rank."""
+    if not active():
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def sum_floats(values: list[float], device: torch.device) -> list[float]:
     """Element-wise sum across ranks."""
     if not active():

@@ -92,6 +92,7 @@ class Engine:
         """Resume if asked, train until done or stopped, write final/; returns the summary."""
         with StopSignals() as signals:
             self.setup()
+            received = 0
             try:
                 while self.should_train():
                     result = self.train_step(self.task.batches(self.state.step))
@@ -105,10 +106,14 @@ class Engine:
                             stop = self.evaluate_and_react()
                         if self.should_checkpoint(stop):
                             self.checkpointer.save()
-                    if stop or signals.received:
+                    # under torchrun the ranks stop together, at the same step
+                    received = dist.agree_max(signals.received or 0, self.task.device)
+                    if stop or received:
                         break
-                if signals.received:
-                    self.stop_on_signal(signals.received)
+                if not dist.active():
+                    received = signals.received
+                if received:
+                    self.stop_on_signal(received)
                 self.finish()
             finally:
                 self.progress.close()
