@@ -239,11 +239,19 @@ def changed_settings(path: Path, cfg: RunConfig) -> dict[str, list[Any]]:
     renamed = aliases(type(cfg))
     saved = {renamed.get(k, k): v for k, v in saved.items()}
     now = to_dict(cfg)
-    return {
+    changed = {
         k: [saved[k], v]
         for k, v in now.items()
-        if k in saved and k not in FREE_ON_RESUME and saved[k] != v
+        if k in saved and k not in FREE_ON_RESUME | {"grad_accum"} and saved[k] != v
     }
+    # what must match is the global batch: grad_accum x world_size (a run of N processes
+    # resumes in M processes with grad_accum scaled by N/M)
+    from .distributed import world_size
+
+    then = saved.get("grad_accum", now["grad_accum"]) * int(state.get("world_size", 1))
+    if then != now["grad_accum"] * world_size():
+        changed["grad_accum x world_size"] = [then, now["grad_accum"] * world_size()]
+    return changed
 
 
 def resolve_resume(

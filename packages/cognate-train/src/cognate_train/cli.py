@@ -122,6 +122,7 @@ def _check_resume(cfg: RunConfig, root: Path, fingerprint: dict[str, Any]) -> No
 
 def cmd_train(ns: argparse.Namespace) -> int:
     from .config import compat_fingerprint
+    from .distributed import is_writer
     from .lock import output_lock
     from .report import render
     from .trainer import Trainer
@@ -134,6 +135,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
         for spec in specializations(cfg):
             _check_resume(cfg, _spec_dir(cfg, spec), compat_fingerprint(cfg, spec))
         summaries = [Trainer(cfg, s, _spec_dir(cfg, s)).run() for s in specializations(cfg)]
+        if not is_writer():  # under torchrun rank 0 writes the report
+            return 0
         text = render(summaries, root)
         (root / "report.md").write_text(text + "\n")
         if len(summaries) > 1:
@@ -145,6 +148,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
 def cmd_grok(ns: argparse.Namespace) -> int:
     from .config import compat_fingerprint
+    from .distributed import is_writer
     from .grok import run_grok
     from .lock import output_lock
     from .validation import preflight
@@ -155,6 +159,8 @@ def cmd_grok(ns: argparse.Namespace) -> int:
     with output_lock(out):
         _check_resume(cfg, out, compat_fingerprint(cfg, None))
         s = run_grok(cfg)
+    if not is_writer():
+        return 0
     fin = s["final"]
     print(
         f"grok {s['task']} with {s['optimizer']}: {s['steps']} steps in {s['time_s']:.1f} s "

@@ -62,8 +62,12 @@ class RunConfig:
     preset: str = opt("quick", flag=False)
     output_dir: str = opt("runs/quick", "where metrics, checkpoints, plots and summary go")
     max_steps: int = opt(300, "optimizer steps to train")
-    batch_size: int = opt(32, "examples per micro-batch")
-    grad_accum: int = opt(1, "micro-batches per optimizer step")
+    batch_size: int = opt(32, "examples per micro-batch (per process under torchrun)")
+    grad_accum: int = opt(
+        1,
+        "micro-batches per optimizer step and process; the global batch is "
+        "batch_size x grad_accum x world_size (torchrun's --nproc-per-node x --nnodes)",
+    )
     optimizer: str = opt("mugrokfast", choices=OPTIMIZERS)
     lr: float = opt(1e-3, "AdamW learning rate (peak)")
     muon_lr: float = opt(0.02, "Muon learning rate (mugrokfast, muon)")

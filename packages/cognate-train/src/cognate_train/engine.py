@@ -32,10 +32,11 @@ from typing import Any
 import torch
 
 from . import checkpoints as ck
+from . import distributed as dist
 from .config import RunConfig, to_dict
 from .detector import GrokkingDetector
 from .ema import WeightEMA, maybe_swapped_in
-from .metrics import MetricsLogger, StepWindow
+from .metrics import MetricsLogger, NullMetrics, StepWindow
 from .optim import (
     boost_on_grokking,
     build_optimizer,
@@ -59,7 +60,7 @@ def run(
 ) -> dict[str, Any]:
     """Build the task on the configured device and train it; returns the run's summary."""
     with cpu_threads(cfg.threads):
-        device = resolve_device(cfg.device)
+        device = dist.init(resolve_device(cfg.device))
         setup_device(device)
         return Engine(make_task(device), cfg, out_dir, log).train()
 
@@ -70,6 +71,9 @@ class Engine:
     def __init__(self, task: Task, cfg: RunConfig, out_dir: str | Path, log=None) -> None:
         self.task, self.cfg, self.out = task, cfg, Path(out_dir)
         self.log: Callable[[str], None] = log or (lambda m: print(m, file=sys.stderr, flush=True))
+        if not dist.is_writer():  # under torchrun rank 0 speaks for the run
+            self.log = lambda m: None
+        self.ddp = dist.Ddp(task)
         self.optimizer = build_optimizer(cfg.optimizer, task.model, cfg)
         self.scheduler = build_scheduler(
             self.optimizer, cfg.warmup_steps, task.total_steps, cfg.min_lr_ratio
@@ -89,6 +93,7 @@ class Engine:
         """Resume if asked, train until done or stopped, write final/; returns the summary."""
         with StopSignals() as signals:
             self.setup()
+            received = 0
             try:
                 signals.check()
                 while self.should_train():
@@ -103,10 +108,14 @@ class Engine:
                             stop = self.evaluate_and_react()
                         if self.should_checkpoint(stop):
                             self.checkpointer.save()
-                    if stop or signals.received:
+                    # under torchrun the ranks stop together, at the same step
+                    received = dist.agree_max(signals.received or 0, self.task.device)
+                    if stop or received:
                         break
-                if signals.received:
-                    self.stop_on_signal(signals.received)
+                if not dist.active():
+                    received = signals.received
+                if received:
+                    self.stop_on_signal(received)
                 self.finish()
             finally:
                 self.progress.close()
@@ -125,12 +134,17 @@ class Engine:
         )
 
     def setup(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.checkpointer.manager.cleanup_partial()
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Writing model shards" bar per checkpoint
+        if dist.is_writer():
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.checkpointer.manager.cleanup_partial()
+        dist.barrier()  # the other ranks read the checkpoints once rank 0 has tidied them
         resumed = self.checkpointer.resume(lambda m: self.log(f"warning: {m}"))
         # time before this point (imports, set-up, loading) is not training time
         self.checkpointer.t0 = self.t0 = time.perf_counter()
-        self.metrics = MetricsLogger(
+        self.metrics = (MetricsLogger if dist.is_writer() else NullMetrics)(
             self.out,
             [b for b in self.cfg.log if b in ("wandb", "tensorboard")],
             f"{self.cfg.preset}-{self.task.name}",
@@ -169,19 +183,28 @@ class Engine:
         """One optimizer step over ``batches`` (the micro-batches of one accumulation)."""
         model = self.task.model
         model.train()
+        batches = dist.shard(batches)  # this rank's micro-batches of the global step
         loss_sum, tokens, finite = 0.0, 0, True
         aux: dict[str, float] = {}
-        for mb in batches:
-            loss, n_tokens, metrics = self.task.loss(mb)
-            loss = loss.float() / len(batches)
-            if not torch.isfinite(loss):
-                finite = False
-                break
-            loss.backward()
-            loss_sum += loss.item()
-            tokens += n_tokens
-            for k, v in metrics.items():
-                aux[k] = aux.get(k, 0.0) + v / len(batches)
+        with self.ddp.training():
+            for k, mb in enumerate(batches):
+                with self.ddp.micro_step(last=k == len(batches) - 1):
+                    loss, n_tokens, metrics = self.task.loss(mb)
+                    loss = loss.float() / len(batches)
+                    if not torch.isfinite(loss):
+                        finite = False
+                        if not dist.active():
+                            break
+                        # under DDP every rank must join every all-reduce: the nan gradients
+                        # make the grad norm non-finite on all ranks, which skips the step
+                    loss.backward()
+                loss_sum += loss.item()
+                tokens += n_tokens
+                for k, v in metrics.items():
+                    aux[k] = aux.get(k, 0.0) + v / len(batches)
+        loss_sum, tokens_all = dist.sum_floats([loss_sum, tokens], self.task.device)
+        loss_sum, tokens = loss_sum / dist.world_size(), int(tokens_all)
+        finite = finite and math.isfinite(loss_sum)
         params = [p for p in model.parameters() if p.grad is not None]
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         grad_norm = math.nan
@@ -255,8 +278,11 @@ class Engine:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        with maybe_swapped_in(self.ema, self.task.model):
-            return self.task.evaluate()
+        result = None
+        if dist.is_writer():  # rank 0 evaluates; the others take its figures
+            with maybe_swapped_in(self.ema, self.task.model):
+                result = self.task.evaluate()
+        return dist.broadcast(result)
 
     def evaluate_and_react(self) -> bool:
         """Evaluate, then best/, early stopping and grokking detection; True to stop."""
@@ -337,4 +363,6 @@ class Engine:
     def summary(self) -> dict[str, Any]:
         from .report import summarize
 
+        if not dist.is_writer():
+            return {"world_size": dist.world_size()}
         return summarize(self)

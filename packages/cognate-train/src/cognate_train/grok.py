@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from . import checkpoints as ck
 from .config import GrokConfig, compat_fingerprint
+from .distributed import micro_batches
 from .engine import Engine, run
 from .grok_data import modular_dataset, vocab_size
 from .grok_model import GrokDecoder, score
@@ -56,11 +57,13 @@ class GrokTask:
         )
 
     def batches(self, step: int) -> list[torch.Tensor]:
+        # micro-batches of all ranks (the engine shards them) cut from one permutation, so
+        # they are disjoint when they fit in the training set (a new permutation when not)
         n = self.train_rows.shape[0]
-        size = min(self.cfg.batch_size, n)
-        draws = [
-            torch.randperm(n, generator=self.generator)[:size] for _ in range(self.cfg.grad_accum)
-        ]
+        size, m = min(self.cfg.batch_size, n), micro_batches(self.cfg.grad_accum)
+        perms = [torch.randperm(n, generator=self.generator) for _ in range(-(-size * m // n))]
+        order = torch.cat(perms)
+        draws = [order[k * size : (k + 1) * size] for k in range(m)]
         return [self.train_rows[idx.to(self.device)] for idx in draws]
 
     def loss(self, rows: torch.Tensor) -> tuple[torch.Tensor, int, dict[str, float]]:

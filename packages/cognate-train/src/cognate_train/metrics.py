@@ -127,6 +127,19 @@ class MetricsLogger:
             self._tb.close()
 
 
+class NullMetrics:
+    """The metric sinks of a rank that does not write (under torchrun, ranks other than 0)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class StepWindow:
     """The per-step values between two metric records, summed, and the training time they took
     (time spent evaluating or checkpointing is left out through :meth:`paused`)."""

@@ -70,6 +70,7 @@ def build_optimizer(name: str, model: torch.nn.Module, cfg: Any) -> torch.optim.
             grokfast="ema" if name == "mugrokfast" else None,
             grokfast_alpha=cfg.grokfast_alpha,
             grokfast_lambda=cfg.grokfast_lambda,
+            distributed=True,  # under torchrun: Newton-Schulz split across ranks
         )
     raise ValueError(
         f"optimizer must be one of mugrokfast, adamw, muon, grokfast-adamw; got {name!r}"

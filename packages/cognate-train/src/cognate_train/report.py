@@ -8,7 +8,6 @@ evaluation); nothing is estimated.
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,6 +94,7 @@ def render(summaries: list[dict[str, Any]], root: str | Path) -> str:
 
 def summarize(engine: Engine) -> dict[str, Any]:
     """The run's ``summary.json`` (also returned): the engine's figures, the task's, plots."""
+    from .distributed import world_size
     from .plots import plot_run
 
     st, task = engine.state, engine.task
@@ -116,7 +116,7 @@ def summarize(engine: Engine) -> dict[str, Any]:
         "stop_reason": st.stop_reason,
         "time_s": round(st.elapsed_s + (time.perf_counter() - engine.t0), 2),
         "tokens_seen": st.tokens_seen,
-        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "world_size": world_size(),
         "device": str(task.device),
         "final": st.last_eval,
         "best_val_loss": st.best_val_loss if math.isfinite(st.best_val_loss) else None,

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import checkpoints as ck
+from . import distributed as dist
 from .config import ConfigError, to_dict
 from .optim import build_optimizer, build_scheduler, grokfast_lambda, set_grokfast_lambda
 
@@ -123,12 +124,16 @@ class Checkpointer:
         """``checkpoints/step-N`` with everything a resume needs; None when refused."""
         if not self._finite("checkpoint"):
             return None
+        if not dist.is_writer():  # rank 0 writes; the state is the same on every rank
+            return self.manager.root
         return self.manager.save(self.engine.state.step, lambda d: self._write(d, full=True))
 
     def save_named(self, name: str) -> Path | None:
         """``best/`` or ``final/``: the (EMA) weights and trainer state, no optimizer."""
         if not self._finite(f"{name}/"):
             return None
+        if not dist.is_writer():
+            return self.manager.root
         return self.manager.save_named(
             name, self.engine.state.step, lambda d: self._write(d, full=False)
         )
@@ -148,6 +153,7 @@ class Checkpointer:
             "detector": e.detector.state_dict(),
             "grokfast_lambda": grokfast_lambda(e.optimizer),
             "python_rng": list(random.getstate()),
+            "world_size": dist.world_size(),
         }
 
     def _write(self, directory: Path, full: bool) -> None:

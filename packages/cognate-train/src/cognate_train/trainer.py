@@ -28,6 +28,7 @@ import torch
 from . import checkpoints as ck
 from .config import ConfigError, TrainConfig, compat_fingerprint
 from .data import STAGES, CurriculumDataset, active_stages, families_for_stage, stage_at
+from .distributed import micro_batches
 from .engine import Engine, TrainingStopped, run
 from .runtime import autocast, seed_everything
 
@@ -93,12 +94,8 @@ class CurriculumTask:
         device: torch.device,
         model_factory: Callable[[Any], torch.nn.Module] | None = None,
     ) -> None:
-        from transformers.utils import logging as hf_logging
-
         from .data import make_split, split_by_stage
         from .tokenizer import build_tokenizer
-
-        hf_logging.disable_progress_bar()  # no "Writing model shards" bar per checkpoint
 
         self.cfg, self.name, self.device = cfg, specialization, device
         self.fingerprint = compat_fingerprint(cfg, specialization)
@@ -121,7 +118,7 @@ class CurriculumTask:
             raise ConfigError(f"batch-size: {exc}") from None
         self.total_steps = cfg.max_steps
         if cfg.epochs > 0:
-            per_epoch = self.dataset.steps_per_epoch(active[-1]) // cfg.grad_accum
+            per_epoch = self.dataset.steps_per_epoch(active[-1]) // micro_batches(cfg.grad_accum)
             per_epoch *= cfg.steps_per_batch
             self.total_steps = max(1, int(round(cfg.epochs * max(1, per_epoch))))
         seed_everything(cfg.seed)
@@ -143,7 +140,8 @@ class CurriculumTask:
     # -- training ------------------------------------------------------------------------------
 
     def _draw(self, stage: str) -> list[dict[str, torch.Tensor]]:
-        return [self.dataset.next_batch(stage) for _ in range(self.cfg.grad_accum)]
+        n = micro_batches(self.cfg.grad_accum)  # all ranks' (the engine shards them)
+        return [self.dataset.next_batch(stage) for _ in range(n)]
 
     def batches(self, step: int) -> list[dict[str, torch.Tensor]]:
         """A new draw every ``steps_per_batch`` steps, in the curriculum stage of ``step``."""

@@ -35,6 +35,7 @@ from torch.optim.adamw import adamw as _adamw
 from torch.optim.optimizer import _get_value, _to_scalar
 
 from ._state import cast_history, check_int, check_number, group_params, run_closure, with_params
+from .distributed import check_distributed, check_not_sharded, resolve_group
 from .filters import (
     Terms,
     add_terms,
@@ -107,6 +108,11 @@ class MuGrokfast(Optimizer):
             default the gradient dtype). grokfast_warmup_steps: steps with filter updates but no
             amplification.
         foreach: passed to torch's AdamW functional (None: torch's default choice).
+        distributed: ``True`` (or a ``ProcessGroup``) under data parallelism (DDP): each rank
+            runs Newton-Schulz on its share of the Muon matrices and ``all_gather`` shares the
+            results (:mod:`mugrokfast.distributed`); parameters and state stay identical on
+            every rank. A local step without an initialised group or with one rank. Not in
+            state dicts. Default ``False``: every rank does all the work.
     """
 
     def __init__(
@@ -133,7 +139,10 @@ class MuGrokfast(Optimizer):
         ns_eps: float = DEFAULT_NS_EPS,
         grokfast_history_dtype: torch.dtype | None = None,
         foreach: bool | None = None,
+        distributed: bool | Any = False,
     ) -> None:
+        check_distributed(distributed)
+        self.distributed = distributed
         defaults = dict(
             lr=lr,
             betas=tuple(betas) if isinstance(betas, (tuple, list)) else betas,
@@ -276,6 +285,7 @@ class MuGrokfast(Optimizer):
         # also runs in load_state_dict: fill options missing from older/foreign state dicts
         # (only ours: torch's __setstate__ adds "differentiable" to the defaults)
         super().__setstate__(state)
+        self.__dict__.setdefault("distributed", False)  # not in state dicts: a process setting
         for i, group in enumerate(self.param_groups):
             group.setdefault("use_muon", all(p.ndim >= 2 for p in group["params"]))
             group.setdefault("user_group", i)
@@ -309,23 +319,31 @@ class MuGrokfast(Optimizer):
     def step(self, closure=None):  # type: ignore[override]
         """One step: filter the raw gradients, then Muon or AdamW per group."""
         loss = run_closure(closure)
+        process_group = resolve_group(self.distributed)
         for group in self.param_groups:
             params, grads = params_with_grad(group, "MuGrokfast")
             if not params:
                 continue
+            if group["use_muon"]:
+                check_not_sharded(params)
             states = [self.state[p] for p in params]
             # the filter's state is updated here; the amplification g + lambda*h is added
             # inside the update that writes a fresh tensor anyway (see grokfast_terms)
             terms = group_terms(group, grads, states)
             if group["use_muon"]:
-                self._muon(group, params, grads, states, terms)
+                self._muon(group, params, grads, states, terms, process_group)
             else:
                 self._adamw(group, params, grads, states, terms)
         return loss
 
     @staticmethod
     def _muon(
-        group: dict, params: list[Tensor], grads: list[Tensor], states: list[dict], terms
+        group: dict,
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict],
+        terms: list[Terms],
+        process_group: Any,
     ) -> None:
         for p, st in zip(params, states, strict=True):
             if "momentum_buffer" not in st:
@@ -337,7 +355,7 @@ class MuGrokfast(Optimizer):
             # attached: it cycles betas[0] of every group, as it would cycle torch.optim.Muon's
             # momentum; follow it (see the class docstring)
             opts["momentum"] = group["betas"][0]
-        muon_step(params, grads, bufs, terms=terms, **opts)
+        muon_step(params, grads, bufs, terms=terms, process_group=process_group, **opts)
 
     @staticmethod
     def _adamw(

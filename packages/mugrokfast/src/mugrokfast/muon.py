@@ -29,6 +29,7 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import _to_scalar
 
 from ._state import MAX_SCALE, check_int, check_number, group_params, run_closure, with_params
+from .distributed import Dealer, check_distributed, check_not_sharded, resolve_group
 from .filters import Terms, add_terms, params_with_grad
 from .newton_schulz import (
     DEFAULT_NS_COEFFICIENTS,
@@ -129,6 +130,7 @@ def muon_step(
     adjust_lr_fn: str | None,
     ns_dtype: torch.dtype | None,
     terms: list[Terms] | None = None,
+    process_group: Any = None,
 ) -> None:
     """Functional Muon update (see the module docstring) on lists of tensors, in place.
 
@@ -137,6 +139,10 @@ def muon_step(
     matrix at a time, so a filtered step allocates no more than an unfiltered one. Each update
     is formed right before its Newton-Schulz call (not all at once): on CPU a freed matrix-sized
     buffer is reused by the next matrix instead of faulting in fresh pages.
+
+    ``process_group`` (a ``torch.distributed`` group, see :mod:`mugrokfast.distributed`): the
+    Newton-Schulz work is split across its ranks and the results shared with ``all_gather``;
+    every rank must call with the same parameters and gradients. ``None``: all work here.
     """
     if not params:
         return
@@ -168,26 +174,42 @@ def muon_step(
         if p.numel() == 0:  # nothing to update (torch's Muon divides by zero here)
             continue
         flat = (p.shape[0], math.prod(p.shape[1:]))
-        device = grads[i].device
-        alone = i if device.type == "cpu" and not BATCH_ON_CPU else -1
-        batches[(flat, grads[i].dtype, device, alone)].append(i)
+        batches[(flat, grads[i].dtype, grads[i].device)].append(i)
 
-    for (flat, _, device, _), idx in batches.items():
+    def orthogonalise(idx: list[int], flat: tuple[int, int], dtype: torch.dtype):
+        """Yield ``(i, NS(update_i))`` for ``idx``: batched, or one at a time on CPU."""
+        if not idx:
+            return
+        if len(idx) == 1 or (grads[idx[0]].device.type == "cpu" and not BATCH_ON_CPU):
+            for i in idx:
+                U, fresh = direction(i)
+                # NS normalises its input in place: copy unless U is ours and already in dtype
+                X = U.reshape(flat).to(dtype=dtype, copy=not fresh)
+                yield i, newtonschulz_(X, ns_steps, ns_coefficients, eps)
+            return
+        # stack straight into the compute dtype: one copy of the updates, not two
+        X = torch.empty((len(idx), *flat), dtype=dtype, device=grads[idx[0]].device)
+        torch.stack([direction(i)[0].reshape(flat) for i in idx], out=X)
+        yield from zip(idx, newtonschulz_(X, ns_steps, ns_coefficients, eps), strict=True)
+
+    dealer = None if process_group is None else Dealer(process_group)
+    for (flat, _, device), idx in batches.items():
         dtype = default_ns_dtype(device) if ns_dtype is None else ns_dtype
-        if len(idx) == 1:
-            U, fresh = direction(idx[0])
-            # NS normalises its input in place: copy unless U is ours and already in dtype
-            X = U.reshape(flat).to(dtype=dtype, copy=not fresh)
-        else:  # stack straight into the compute dtype: one copy of the updates, not two
-            X = torch.empty((len(idx), *flat), dtype=dtype, device=device)
-            torch.stack([direction(i)[0].reshape(flat) for i in idx], out=X)
-        ortho = newtonschulz_(X, ns_steps, ns_coefficients, eps)  # = zeropower_via_newtonschulz
-        if len(idx) == 1:
-            ortho = ortho.unsqueeze(0)
-        for j, i in enumerate(idx):
+        if dealer is None:
+            results = orthogonalise(idx, flat, dtype)
+        else:  # NS on this rank's share; momentum of the rest still advances here
+            owners = dealer.owners(len(idx))
+            mine = [i for i, r in zip(idx, owners, strict=True) if r == dealer.rank]
+            for i, r in zip(idx, owners, strict=True):
+                if r != dealer.rank:
+                    direction(i)
+            done = dict(orthogonalise(mine, flat, dtype))
+            empty = torch.zeros(flat, dtype=dtype, device=device)
+            results = dealer.gather(idx, owners, done, empty)
+        for i, ortho in results:
             p = params[i]
             p.mul_(1 - lr * weight_decay)
-            p.add_(ortho[j].view(p.shape), alpha=-adjust_lr(lr, adjust_lr_fn, tuple(p.shape)))
+            p.add_(ortho.view(p.shape), alpha=-adjust_lr(lr, adjust_lr_fn, tuple(p.shape)))
 
 
 class Muon(Optimizer):
@@ -198,7 +220,8 @@ class Muon(Optimizer):
     matrices share one batched Newton-Schulz call (off CPU); ``ns_dtype`` picks the NS compute
     dtype (``None``: :func:`~mugrokfast.newton_schulz.default_ns_dtype`, bf16 on CUDA and on
     CPUs with native bf16 matmul, where the numbers equal torch's bit for bit; fp32 on other
-    CPUs). Like torch's there is no ``maximize``, and complex or sparse gradients raise.
+    CPUs); ``distributed=True`` (or a process group) splits the Newton-Schulz work across
+    data-parallel ranks (:mod:`mugrokfast.distributed`). Like torch's there is no ``maximize``, and complex or sparse gradients raise.
     ``params`` may be plain or named (``model.named_parameters()``). Use it for hidden matrices
     only; embeddings, the output head, gains and biases belong to AdamW (see
     :func:`mugrokfast.param_groups` and :class:`mugrokfast.MuGrokfast`).
@@ -216,10 +239,14 @@ class Muon(Optimizer):
         ns_steps: int = DEFAULT_NS_STEPS,
         adjust_lr_fn: str | None = None,
         ns_dtype: torch.dtype | None = None,
+        *,
+        distributed: bool | Any = False,
     ) -> None:
         validate_muon_args(
             lr, weight_decay, momentum, ns_coefficients, eps, ns_steps, adjust_lr_fn, ns_dtype
         )
+        check_distributed(distributed)
+        self.distributed = distributed
         defaults = dict(
             lr=lr,
             weight_decay=weight_decay,
@@ -251,6 +278,7 @@ class Muon(Optimizer):
         # also runs in load_state_dict: fill options a torch.optim.Muon state dict lacks
         # (only ours: torch's __setstate__ adds "differentiable" to the defaults)
         super().__setstate__(state)
+        self.__dict__.setdefault("distributed", False)  # not in state dicts: a process setting
         for group in self.param_groups:
             for key in _GROUP_KEYS:
                 group.setdefault(key, self.defaults[key])
@@ -259,13 +287,16 @@ class Muon(Optimizer):
     def step(self, closure=None):  # type: ignore[override]
         """Perform one Muon step; ``closure`` re-evaluates the loss (optional)."""
         loss = run_closure(closure)
+        process_group = resolve_group(self.distributed)
         for group in self.param_groups:
             params, grads = params_with_grad(group, "Muon")
+            check_not_sharded(params)
             for p in params:
                 if "momentum_buffer" not in self.state[p]:
                     self.state[p]["momentum_buffer"] = torch.zeros_like(
                         p, memory_format=torch.preserve_format
                     )
             bufs = [self.state[p]["momentum_buffer"] for p in params]
-            muon_step(params, grads, bufs, **muon_group_options(group))
+            opts = muon_group_options(group)
+            muon_step(params, grads, bufs, process_group=process_group, **opts)
         return loss

@@ -30,6 +30,7 @@ import torch
 from .. import checkpoints as ck
 from ..config import ConfigError, TrainConfig, compat_fingerprint
 from ..data import STAGES, active_stages, stage_at
+from ..distributed import micro_batches
 from ..runtime import autocast, seed_everything
 from .cache import PreprocessCache
 from .metrics import (
@@ -62,11 +63,8 @@ class RealDataTask:
         model_factory: Callable[[Any], torch.nn.Module] | None = None,
         saved_tokenizer: Path | None = None,
     ) -> None:
-        from transformers.utils import logging as hf_logging
-
         from ..trainer import build_model
 
-        hf_logging.disable_progress_bar()  # no "Writing model shards" bar per checkpoint
         self.cfg, self.name, self.device = cfg, specialization, device
         self.fingerprint = compat_fingerprint(cfg, specialization)
         self.amp = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
@@ -102,7 +100,7 @@ class RealDataTask:
         last = self._pool(self.stages_active[-1])
         self.total_steps = cfg.max_steps
         if cfg.epochs > 0:
-            per_epoch = self.batches_.steps_per_epoch(last) // cfg.grad_accum
+            per_epoch = self.batches_.steps_per_epoch(last) // micro_batches(cfg.grad_accum)
             per_epoch *= cfg.steps_per_batch
             self.total_steps = max(1, int(round(cfg.epochs * max(1, per_epoch))))
         seed_everything(cfg.seed)
@@ -134,7 +132,8 @@ class RealDataTask:
         return stage if stage in self.batches_.pools else next(iter(self.batches_.pools))
 
     def _draw(self, stage: str) -> list[dict[str, torch.Tensor]]:
-        return [self.batches_.next_batch(self._pool(stage)) for _ in range(self.cfg.grad_accum)]
+        n = micro_batches(self.cfg.grad_accum)  # all ranks' (the engine shards them)
+        return [self.batches_.next_batch(self._pool(stage)) for _ in range(n)]
 
     def batches(self, step: int) -> list[dict[str, torch.Tensor]]:
         """A new draw every ``steps_per_batch`` steps, in the curriculum stage of ``step``."""

@@ -1,0 +1,104 @@
+"""Two gloo ranks stepping MuGrokfast / Muon with distributed=True (run by test_distributed.py).
+
+``python dist_worker.py OUT``: forks 2 processes; rank r draws its own gradients (seed 100 + r),
+averages them with all_reduce (what DDP does), steps, and saves its parameters, optimizer state,
+and how many Newton-Schulz calls it ran to ``OUT/rank{r}.pt``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import mugrokfast.muon as muon_mod
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from mugrokfast import MuGrokfast, Muon
+
+WORLD = 2
+STEPS = 3
+# three (16, 8) matrices (one round of 2 + a leftover), and shapes that appear once
+SHAPES = [(16, 8), (16, 8), (16, 8), (8, 16), (12, 4, 3), (5, 7), (0, 4), (7,)]
+
+
+def make_params(seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g).requires_grad_() for s in SHAPES]
+
+
+def local_grads(rank: int, step: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(100 * (step + 1) + rank)
+    return [torch.randn(s, generator=g) for s in SHAPES]
+
+
+def make_optimizers(params_a, params_b, distributed):
+    mgf = MuGrokfast(
+        [{"params": params_a[:-1], "use_muon": True}, {"params": params_a[-1:], "use_muon": False}],
+        grokfast="dual",
+        grokfast_window=2,
+        ns_dtype=torch.float32,
+        distributed=distributed,
+    )
+    muon = Muon(params_b[:-2], lr=0.05, ns_dtype=torch.float32, distributed=distributed)
+    return mgf, muon
+
+
+def _worker(rank: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=WORLD
+    )
+    calls = [0]
+    real_ns = muon_mod.newtonschulz_
+
+    def counting_ns(*args, **kwargs):
+        calls[0] += 1
+        return real_ns(*args, **kwargs)
+
+    muon_mod.newtonschulz_ = counting_ns
+    params_a, params_b = make_params(), make_params()
+    mgf, muon = make_optimizers(params_a, params_b, distributed=True)
+    for step in range(STEPS):
+        grads = local_grads(rank, step)
+        for g in grads:  # DDP's average
+            dist.all_reduce(g)
+            g.div_(WORLD)
+        for p, g in zip(params_a, grads, strict=True):
+            p.grad = g.clone()
+        for p, g in zip(params_b[:-2], grads[:-2], strict=True):
+            p.grad = g.clone()
+        mgf.step()
+        muon.step()
+    result = {
+        "params_a": [p.detach() for p in params_a],
+        "params_b": [p.detach() for p in params_b],
+        "state_a": mgf.state_dict(),
+        "state_b": muon.state_dict(),
+        "ns_calls": calls[0],
+        "dtensor_error": _dtensor_error(),
+    }
+    torch.save(result, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def _dtensor_error() -> str:
+    """The error MuGrokfast raises for an FSDP2-style DTensor matrix."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    w = torch.nn.Parameter(distribute_tensor(torch.randn(8, 4), mesh, [Shard(0)]))
+    opt = MuGrokfast([{"params": [w], "use_muon": True}], grokfast=None, distributed=True)
+    w.grad = distribute_tensor(torch.randn(8, 4), mesh, [Shard(0)])
+    try:
+        opt.step()
+    except ValueError as e:
+        return str(e)
+    return ""
+
+
+if __name__ == "__main__":
+    Path(sys.argv[1]).mkdir(parents=True, exist_ok=True)
+    # fork: the ranks share this process's imported torch instead of importing it again
+    mp.start_processes(_worker, args=(sys.argv[1],), nprocs=WORLD, start_method="fork")
