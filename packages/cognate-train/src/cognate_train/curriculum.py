@@ -38,71 +38,54 @@ def stage_at(step: int, total_steps: int, fractions: Sequence[float]) -> str:
     return active_stages(fractions)[-1]
 
 
-class CurriculumDataset:
-    """Deterministic, resumable stream of encoded training batches for each curriculum stage.
+class StagedStream:
+    """Deterministic, resumable stream of equal-sized batches for each curriculum stage.
 
     Each stage has its own position (epoch, batch index). Epoch e of stage s visits the stage's
-    examples in the order of a permutation drawn from `Random(f"{seed}|{s}|{e}")`, in batches of
+    items in the order of a permutation drawn from `Random(f"{seed}|{s}|{e}")`, in batches of
     `batch_size`; the last incomplete batch of an epoch is dropped so every batch has the same size
-    (the next epoch's shuffle covers those examples). Because the order is a function of (seed,
+    (the next epoch's shuffle covers those items). Because the order is a function of (seed,
     stage, epoch) alone, the state is three integers per stage and resuming is exact.
 
-    `next_batch(stage)` / `batches(stage)` return dicts of tensors only (`encode`'s output).
+    Subclasses say how many items each stage has (`sizes`), name the item (`unit`, for errors)
+    and turn a list of item indices into a batch (`_make_batch`).
     """
 
-    def __init__(
-        self,
-        tokenizer: Any,
-        train_examples: dict[str, list[Example]],
-        batch_size: int,
-        max_len: int,
-        seed: int,
-    ) -> None:
+    unit = "item"
+
+    def __init__(self, sizes: dict[str, int], batch_size: int, seed: int) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 2:
-            raise ValueError(f"max_len must be an int >= 2, got {max_len!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
-        if not train_examples:
-            raise ValueError("train_examples must map at least one stage to examples")
-        for stage, examples in train_examples.items():
-            _check_stage(stage)
-            if len(examples) < batch_size:
-                raise ValueError(
-                    f"train_examples[{stage!r}] has {len(examples)} examples, fewer than "
-                    f"batch_size={batch_size}"
-                )
-        self.tokenizer = tokenizer
-        self.examples = {s: list(ex) for s, ex in train_examples.items()}
+        self.sizes = dict(sizes)
         self.batch_size = batch_size
-        self.max_len = max_len
         self.seed = seed
         self.stage: str | None = None
-        self._pos: dict[str, list[int]] = {s: [0, 0] for s in self.examples}  # [epoch, batch]
+        self._pos: dict[str, list[int]] = {s: [0, 0] for s in self.sizes}  # [epoch, batch]
         self._order_cache: dict[str, tuple[int, list[int]]] = {}
+
+    def _check(self, stage: str) -> None:
+        if stage not in self.sizes:
+            raise ValueError(f"stage {stage!r} has no {self.unit}s; have {list(self.sizes)}")
+
+    def _make_batch(self, stage: str, indices: list[int]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
 
     def steps_per_epoch(self, stage: str) -> int:
         """Batches in one epoch of `stage` (incomplete last batch dropped)."""
-        return len(self._examples_of(stage)) // self.batch_size
+        self._check(stage)
+        return self.sizes[stage] // self.batch_size
 
     def epoch(self, stage: str) -> int:
         """Completed epochs of `stage` so far."""
-        self._examples_of(stage)
+        self._check(stage)
         return self._pos[stage][0]
-
-    def _examples_of(self, stage: str) -> list[Example]:
-        _check_stage(stage)
-        if stage not in self.examples:
-            raise ValueError(
-                f"stage {stage!r} has no training examples; have {list(self.examples)}"
-            )
-        return self.examples[stage]
 
     def _order(self, stage: str, epoch: int) -> list[int]:
         cached = self._order_cache.get(stage)
         if cached is None or cached[0] != epoch:
-            order = list(range(len(self.examples[stage])))
+            order = list(range(self.sizes[stage]))
             random.Random(f"{self.seed}|{stage}|{epoch}").shuffle(order)
             cached = (epoch, order)
             self._order_cache[stage] = cached
@@ -110,22 +93,21 @@ class CurriculumDataset:
 
     def next_batch(self, stage: str) -> dict[str, torch.Tensor]:
         """The next batch of `stage`; advances that stage's position (and rolls to a new epoch)."""
-        examples = self._examples_of(stage)
+        self._check(stage)
         epoch, index = self._pos[stage]
         if index >= self.steps_per_epoch(stage):
             epoch, index = epoch + 1, 0
         order = self._order(stage, epoch)
-        chosen = [
-            examples[i] for i in order[index * self.batch_size : (index + 1) * self.batch_size]
-        ]
-        batch = encode(self.tokenizer, chosen, self.max_len)
+        batch = self._make_batch(
+            stage, order[index * self.batch_size : (index + 1) * self.batch_size]
+        )
         self._pos[stage] = [epoch, index + 1]
         self.stage = stage
         return batch
 
     def batches(self, stage: str) -> Iterator[dict[str, torch.Tensor]]:
         """Infinite stream of `next_batch(stage)` (no read-ahead, so state_dict stays exact)."""
-        self._examples_of(stage)
+        self._check(stage)
         while True:
             yield self.next_batch(stage)
 
@@ -140,34 +122,78 @@ class CurriculumDataset:
             "epoch": epoch,
             "position": position,
             "positions": {s: {"epoch": e, "position": p} for s, (e, p) in self._pos.items()},
-            "sizes": {s: len(ex) for s, ex in self.examples.items()},
+            "sizes": dict(self.sizes),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a position saved by `state_dict`; the data set-up must be the same one."""
         try:
             seed, batch_size, sizes = state["seed"], state["batch_size"], state["sizes"]
-            positions = state["positions"]
-            stage = state["stage"]
+            positions, stage = state["positions"], state["stage"]
         except (KeyError, TypeError) as exc:
             raise ValueError(
-                f"state is not a CurriculumDataset state_dict (missing {exc})"
-            ) from exc
-        mine = {s: len(ex) for s, ex in self.examples.items()}
-        if seed != self.seed or batch_size != self.batch_size or dict(sizes) != mine:
+                f"state is not a {type(self).__name__} state_dict (missing {exc})"
+            ) from None
+        if seed != self.seed or batch_size != self.batch_size or dict(sizes) != self.sizes:
             raise ValueError(
-                "state was saved for different data (seed, batch_size or example counts differ: "
-                f"saved seed={seed} batch_size={batch_size} sizes={dict(sizes)}, "
-                f"now seed={self.seed} batch_size={self.batch_size} sizes={mine})"
+                f"state was saved for different data (seed, batch_size or {self.unit} counts "
+                f"differ: saved seed={seed} batch_size={batch_size} sizes={dict(sizes)}, "
+                f"now seed={self.seed} batch_size={self.batch_size} sizes={self.sizes})"
             )
         new_pos: dict[str, list[int]] = {}
-        for s in self.examples:
+        for s in self.sizes:
             entry = positions.get(s, {"epoch": 0, "position": 0})
             e, p = int(entry["epoch"]), int(entry["position"])
             if e < 0 or not 0 <= p <= self.steps_per_epoch(s):
                 raise ValueError(f"state positions[{s!r}] out of range: {entry}")
             new_pos[s] = [e, p]
         if stage is not None:
-            self._examples_of(stage)
+            self._check(stage)
         self._pos = new_pos
         self.stage = stage
+
+
+class CurriculumDataset(StagedStream):
+    """Encoded training batches of each curriculum stage's examples, as a `StagedStream`.
+
+    `next_batch(stage)` / `batches(stage)` return dicts of tensors only (`encode`'s output).
+    """
+
+    unit = "example"
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        train_examples: dict[str, list[Example]],
+        batch_size: int,
+        max_len: int,
+        seed: int,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 2:
+            raise ValueError(f"max_len must be an int >= 2, got {max_len!r}")
+        if not train_examples:
+            raise ValueError("train_examples must map at least one stage to examples")
+        for stage, examples in train_examples.items():
+            _check_stage(stage)
+            if len(examples) < batch_size:
+                raise ValueError(
+                    f"train_examples[{stage!r}] has {len(examples)} examples, fewer than "
+                    f"batch_size={batch_size}"
+                )
+        self.examples = {s: list(ex) for s, ex in train_examples.items()}
+        super().__init__({s: len(ex) for s, ex in self.examples.items()}, batch_size, seed)
+        self.tokenizer = tokenizer
+        self.max_len = max_len
+
+    def _check(self, stage: str) -> None:
+        _check_stage(stage)
+        if stage not in self.examples:
+            raise ValueError(
+                f"stage {stage!r} has no training examples; have {list(self.examples)}"
+            )
+
+    def _make_batch(self, stage: str, indices: list[int]) -> dict[str, torch.Tensor]:
+        examples = self.examples[stage]
+        return encode(self.tokenizer, [examples[i] for i in indices], self.max_len)

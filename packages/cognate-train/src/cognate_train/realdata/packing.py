@@ -18,14 +18,14 @@ state of a few integers resumes it exactly.
 
 from __future__ import annotations
 
-import random
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from ..curriculum import StagedStream
 from ..data import IGNORE_INDEX
 from .templates import Record
 
@@ -130,118 +130,35 @@ def concat_rows(parts: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return {k: torch.cat([p[k] for p in parts]) for k in ("input_ids", "labels")}
 
 
-class PackedBatches:
+class PackedBatches(StagedStream):
     """Deterministic, resumable stream of packed batches, one pool of rows per stage.
 
     `next_batch(stage)` returns {input_ids, attention_mask (all ones), labels} of shape
     (batch_size, max_len) and advances that stage's (epoch, position); `state_dict()` between
-    two batches resumes exactly there. Same state layout as `CurriculumDataset`.
+    two batches resumes exactly there. The order and state are `StagedStream`'s, as for the
+    generated curriculum's `CurriculumDataset`.
     """
 
+    unit = "row"
+
     def __init__(self, pools: dict[str, dict[str, torch.Tensor]], batch_size: int, seed: int):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
         if not pools:
             raise ValueError("pools must map at least one stage to packed rows")
-        for stage, pool in pools.items():
-            rows = pool["input_ids"].shape[0]
+        sizes = {stage: int(pool["input_ids"].shape[0]) for stage, pool in pools.items()}
+        super().__init__(sizes, batch_size, seed)
+        for stage, rows in sizes.items():
             if rows < batch_size:
                 raise ValueError(
                     f"stage {stage!r} has {rows} packed rows, fewer than batch_size={batch_size}; "
                     "use more data, a smaller max_len or a smaller batch size"
                 )
         self.pools = pools
-        self.batch_size = batch_size
-        self.seed = seed
-        self.stage: str | None = None
-        self._pos: dict[str, list[int]] = {s: [0, 0] for s in pools}  # [epoch, batch]
-        self._order_cache: dict[str, tuple[int, list[int]]] = {}
 
-    def _pool(self, stage: str) -> dict[str, torch.Tensor]:
-        if stage not in self.pools:
-            raise ValueError(f"stage {stage!r} has no rows; have {list(self.pools)}")
-        return self.pools[stage]
-
-    def steps_per_epoch(self, stage: str) -> int:
-        """Batches in one epoch of `stage` (incomplete last batch dropped)."""
-        return self._pool(stage)["input_ids"].shape[0] // self.batch_size
-
-    def epoch(self, stage: str) -> int:
-        """Completed epochs of `stage` so far."""
-        self._pool(stage)
-        return self._pos[stage][0]
-
-    def _order(self, stage: str, epoch: int) -> list[int]:
-        cached = self._order_cache.get(stage)
-        if cached is None or cached[0] != epoch:
-            order = list(range(self.pools[stage]["input_ids"].shape[0]))
-            random.Random(f"{self.seed}|{stage}|{epoch}").shuffle(order)
-            cached = (epoch, order)
-            self._order_cache[stage] = cached
-        return cached[1]
-
-    def next_batch(self, stage: str) -> dict[str, torch.Tensor]:
-        """The next batch of `stage`; advances its position (rolling over to a new epoch)."""
-        pool = self._pool(stage)
-        epoch, index = self._pos[stage]
-        if index >= self.steps_per_epoch(stage):
-            epoch, index = epoch + 1, 0
-        order = self._order(stage, epoch)
-        chosen = torch.tensor(order[index * self.batch_size : (index + 1) * self.batch_size])
+    def _make_batch(self, stage: str, indices: list[int]) -> dict[str, torch.Tensor]:
+        pool, chosen = self.pools[stage], torch.tensor(indices)
         input_ids = pool["input_ids"][chosen]
-        batch = {
+        return {
             "input_ids": input_ids,
             "attention_mask": torch.ones_like(input_ids),
             "labels": pool["labels"][chosen],
         }
-        self._pos[stage] = [epoch, index + 1]
-        self.stage = stage
-        return batch
-
-    def batches(self, stage: str) -> Iterator[dict[str, torch.Tensor]]:
-        """Infinite stream of `next_batch(stage)` (no read-ahead, so state_dict stays exact)."""
-        self._pool(stage)
-        while True:
-            yield self.next_batch(stage)
-
-    def state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable position: current stage, its epoch/position, and every stage's."""
-        current = self.stage
-        epoch, position = self._pos[current] if current is not None else (0, 0)
-        return {
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "stage": current,
-            "epoch": epoch,
-            "position": position,
-            "positions": {s: {"epoch": e, "position": p} for s, (e, p) in self._pos.items()},
-            "sizes": {s: int(p["input_ids"].shape[0]) for s, p in self.pools.items()},
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a position saved by `state_dict`; the pools must be the same ones."""
-        try:
-            seed, batch_size, sizes = state["seed"], state["batch_size"], state["sizes"]
-            positions, stage = state["positions"], state["stage"]
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"state is not a PackedBatches state_dict (missing {exc})") from None
-        mine = {s: int(p["input_ids"].shape[0]) for s, p in self.pools.items()}
-        if seed != self.seed or batch_size != self.batch_size or dict(sizes) != mine:
-            raise ValueError(
-                "state was saved for different data (seed, batch_size or row counts differ: "
-                f"saved seed={seed} batch_size={batch_size} sizes={dict(sizes)}, "
-                f"now seed={self.seed} batch_size={self.batch_size} sizes={mine})"
-            )
-        new_pos: dict[str, list[int]] = {}
-        for s in self.pools:
-            entry = positions.get(s, {"epoch": 0, "position": 0})
-            e, p = int(entry["epoch"]), int(entry["position"])
-            if e < 0 or not 0 <= p <= self.steps_per_epoch(s):
-                raise ValueError(f"state positions[{s!r}] out of range: {entry}")
-            new_pos[s] = [e, p]
-        if stage is not None:
-            self._pool(stage)
-        self._pos = new_pos
-        self.stage = stage
