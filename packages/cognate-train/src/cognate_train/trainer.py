@@ -81,7 +81,66 @@ def _probe(train: list, n_per_family: int) -> list:
     return probe
 
 
-class CurriculumTask:
+class StagedTask:
+    """The curriculum half of a language-model task: micro-batches drawn from a `StagedStream`
+    (``self.stream``) in the stage of each step, one draw per ``steps_per_batch`` optimizer
+    steps, and the draw position in the checkpoint so a resumed run is bit-exact.
+
+    The host class sets ``cfg``, ``total_steps``, ``stream``, ``model``, ``tokenizer``, and
+    ``current = []``, ``data_at_draw = stream.state_dict()``, ``draw_stage = STAGES[0]``.
+    """
+
+    def _stream_stage(self, stage: str) -> str:
+        """The stream's stage that curriculum stage `stage` trains on."""
+        return stage
+
+    def _epochs_to_steps(self, last_stage: str) -> int:
+        """`cfg.max_steps`, or `cfg.epochs` epochs of the last active stage in optimizer steps."""
+        cfg = self.cfg
+        if cfg.epochs <= 0:
+            return cfg.max_steps
+        per_epoch = self.stream.steps_per_epoch(last_stage) // micro_batches(cfg.grad_accum)
+        per_epoch *= cfg.steps_per_batch
+        return max(1, int(round(cfg.epochs * max(1, per_epoch))))
+
+    def _draw(self, stage: str) -> list[dict[str, torch.Tensor]]:
+        n = micro_batches(self.cfg.grad_accum)  # all ranks' (the engine shards them)
+        return [self.stream.next_batch(self._stream_stage(stage)) for _ in range(n)]
+
+    def batches(self, step: int) -> list[dict[str, torch.Tensor]]:
+        """A new draw every ``steps_per_batch`` steps, in the curriculum stage of ``step``."""
+        if step % self.cfg.steps_per_batch == 0 or not self.current:
+            self.data_at_draw = self.stream.state_dict()
+            self.draw_stage = stage_at(step, self.total_steps, self.cfg.stage_fractions)
+            self.current = self._draw(self.draw_stage)
+        return self.current
+
+    def log_extras(self, step: int) -> dict[str, float]:
+        stage = stage_at(step, self.total_steps, self.cfg.stage_fractions)
+        return {"curriculum/stage": STAGES.index(stage)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "data": self.stream.state_dict(),
+            "data_at_draw": self.data_at_draw,
+            "draw_stage": self.draw_stage,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], step: int) -> None:
+        self.data_at_draw = state["data_at_draw"]
+        if step % self.cfg.steps_per_batch != 0:
+            # mid-way through a batch's supervision steps: redraw that batch
+            self.stream.load_state_dict(state["data_at_draw"])
+            self.draw_stage = state["draw_stage"]
+            self.current = self._draw(self.draw_stage)
+        self.stream.load_state_dict(state["data"])
+
+    def save_weights(self, directory: Path) -> None:
+        ck.save_weights(self.model, directory)
+        self.tokenizer.save_pretrained(directory)
+
+
+class CurriculumTask(StagedTask):
     """One specialization on the curriculum, as the engine's :class:`~cognate_train.engine.Task`."""
 
     console_every = 1
@@ -111,23 +170,19 @@ class CurriculumTask:
         self.train_probe = _probe(train, cfg.n_val)
         by_stage = {s: ex for s, ex in split_by_stage(train).items() if s in active}
         try:
-            self.dataset = CurriculumDataset(
+            self.stream = CurriculumDataset(
                 self.tokenizer, by_stage, cfg.batch_size, cfg.max_len, cfg.seed
             )
         except ValueError as exc:
             raise ConfigError(f"batch-size: {exc}") from None
-        self.total_steps = cfg.max_steps
-        if cfg.epochs > 0:
-            per_epoch = self.dataset.steps_per_epoch(active[-1]) // micro_batches(cfg.grad_accum)
-            per_epoch *= cfg.steps_per_batch
-            self.total_steps = max(1, int(round(cfg.epochs * max(1, per_epoch))))
+        self.total_steps = self._epochs_to_steps(active[-1])
         seed_everything(cfg.seed)
         make = model_factory or (
             lambda tok: build_model(cfg.model_preset, specialization, tok, cfg.max_len)
         )
         self.model = make(self.tokenizer).to(device)
         self.current: list[dict[str, torch.Tensor]] = []
-        self.data_at_draw: dict[str, Any] = self.dataset.state_dict()
+        self.data_at_draw: dict[str, Any] = self.stream.state_dict()
         self.draw_stage = STAGES[0]
 
     def describe(self) -> str:
@@ -139,18 +194,6 @@ class CurriculumTask:
 
     # -- training ------------------------------------------------------------------------------
 
-    def _draw(self, stage: str) -> list[dict[str, torch.Tensor]]:
-        n = micro_batches(self.cfg.grad_accum)  # all ranks' (the engine shards them)
-        return [self.dataset.next_batch(stage) for _ in range(n)]
-
-    def batches(self, step: int) -> list[dict[str, torch.Tensor]]:
-        """A new draw every ``steps_per_batch`` steps, in the curriculum stage of ``step``."""
-        if step % self.cfg.steps_per_batch == 0 or not self.current:
-            self.data_at_draw = self.dataset.state_dict()
-            self.draw_stage = stage_at(step, self.total_steps, self.cfg.stage_fractions)
-            self.current = self._draw(self.draw_stage)
-        return self.current
-
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, dict[str, float]]:
         mb = {k: v.to(self.device) for k, v in batch.items()}
         with autocast(self.device, self.amp):
@@ -158,30 +201,6 @@ class CurriculumTask:
                 input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], labels=mb["labels"]
             )
         return out.loss, int(mb["attention_mask"].sum()), model_aux_metrics(out)
-
-    def log_extras(self, step: int) -> dict[str, float]:
-        stage = stage_at(step, self.total_steps, self.cfg.stage_fractions)
-        return {"curriculum/stage": STAGES.index(stage)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "data": self.dataset.state_dict(),
-            "data_at_draw": self.data_at_draw,
-            "draw_stage": self.draw_stage,
-        }
-
-    def load_state_dict(self, state: dict[str, Any], step: int) -> None:
-        self.data_at_draw = state["data_at_draw"]
-        if step % self.cfg.steps_per_batch != 0:
-            # mid-way through a batch's supervision steps: redraw that batch
-            self.dataset.load_state_dict(state["data_at_draw"])
-            self.draw_stage = state["draw_stage"]
-            self.current = self._draw(self.draw_stage)
-        self.dataset.load_state_dict(state["data"])
-
-    def save_weights(self, directory: Path) -> None:
-        ck.save_weights(self.model, directory)
-        self.tokenizer.save_pretrained(directory)
 
     # -- evaluation and outputs ----------------------------------------------------------------
 

@@ -29,9 +29,9 @@ import torch
 
 from .. import checkpoints as ck
 from ..config import ConfigError, TrainConfig, compat_fingerprint
-from ..data import STAGES, active_stages, stage_at
-from ..distributed import micro_batches
+from ..data import STAGES, active_stages
 from ..runtime import autocast, seed_everything
+from ..trainer import StagedTask, build_model, model_aux_metrics
 from .cache import PreprocessCache
 from .metrics import (
     choice_loglikelihoods,
@@ -49,7 +49,7 @@ from .tokenizer import load_tokenizer, tokenizer_fingerprint
 __all__ = ["RealDataTask"]
 
 
-class RealDataTask:
+class RealDataTask(StagedTask):
     """One specialization on real data, as the engine's task (see the module docstring)."""
 
     console_every = 1
@@ -63,8 +63,6 @@ class RealDataTask:
         model_factory: Callable[[Any], torch.nn.Module] | None = None,
         saved_tokenizer: Path | None = None,
     ) -> None:
-        from ..trainer import build_model
-
         self.cfg, self.name, self.device = cfg, specialization, device
         self.fingerprint = compat_fingerprint(cfg, specialization)
         self.amp = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
@@ -96,26 +94,22 @@ class RealDataTask:
             raise ConfigError(f"data: {msg}", field="data") from None
         self.tokenizer = self.real.tokenizer
         self.names = [n for n in self.real.val]
-        self.batches_ = self.real.batches
-        last = self._pool(self.stages_active[-1])
-        self.total_steps = cfg.max_steps
-        if cfg.epochs > 0:
-            per_epoch = self.batches_.steps_per_epoch(last) // micro_batches(cfg.grad_accum)
-            per_epoch *= cfg.steps_per_batch
-            self.total_steps = max(1, int(round(cfg.epochs * max(1, per_epoch))))
+        self.stream = self.real.batches
+        last = self._stream_stage(self.stages_active[-1])
+        self.total_steps = self._epochs_to_steps(last)
         seed_everything(cfg.seed)
         make = model_factory or (
             lambda tok: build_model(cfg.model_preset, specialization, tok, cfg.max_len)
         )
         self.model = make(self.tokenizer).to(device)
         self.current: list[dict[str, torch.Tensor]] = []
-        self.data_at_draw: dict[str, Any] = self.batches_.state_dict()
+        self.data_at_draw: dict[str, Any] = self.stream.state_dict()
         self.draw_stage = STAGES[0]
         self._val_records: dict[str, list[Record]] | None = None
 
     def describe(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())
-        rows = {s: int(p["input_ids"].shape[0]) for s, p in self.batches_.pools.items()}
+        rows = {s: int(p["input_ids"].shape[0]) for s, p in self.stream.pools.items()}
         skipped = len(self.real.summary.get("skipped", []))
         return (
             f"[{self.name}] {self.cfg.model_preset} ({n / 1e6:.2f}M params), optimizer "
@@ -127,25 +121,11 @@ class RealDataTask:
 
     # -- training ------------------------------------------------------------------------------
 
-    def _pool(self, stage: str) -> str:
+    def _stream_stage(self, stage: str) -> str:
         """The pool a stage trains on: its own (seeds) or the one pool of --data NAMES."""
-        return stage if stage in self.batches_.pools else next(iter(self.batches_.pools))
-
-    def _draw(self, stage: str) -> list[dict[str, torch.Tensor]]:
-        n = micro_batches(self.cfg.grad_accum)  # all ranks' (the engine shards them)
-        return [self.batches_.next_batch(self._pool(stage)) for _ in range(n)]
-
-    def batches(self, step: int) -> list[dict[str, torch.Tensor]]:
-        """A new draw every ``steps_per_batch`` steps, in the curriculum stage of ``step``."""
-        if step % self.cfg.steps_per_batch == 0 or not self.current:
-            self.data_at_draw = self.batches_.state_dict()
-            self.draw_stage = stage_at(step, self.total_steps, self.cfg.stage_fractions)
-            self.current = self._draw(self.draw_stage)
-        return self.current
+        return stage if stage in self.stream.pools else next(iter(self.stream.pools))
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, dict[str, float]]:
-        from ..trainer import model_aux_metrics
-
         mb = {k: v.to(self.device) for k, v in batch.items()}
         with autocast(self.device, self.amp):
             out = self.model(
@@ -154,17 +134,8 @@ class RealDataTask:
         # packed rows hold no padding: every position is a real token
         return out.loss, int(mb["input_ids"].numel()), model_aux_metrics(out)
 
-    def log_extras(self, step: int) -> dict[str, float]:
-        stage = stage_at(step, self.total_steps, self.cfg.stage_fractions)
-        return {"curriculum/stage": STAGES.index(stage)}
-
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "data": self.batches_.state_dict(),
-            "data_at_draw": self.data_at_draw,
-            "draw_stage": self.draw_stage,
-            "tokenizer": tokenizer_fingerprint(self.tokenizer),
-        }
+        return {**super().state_dict(), "tokenizer": tokenizer_fingerprint(self.tokenizer)}
 
     def load_state_dict(self, state: dict[str, Any], step: int) -> None:
         mine = tokenizer_fingerprint(self.tokenizer)
@@ -175,19 +146,9 @@ class RealDataTask:
                 "--tokenizer (or --resume never)"
             )
         try:
-            self.data_at_draw = state["data_at_draw"]
-            if step % self.cfg.steps_per_batch != 0:
-                # mid-way through a batch's supervision steps: redraw that batch
-                self.batches_.load_state_dict(state["data_at_draw"])
-                self.draw_stage = state["draw_stage"]
-                self.current = self._draw(self.draw_stage)
-            self.batches_.load_state_dict(state["data"])
+            super().load_state_dict(state, step)
         except ValueError as exc:
             raise ck.CheckpointError(f"data: {exc}") from None
-
-    def save_weights(self, directory: Path) -> None:
-        ck.save_weights(self.model, directory)
-        self.tokenizer.save_pretrained(directory)
 
     # -- evaluation and outputs ----------------------------------------------------------------
 
