@@ -66,7 +66,7 @@ def test_specializations_differ_only_in_config():
     assert s.trm_cycles < base.trm_cycles < r.trm_cycles
     assert s.act_threshold < base.act_threshold < r.act_threshold
     assert s.ponder_weight > base.ponder_weight
-    assert m.d_memory == 2 * base.d_memory and m.ltm_decay_max > base.ltm_decay_max
+    assert base.ltm_type == "ema" and m.ltm_type == "titans" and m.memory_layers() == (7,)
     assert r.specialization == "reasoning" and r.preset == "cognate-25m"
 
 
@@ -139,7 +139,8 @@ def test_config_json_round_trip(tmp_path):
     d = CognateConfig.from_pretrained(tmp_path)
     for key in (
         "d_memory",
-        "ltm_decay_max",
+        "ltm_type",
+        "mag_layers",
         "specialization",
         "preset",
         "deep_supervision_weights",

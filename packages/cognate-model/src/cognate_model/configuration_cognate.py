@@ -5,10 +5,11 @@ and `AutoConfig` knows it once `cognate_model` is imported. Every value is valid
 construction; a bad value raises `ValueError` naming the field.
 
 Presets (`CognateConfig.from_preset`) fix the sizes; the three specializations change only
-behaviour knobs (recursion depth, halting, memory size and time scales), never the code:
+behaviour knobs (recursion depth, halting, the kind of long-term memory), never the code:
 
 - ``reasoning``: more refinement cycles, a stricter halting threshold, light ponder cost;
-- ``memory``: twice the memory width and longer memory time scales (decays up to 0.9999);
+- ``memory``: Titans' neural memory (``ltm_type="titans"``, MAG in the last layer) instead of
+  the EMA memory: it measured better on long-range recall (benchmarks/long_recall.py);
 - ``speed``: fewer cycles and micro steps, an eager halting threshold, a heavier ponder cost,
   so it spends fewer cycles per token on average.
 """
@@ -73,8 +74,7 @@ SPECIALIZATIONS: dict[str, dict[str, Any]] = {
     "memory": dict(
         trm_cycles=3,
         trm_micro_steps=2,
-        d_memory_multiplier=2,
-        ltm_decay_max=0.9999,
+        ltm_type="titans",  # benchmarks/results/long_recall.md: titans recalls, ema does not
     ),
     "speed": dict(
         trm_cycles=2,
@@ -328,8 +328,6 @@ class CognateConfig(PretrainedConfig):
         values = copy.deepcopy(PRESETS[name])
         if specialization is not None:
             spec = dict(SPECIALIZATIONS[specialization])
-            multiplier = spec.pop("d_memory_multiplier", 1)
-            values["d_memory"] = values["d_memory"] * multiplier
             values.update(spec)
         values.update(overrides)
         return cls(preset=name, specialization=specialization, **values)
