@@ -11,9 +11,12 @@ def expected_parameters(c: CognateConfig) -> int:
     attn, mlp = 4 * D * D, 3 * D * F
     block = attn + mlp + 2 * D  # two RMSNorm gains
     total = V * D + c.n_layers * block + D  # embedding, blocks, final norm
-    if c.use_ltm:
+    if c.use_ltm and c.ltm_type == "ema":
         total += 2 * D * Cm + Cm  # down, up, decay logits
         total += 2 * D * D + D + D  # MAG gate (with bias), memory norm
+    if c.use_ltm and c.ltm_type == "titans":  # per MAG layer: q, k, v, o, rates, W_0, gate norm
+        hd = D // c.n_heads
+        total += len(c.memory_layers()) * (4 * D * D + 3 * c.n_heads * (D + 1) + D * hd + D)
     total += attn + mlp + 3 * D  # the recursion's block: kv, attn and mlp norms
     if c.use_act:
         total += D + D + 1  # norm, halting Linear(D, 1)
@@ -43,7 +46,14 @@ def test_preset_parameter_counts(name, spec):
 
 
 def test_untied_and_ablated_counts_follow_the_formula():
-    for kw in ({"tie_word_embeddings": False}, {"use_ltm": False}, {"use_act": False}):
+    for kw in (
+        {"tie_word_embeddings": False},
+        {"use_ltm": False},
+        {"use_act": False},
+        {"ltm_type": "titans"},
+        {"ltm_type": "titans", "mag_layers": [0, 1]},
+        {"ltm_type": "titans", "use_ltm": False},
+    ):
         config = CognateConfig.from_preset("cognate-tiny", **kw)
         assert count(config) == expected_parameters(config)
 
@@ -56,7 +66,7 @@ def test_specializations_differ_only_in_config():
     assert s.trm_cycles < base.trm_cycles < r.trm_cycles
     assert s.act_threshold < base.act_threshold < r.act_threshold
     assert s.ponder_weight > base.ponder_weight
-    assert m.d_memory == 2 * base.d_memory and m.ltm_decay_max > base.ltm_decay_max
+    assert base.ltm_type == "ema" and m.ltm_type == "titans" and m.memory_layers() == (7,)
     assert r.specialization == "reasoning" and r.preset == "cognate-25m"
 
 
@@ -129,9 +139,36 @@ def test_config_json_round_trip(tmp_path):
     d = CognateConfig.from_pretrained(tmp_path)
     for key in (
         "d_memory",
-        "ltm_decay_max",
+        "ltm_type",
+        "mag_layers",
         "specialization",
         "preset",
         "deep_supervision_weights",
     ):
         assert getattr(d, key) == getattr(c, key)
+
+
+def test_titans_memory_layers():
+    tiny = CognateConfig.from_preset("cognate-tiny")
+    assert tiny.ltm_type == "ema" and tiny.memory_layers() == ()
+    assert CognateConfig.from_preset("cognate-tiny", ltm_type="titans").memory_layers() == (1,)
+    both = CognateConfig.from_preset("cognate-tiny", ltm_type="titans", mag_layers=[1, 0])
+    assert both.memory_layers() == (0, 1)
+    off = CognateConfig.from_preset("cognate-tiny", ltm_type="titans", use_ltm=False)
+    assert off.memory_layers() == ()
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"ltm_type": "lstm"}, "ltm_type"),
+        ({"mag_layers": [2]}, "mag_layers"),
+        ({"mag_layers": [0, 0]}, "mag_layers"),
+        ({"mag_layers": []}, "mag_layers"),
+        ({"mag_layers": [True]}, "mag_layers"),
+        ({"ltm_type": "titans", "window_size": 4}, "ltm_chunk_size"),
+    ],
+)
+def test_titans_fields_are_validated(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        CognateConfig.from_preset("cognate-tiny", **overrides)

@@ -25,9 +25,10 @@ def test_standard_attribute_names_map_to_ours():
     assert config.n_layers == 5
 
 
+@pytest.mark.parametrize("ltm_type", ["ema", "titans"])
 @pytest.mark.parametrize("tied", [True, False])
-def test_save_pretrained_round_trip(tmp_path, make_tiny, tied):
-    model = make_tiny(tie_word_embeddings=tied)
+def test_save_pretrained_round_trip(tmp_path, make_tiny, tied, ltm_type):
+    model = make_tiny(tie_word_embeddings=tied, ltm_type=ltm_type)
     model.save_pretrained(tmp_path)
     files = {p.name for p in tmp_path.iterdir()}
     assert "model.safetensors" in files and not any(f.endswith(".bin") for f in files)

@@ -22,6 +22,7 @@ FILES = {
     "memory.py",
     "modeling_cognate.py",
     "recursion.py",
+    "titans.py",
 }
 
 

@@ -309,3 +309,33 @@ def test_memory_gate_formula():
     rms = mem / mem.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt() * gate.norm.weight
     torch.testing.assert_close(out, y * torch.sigmoid(rms))
     torch.testing.assert_close(diag["gate"], torch.sigmoid(rms))
+
+
+def test_model_with_titans_trains_every_parameter_and_logs_per_layer(make_tiny):
+    model = make_tiny(ltm_type="titans", mag_layers=[0, 1]).train()
+    ids = torch.randint(0, 256, (2, 30))
+    out = model(ids, labels=ids)
+    out.loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().max() > 0, name
+    metrics = dict(out.metrics)
+    for i in (0, 1):
+        for key in ("surprise", "gate_mean", "memory_norm"):
+            assert f"ltm/{key}/layer{i}" in metrics
+    layers = [metrics[f"ltm/gate_mean/layer{i}"] for i in (0, 1)]
+    assert metrics["ltm/gate_mean"] == pytest.approx(sum(layers) / 2, rel=1e-6)
+    assert "ltm/usage" not in metrics and "ltm/gate_entropy" not in metrics  # ema-only terms
+    assert len(out.memory_state) == 2 and all(isinstance(s, TitansState) for s in out.memory_state)
+
+
+def test_model_memory_state_continues_the_stream(make_tiny):
+    """memory_state returned by one call seeds the next (exact continuation is what the
+    streaming and cache tests check); an EMA-shaped state is rejected by name."""
+    model = make_tiny(ltm_type="titans")
+    ids = torch.randint(0, 256, (2, 20))
+    first = model(ids, use_cache=False)
+    fresh = model(ids, use_cache=False).logits
+    carried = model(ids, memory_state=first.memory_state, use_cache=False).logits
+    assert (carried - fresh).abs().max() > 1e-6
+    with pytest.raises(ValueError, match="memory_state"):
+        model(ids, memory_state=torch.zeros(2, 16), use_cache=False)

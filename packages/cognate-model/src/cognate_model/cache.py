@@ -9,8 +9,10 @@ and at token 100 000:
 - the recursion's cross-attention (`cache.recursion`, a `WindowKV`): the projected feature
   keys/values, same window, since the TRM latent attends only to backbone features and the rest
   of a refinement step is per position;
-- the long-term memory (`cache.memory`, a `MemoryState`): the LTM state after the last real
-  token (B, d_memory);
+- the long-term memory: with ltm_type "ema" (`cache.memory`, a `MemoryState`) the LTM state
+  after the last real token (B, d_memory); with "titans" (`cache.titans[j]`, one
+  `TitansMemoryState` per MAG layer) each layer's `TitansState`: memory weights, momentum and
+  the sums of the incomplete chunk (a few d x d matrices per head, whatever the length);
 - which cached positions are padding (`cache.padding`, `WindowFlags`) and how many positions
   were seen (`cache.seen_tokens`, the next position's rotary index).
 
@@ -138,6 +140,21 @@ class MemoryState(_BatchState):
         self.state: Tensor | None = None
 
 
+class TitansMemoryState(_BatchState):
+    """One MAG layer's Titans memory state (a `titans.TitansState`, every tensor batch-first);
+    None at start."""
+
+    def __init__(self) -> None:
+        self.state: Any = None
+
+    def _map(self, fn: Callable[[Tensor], Tensor]) -> None:
+        if self.state is not None:
+            self.state = type(self.state)(*(fn(t) for t in self.state))
+
+    def reset(self) -> None:
+        self.state = None
+
+
 class CognateCache(Cache):
     """The cache `CognateForCausalLM.generate` carries between steps (a `transformers.Cache`).
 
@@ -152,12 +169,13 @@ class CognateCache(Cache):
         super().__init__(layers=[WindowKV(window) for _ in range(config.n_layers)])
         self.recursion = WindowKV(window)
         self.memory = MemoryState()
+        self.titans = [TitansMemoryState() for _ in config.memory_layers()]
         self.padding = WindowFlags(window)
         self.seen_tokens = 0
 
     def parts(self) -> Iterator[_BatchState]:
         yield from self.layers
-        yield from (self.recursion, self.memory, self.padding)
+        yield from (self.recursion, self.memory, *self.titans, self.padding)
 
     def step(self, attention_mask: Tensor | None, seq_len: int) -> tuple[int, int, Tensor | None]:
         """Start a forward over `seq_len` new tokens (their (B, T) mask or None).
@@ -210,4 +228,4 @@ class CognateCache(Cache):
         return -1 if held is None else held.shape[0]
 
 
-__all__ = ["CognateCache", "MemoryState", "WindowFlags", "WindowKV"]
+__all__ = ["CognateCache", "MemoryState", "TitansMemoryState", "WindowFlags", "WindowKV"]

@@ -5,10 +5,11 @@ and `AutoConfig` knows it once `cognate_model` is imported. Every value is valid
 construction; a bad value raises `ValueError` naming the field.
 
 Presets (`CognateConfig.from_preset`) fix the sizes; the three specializations change only
-behaviour knobs (recursion depth, halting, memory size and time scales), never the code:
+behaviour knobs (recursion depth, halting, the kind of long-term memory), never the code:
 
 - ``reasoning``: more refinement cycles, a stricter halting threshold, light ponder cost;
-- ``memory``: twice the memory width and longer memory time scales (decays up to 0.9999);
+- ``memory``: Titans' neural memory (``ltm_type="titans"``, MAG in the last layer) instead of
+  the EMA memory: it measured better on long-range recall (benchmarks/long_recall.py);
 - ``speed``: fewer cycles and micro steps, an eager halting threshold, a heavier ponder cost,
   so it spends fewer cycles per token on average.
 """
@@ -20,6 +21,8 @@ import math
 from typing import Any, ClassVar
 
 from transformers import PretrainedConfig
+
+LTM_TYPES = ("ema", "titans")
 
 # The default deep-supervision weights for y0..y3 (3 cycles), from the original design.
 DEFAULT_SUPERVISION_WEIGHTS: tuple[float, ...] = (0.33, 0.5, 0.75, 1.0)
@@ -71,8 +74,7 @@ SPECIALIZATIONS: dict[str, dict[str, Any]] = {
     "memory": dict(
         trm_cycles=3,
         trm_micro_steps=2,
-        d_memory_multiplier=2,
-        ltm_decay_max=0.9999,
+        ltm_type="titans",  # benchmarks/results/long_recall.md: titans recalls, ema does not
     ),
     "speed": dict(
         trm_cycles=2,
@@ -110,10 +112,17 @@ class CognateConfig(PretrainedConfig):
         input accepted), window_size (sliding-window attention: position t sees t-window+1..t),
         rope_theta, rms_norm_eps, dropout, initializer_range, tie_word_embeddings.
     Long-term memory (Titans MAG):
-        use_ltm, d_memory (width of the decaying memory stream), ltm_decay_min / ltm_decay_max
+        use_ltm, ltm_type ("ema": the decaying memory stream after the backbone, blended by a
+        gate; "titans": Titans' neural memory gating the attention of the layers in
+        mag_layers).
+        ema: d_memory (width of the decaying memory stream), ltm_decay_min / ltm_decay_max
         (initial per-channel decays a, spread geometrically in time scale 1/(1-a)),
         ltm_chunk_size (block length of the parallel scan; a speed knob, not a semantic one),
         gate_entropy_weight (weight of ln2 - H(g), which keeps the gate from saturating early).
+        titans: mag_layers (indices of the backbone layers with a memory branch; None: the
+        last), ltm_chunk_size (tokens per memory update: each chunk is one gradient step, and
+        the tokens of an incomplete chunk are read only once it completes, so it must not
+        exceed window_size).
     TRM recursion:
         trm_cycles, trm_micro_steps, detach_between_cycles (True: every cycle runs with gradient
         from a detached (y, z), so each deep-supervision term trains its own cycle; False: TRM's
@@ -154,6 +163,8 @@ class CognateConfig(PretrainedConfig):
     tie_word_embeddings: bool = True
 
     use_ltm: bool = True
+    ltm_type: str = "ema"
+    mag_layers: list[int] | None = None
     d_memory: int = 160
     ltm_decay_min: float = 0.5
     ltm_decay_max: float = 0.999
@@ -256,6 +267,36 @@ class CognateConfig(PretrainedConfig):
                 f"specialization must be one of {sorted(SPECIALIZATIONS)} or None, "
                 f"got {self.specialization!r}"
             )
+        self._validate_titans()
+
+    def _validate_titans(self) -> None:
+        if self.ltm_type not in LTM_TYPES:
+            raise ValueError(f"ltm_type must be one of {list(LTM_TYPES)}, got {self.ltm_type!r}")
+        if self.mag_layers is not None:
+            layers = list(self.mag_layers)
+            if (
+                not layers
+                or any(isinstance(i, bool) or not isinstance(i, int) for i in layers)
+                or any(not 0 <= i < self.n_layers for i in layers)
+                or len(set(layers)) != len(layers)
+            ):
+                raise ValueError(
+                    f"mag_layers must be distinct layer indices in [0, n_layers={self.n_layers}), "
+                    f"or None, got {self.mag_layers!r}"
+                )
+            self.mag_layers = sorted(layers)
+        if self.use_ltm and self.ltm_type == "titans" and self.ltm_chunk_size > self.window_size:
+            raise ValueError(
+                f"ltm_chunk_size ({self.ltm_chunk_size}) must not exceed window_size "
+                f"({self.window_size}) with ltm_type='titans': the tokens of an incomplete chunk "
+                "are visible only through attention"
+            )
+
+    def memory_layers(self) -> tuple[int, ...]:
+        """The backbone layers with a Titans memory branch (none unless ltm_type='titans')."""
+        if not (self.use_ltm and self.ltm_type == "titans"):
+            return ()
+        return tuple(self.mag_layers) if self.mag_layers is not None else (self.n_layers - 1,)
 
     @property
     def head_dim(self) -> int:
@@ -287,8 +328,6 @@ class CognateConfig(PretrainedConfig):
         values = copy.deepcopy(PRESETS[name])
         if specialization is not None:
             spec = dict(SPECIALIZATIONS[specialization])
-            multiplier = spec.pop("d_memory_multiplier", 1)
-            values["d_memory"] = values["d_memory"] * multiplier
             values.update(spec)
         values.update(overrides)
         return cls(preset=name, specialization=specialization, **values)

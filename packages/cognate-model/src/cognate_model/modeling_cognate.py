@@ -5,14 +5,16 @@ Data flow and shapes (B batch, T tokens, D = d_model, Cm = d_memory, C = trm_cyc
     input_ids (B, T)  (or inputs_embeds (B, T, D))
       -> token embedding                                         (B, T, D)
       -> n_layers x [sliding-window self-attention, SwiGLU]      (B, T, D)   rotary positions
+         ltm_type "titans": in the mag_layers, attention output * sigmoid(RMSNorm(M(h)))
+         with M Titans' neural memory read on the block's input h (`titans.MAGBlock`)
       -> RMSNorm -> y
-      -> LTM: m = scan(W_down y) (B, T, Cm), M = W_up m; MAG gate  (B, T, D)  [use_ltm]
+      -> ltm_type "ema": m = scan(W_down y) (B, T, Cm), M = W_up m; MAG gate  (B, T, D)
       -> TRM recursion: y_0..y_C                                  C+1 x (B, T, D)
       -> LM head on each y_c (RMSNorm, Linear D->V, tied to the embedding if asked)
     logits = LM(y_C) (B, T, V); loss = deep supervision + ACT + gate entropy terms
 
 Incremental decoding: a `CognateCache` (`cache.py`) carries, per backbone layer, the keys and
-values of the last window_size - 1 positions, the LTM state and the recursion's feature
+values of the last window_size - 1 positions, the LTM state(s) and the recursion's feature
 keys/values; a step then reads only its new tokens and gives the logits of a full forward.
 Without a cache every call recomputes from the tokens it is given. The model stores nothing
 between calls: the cache and `memory_state` are passed in and returned.
@@ -55,6 +57,7 @@ from .heads import (
 )
 from .memory import LongTermMemory, MemoryAsGate, binary_entropy
 from .recursion import RecursionOutput, TRMRecursion
+from .titans import MAGBlock, NeuralMemory, TitansState
 
 logger = logging.get_logger(__name__)
 
@@ -71,9 +74,10 @@ class CognateModelOutput(ModelOutput):
     last_hidden_state: Tensor | None = None
     past_key_values: CognateCache | None = None
     hidden_states: tuple[Tensor, ...] | None = None
-    memory_state: Tensor | None = None
+    memory_state: Tensor | tuple[TitansState, ...] | None = None
     gate: Tensor | None = None
     memory: Tensor | None = None
+    memory_diagnostics: dict[str, Tensor] | None = None
 
 
 @dataclass
@@ -91,8 +95,11 @@ class CognateCausalLMOutput(ModelOutput):
     cycle_losses: (C+1,) CE of y_0..y_C. act_steps: (B, T) cycles each token used.
     halt_probs: (C, B, T) halting probability of each token after each cycle.
     act_steps_mean / act_steps_std: over real (non-padding) tokens. ponder_cost: mean expected
-    cycles. ltm_gate_mean: mean g (weight of the attention path; 1 - g is memory usage).
-    memory_norm: mean L2 norm of m_t. memory_state: (B, Cm) final LTM state.
+    cycles. ltm_gate_mean: mean g (ema: weight of the attention path, 1 - g is memory usage;
+    titans: the gate sigmoid(RMSNorm(M)) on the attention output). memory_norm: mean L2 norm
+    of m_t (ema) or Frobenius norm of the memory weights read (titans). ltm_surprise (titans):
+    the associative loss ||W k - v||^2, mean over tokens and MAG layers.
+    memory_state: (B, Cm) final LTM state (ema), or one `TitansState` per MAG layer (titans).
     metrics: floats keyed "act/...", "ltm/...", "trm/..." for the trainer's logs, copied from
     the device on first read (a plain forward that does not read them does not sync).
     """
@@ -111,7 +118,8 @@ class CognateCausalLMOutput(ModelOutput):
     ponder_cost: Tensor | None = None
     ltm_gate_mean: Tensor | None = None
     memory_norm: Tensor | None = None
-    memory_state: Tensor | None = None
+    ltm_surprise: Tensor | None = None
+    memory_state: Tensor | tuple[TitansState, ...] | None = None
     metrics: dict[str, float] | None = None
 
 
@@ -203,6 +211,9 @@ class CognatePreTrainedModel(PreTrainedModel):
         std = self.config.initializer_range
         if isinstance(module, LongTermMemory):
             init.copy_(module.decay_logit, module.initial_decay_logit())
+        elif isinstance(module, NeuralMemory):  # an empty memory, rates at their start values
+            init.zeros_(module.initial_memory)
+            init.copy_(module.rates.bias, module.initial_rates_bias())
         elif isinstance(module, HaltingLinear):
             init.constant_(module.bias, HaltingLinear.INIT_BIAS)
         elif getattr(module, "is_residual_output", False):
@@ -230,9 +241,12 @@ class CognateModel(CognatePreTrainedModel):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
         self.drop = nn.Dropout(config.dropout)
+        block = (config.d_model, config.n_heads, config.d_ff, config.rms_norm_eps, config.dropout)
         self.layers = nn.ModuleList(
-            Block(config.d_model, config.n_heads, config.d_ff, config.rms_norm_eps, config.dropout)
-            for _ in range(config.n_layers)
+            MAGBlock(*block, config.ltm_chunk_size)
+            if i in config.memory_layers()
+            else Block(*block)
+            for i in range(config.n_layers)
         )
         self.norm = RMSNorm(config.d_model, eps=config.rms_norm_eps)
         self.memory = (
@@ -245,7 +259,7 @@ class CognateModel(CognatePreTrainedModel):
                 config.rms_norm_eps,
                 config.max_seq_len,
             )
-            if config.use_ltm
+            if config.use_ltm and config.ltm_type == "ema"
             else None
         )
         self.post_init()
@@ -292,7 +306,7 @@ class CognateModel(CognatePreTrainedModel):
         self,
         input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
-        memory_state: Tensor | None = None,
+        memory_state: Tensor | tuple[TitansState, ...] | None = None,
         attention_inputs: AttentionInputs | None = None,
         inputs_embeds: Tensor | None = None,
         past_key_values: CognateCache | None = None,
@@ -300,8 +314,8 @@ class CognateModel(CognatePreTrainedModel):
         output_hidden_states: bool | None = None,
         **kwargs: object,
     ) -> CognateModelOutput:
-        """Backbone + memory over the new tokens. memory_state: (B, d_memory) to continue a
-        stream (a cache's own state wins once it has one). attention_inputs: precomputed by
+        """Backbone + memory over the new tokens. memory_state: (B, d_memory) (ema) or one
+        `TitansState` per MAG layer (titans) to continue a stream (a cache's own state wins once it has one). attention_inputs: precomputed by
         `CognateForCausalLM` so that the recursion shares them."""
         _reject_unknown(kwargs)
         x = _embeddings(self.embed_tokens, input_ids, inputs_embeds, self.config)
@@ -313,14 +327,34 @@ class CognateModel(CognatePreTrainedModel):
         )
         x = self.drop(x)
         hidden: list[Tensor] = []
+        states = self._titans_states(memory_state, cache)
+        new_states: list[TitansState] = []
+        diagnostics: dict[str, Tensor] = {}
         for i, layer in enumerate(self.layers):
             if output_hidden_states:
                 hidden.append(x)
-            x = layer(
-                x, attn.mask, attn.cos, attn.sin, cache=None if cache is None else cache.layers[i]
+            kv = None if cache is None else cache.layers[i]
+            if not isinstance(layer, MAGBlock):
+                x = layer(x, attn.mask, attn.cos, attn.sin, cache=kv)
+                continue
+            j = len(new_states)
+            x, state, diag = layer(
+                x,
+                attn.mask,
+                attn.cos,
+                attn.sin,
+                cache=kv,
+                memory_mask=attn.new_mask,
+                memory_state=states[j],
             )
+            new_states.append(state)
+            diagnostics.update({f"{k}/layer{i}": v for k, v in diag.items()})
+            if cache is not None:
+                cache.titans[j].state = state
         x = self.norm(x)
         out = CognateModelOutput(past_key_values=cache)
+        if new_states:
+            out.memory_state, out.memory_diagnostics = tuple(new_states), diagnostics
         if output_hidden_states:
             out.hidden_states = (*hidden, x)
         if self.memory is not None:
@@ -332,6 +366,25 @@ class CognateModel(CognatePreTrainedModel):
                 cache.memory.state = out.memory_state
         out.last_hidden_state = x
         return out
+
+    def _titans_states(
+        self, memory_state: object, cache: CognateCache | None
+    ) -> list[TitansState | None]:
+        """Each MAG layer's incoming state: the cache's once it has one, else memory_state."""
+        n = len(self.config.memory_layers())
+        if n == 0:
+            return []
+        if cache is not None and cache.titans[0].state is not None:
+            return [part.state for part in cache.titans]
+        if memory_state is None:
+            return [None] * n
+        if not isinstance(memory_state, (tuple, list)) or len(memory_state) != n:
+            raise ValueError(
+                f"memory_state must be a tuple of {n} TitansState (one per MAG layer, "
+                f"mag_layers={list(self.config.memory_layers())}) with ltm_type='titans', "
+                f"got {type(memory_state).__name__}"
+            )
+        return [TitansState(*s) for s in memory_state]
 
 
 # Arguments of the HF causal-LM call that Cognate accepts and ignores: `cache_position` (the
@@ -455,7 +508,7 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
-        memory_state: Tensor | None = None,
+        memory_state: Tensor | tuple[TitansState, ...] | None = None,
         act_halting: bool | None = None,
         return_metrics: bool = True,
         output_hidden_states: bool | None = None,
@@ -473,7 +526,8 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
 
         input_ids, attention_mask, labels: (B, T) (labels as input_ids, -100 ignored; the
         model shifts them; or `shift_labels`, already shifted). inputs_embeds: (B, T, D)
-        instead of input_ids. memory_state: (B, d_memory) LTM state to continue from.
+        instead of input_ids. memory_state: the LTM state to continue from ((B, d_memory)
+        for ema, a tuple of `TitansState` per MAG layer for titans).
         past_key_values / use_cache: a `CognateCache` to continue from / to return (default:
         config.use_cache outside training and torch.export); a step then reads only its new
         tokens.
@@ -595,6 +649,14 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         if base.gate is not None:
             out.ltm_gate_mean = masked_mean(base.gate.detach().float(), real[..., None])
             out.memory_norm = masked_mean(base.memory.detach().norm(dim=-1), real)
+        if base.memory_diagnostics is not None:
+            terms.update(_titans_terms(base.memory_diagnostics, real))
+            for field, name in (("ltm_gate_mean", "gate_mean"), ("memory_norm", "memory_norm")):
+                per_layer = [v for k, v in terms.items() if k.startswith(f"ltm/{name}/")]
+                setattr(out, field, torch.stack(per_layer).mean())
+            out.ltm_surprise = torch.stack(
+                [v for k, v in terms.items() if k.startswith("ltm/surprise/")]
+            ).mean()
         return out, terms, real
 
     def _loss(
@@ -696,6 +758,19 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         return False
 
 
+def _titans_terms(diagnostics: dict[str, Tensor], real: Tensor) -> dict[str, Tensor]:
+    """Per MAG layer i, means over real tokens: ltm/surprise/layer{i} (the associative loss
+    ||W k - v||^2 at the weights the token's chunk starts from), ltm/gate_mean/layer{i} (the
+    gate sigmoid(RMSNorm(M)), also over channels), ltm/memory_norm/layer{i}
+    (||W||_F of the weights read)."""
+    terms = {}
+    for key, value in diagnostics.items():
+        mask = real[..., None] if value.dim() == 3 else real
+        name = key.replace("gate/", "gate_mean/") if key.startswith("gate/") else key
+        terms[f"ltm/{name}"] = masked_mean(value.float(), mask)
+    return terms
+
+
 @torch.compiler.disable
 def _collect_metrics(
     out: CognateCausalLMOutput,
@@ -718,8 +793,11 @@ def _collect_metrics(
         named["act/halt_prob_std"] = masked_std(p, real[None])
     if out.ltm_gate_mean is not None:
         named["ltm/gate_mean"] = out.ltm_gate_mean
-        named["ltm/usage"] = 1 - out.ltm_gate_mean
         named["ltm/memory_norm"] = out.memory_norm
+        if out.ltm_surprise is None:  # ema: g weighs the attention path against the memory
+            named["ltm/usage"] = 1 - out.ltm_gate_mean
+        else:
+            named["ltm/surprise"] = out.ltm_surprise
     return LazyMetrics(named)
 
 

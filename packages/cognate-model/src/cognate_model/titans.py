@@ -55,7 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import RMSNorm
+from .attention import Block, RMSNorm
+from .cache import WindowKV
 
 
 class TitansState(NamedTuple):
@@ -359,4 +360,38 @@ class MemoryGate(nn.Module):
         return y * gate, state, {**diag, "gate": gate.detach()}
 
 
-__all__ = ["MemoryGate", "NeuralMemory", "TitansState", "chunk_recurrence"]
+class MAGBlock(Block):
+    """A backbone block with Titans' memory beside its attention (MAG, memory as a gate):
+
+        h = RMSNorm(x);  x = x + Attn(h) * sigmoid(RMSNorm(M(h)));  x = x + SwiGLU(RMSNorm x)
+
+    Both branches read the same input h, as in the paper's MAG figure: sliding-window
+    attention is the precise short-term memory, the neural memory the fading long-term one.
+    forward returns (x, the memory's new state, its diagnostics).
+    """
+
+    def __init__(
+        self, d_model: int, n_heads: int, d_ff: int, eps: float, dropout: float, chunk_size: int
+    ) -> None:
+        super().__init__(d_model, n_heads, d_ff, eps, dropout)
+        self.ltm = MemoryGate(d_model, n_heads, chunk_size, eps)
+
+    def forward(  # type: ignore[override]
+        self,
+        x: Tensor,
+        mask: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        cache: WindowKV | None = None,
+        memory_mask: Tensor | None = None,
+        memory_state: TitansState | None = None,
+    ) -> tuple[Tensor, TitansState, dict[str, Tensor]]:
+        """memory_mask: the new tokens' (B, T) 0/1 mask; memory_state: this layer's state."""
+        h = self.attn_norm(x)
+        y = self.attn(h, mask, cos, sin, cache=cache)
+        y, state, diag = self.ltm(h, y, memory_mask, memory_state)
+        x = x + self.drop(y)
+        return x + self.drop(self.mlp(self.mlp_norm(x))), state, diag
+
+
+__all__ = ["MAGBlock", "MemoryGate", "NeuralMemory", "TitansState", "chunk_recurrence"]
