@@ -86,7 +86,8 @@ class StagedTask:
     (``self.stream``) in the stage of each step, one draw per ``steps_per_batch`` optimizer
     steps, and the draw position in the checkpoint so a resumed run is bit-exact.
 
-    The host class sets ``cfg``, ``total_steps``, ``stream``, ``model``, ``tokenizer``, and
+    The host class sets ``cfg``, ``total_steps``, ``stream``, ``model``, ``tokenizer``,
+    ``device``, ``amp`` (bf16 autocast on or off), and
     ``current = []``, ``data_at_draw = stream.state_dict()``, ``draw_stage = STAGES[0]``.
     """
 
@@ -114,6 +115,15 @@ class StagedTask:
             self.draw_stage = stage_at(step, self.total_steps, self.cfg.stage_fractions)
             self.current = self._draw(self.draw_stage)
         return self.current
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, dict[str, float]]:
+        mb = {k: v.to(self.device) for k, v in batch.items()}
+        with autocast(self.device, self.amp):
+            out = self.model(
+                input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], labels=mb["labels"]
+            )
+        # real tokens: packed rows (all ones) count every position
+        return out.loss, int(mb["attention_mask"].sum()), model_aux_metrics(out)
 
     def log_extras(self, step: int) -> dict[str, float]:
         stage = stage_at(step, self.total_steps, self.cfg.stage_fractions)
@@ -191,16 +201,6 @@ class CurriculumTask(StagedTask):
             f"[{self.name}] {self.cfg.model_preset} ({n / 1e6:.2f}M params), optimizer "
             f"{self.cfg.optimizer}, {self.total_steps} steps, device {self.device}"
         )
-
-    # -- training ------------------------------------------------------------------------------
-
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, dict[str, float]]:
-        mb = {k: v.to(self.device) for k, v in batch.items()}
-        with autocast(self.device, self.amp):
-            out = self.model(
-                input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], labels=mb["labels"]
-            )
-        return out.loss, int(mb["attention_mask"].sum()), model_aux_metrics(out)
 
     # -- evaluation and outputs ----------------------------------------------------------------
 

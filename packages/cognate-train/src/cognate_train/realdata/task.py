@@ -31,7 +31,7 @@ from .. import checkpoints as ck
 from ..config import ConfigError, TrainConfig, compat_fingerprint
 from ..data import STAGES, active_stages
 from ..runtime import autocast, seed_everything
-from ..trainer import StagedTask, build_model, model_aux_metrics
+from ..trainer import StagedTask, build_model
 from .cache import PreprocessCache
 from .metrics import (
     choice_loglikelihoods,
@@ -124,15 +124,6 @@ class RealDataTask(StagedTask):
     def _stream_stage(self, stage: str) -> str:
         """The pool a stage trains on: its own (seeds) or the one pool of --data NAMES."""
         return stage if stage in self.stream.pools else next(iter(self.stream.pools))
-
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, dict[str, float]]:
-        mb = {k: v.to(self.device) for k, v in batch.items()}
-        with autocast(self.device, self.amp):
-            out = self.model(
-                input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], labels=mb["labels"]
-            )
-        # packed rows hold no padding: every position is a real token
-        return out.loss, int(mb["input_ids"].numel()), model_aux_metrics(out)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "tokenizer": tokenizer_fingerprint(self.tokenizer)}
