@@ -91,6 +91,29 @@ class StagedTask:
     ``current = []``, ``data_at_draw = stream.state_dict()``, ``draw_stage = STAGES[0]``.
     """
 
+    console_every = 1
+    save_best = True
+
+    def _begin(self, cfg: TrainConfig, specialization: str, device: torch.device) -> None:
+        """The settings every LM task starts from: config, name, device, resume fingerprint."""
+        self.cfg, self.name, self.device = cfg, specialization, device
+        self.fingerprint = compat_fingerprint(cfg, specialization)
+        self.amp = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+
+    def _end(self, model_factory: Callable[[Any], torch.nn.Module] | None, last: str) -> None:
+        """Once ``stream`` and ``tokenizer`` exist: the step count (``last``: the stream stage
+        epochs count in), the seeded model, and the draw position before the first step."""
+        cfg = self.cfg
+        self.total_steps = self._epochs_to_steps(last)
+        seed_everything(cfg.seed)
+        make = model_factory or (
+            lambda tok: build_model(cfg.model_preset, self.name, tok, cfg.max_len)
+        )
+        self.model = make(self.tokenizer).to(self.device)
+        self.current: list[dict[str, torch.Tensor]] = []
+        self.data_at_draw: dict[str, Any] = self.stream.state_dict()
+        self.draw_stage = STAGES[0]
+
     def _stream_stage(self, stage: str) -> str:
         """The stream's stage that curriculum stage `stage` trains on."""
         return stage
@@ -153,9 +176,6 @@ class StagedTask:
 class CurriculumTask(StagedTask):
     """One specialization on the curriculum, as the engine's :class:`~cognate_train.engine.Task`."""
 
-    console_every = 1
-    save_best = True
-
     def __init__(
         self,
         cfg: TrainConfig,
@@ -166,9 +186,7 @@ class CurriculumTask(StagedTask):
         from .data import make_split, split_by_stage
         from .tokenizer import build_tokenizer
 
-        self.cfg, self.name, self.device = cfg, specialization, device
-        self.fingerprint = compat_fingerprint(cfg, specialization)
-        self.amp = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+        self._begin(cfg, specialization, device)
         self.tokenizer = build_tokenizer()
         active = active_stages(cfg.stage_fractions)
         try:
@@ -185,15 +203,7 @@ class CurriculumTask(StagedTask):
             )
         except ValueError as exc:
             raise ConfigError(f"batch-size: {exc}") from None
-        self.total_steps = self._epochs_to_steps(active[-1])
-        seed_everything(cfg.seed)
-        make = model_factory or (
-            lambda tok: build_model(cfg.model_preset, specialization, tok, cfg.max_len)
-        )
-        self.model = make(self.tokenizer).to(device)
-        self.current: list[dict[str, torch.Tensor]] = []
-        self.data_at_draw: dict[str, Any] = self.stream.state_dict()
-        self.draw_stage = STAGES[0]
+        self._end(model_factory, active[-1])
 
     def describe(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())

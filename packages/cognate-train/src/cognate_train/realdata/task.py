@@ -28,10 +28,10 @@ from typing import Any
 import torch
 
 from .. import checkpoints as ck
-from ..config import ConfigError, TrainConfig, compat_fingerprint
-from ..data import STAGES, active_stages
-from ..runtime import autocast, seed_everything
-from ..trainer import StagedTask, build_model
+from ..config import ConfigError, TrainConfig
+from ..data import active_stages
+from ..runtime import autocast
+from ..trainer import StagedTask
 from .cache import PreprocessCache
 from .metrics import (
     choice_loglikelihoods,
@@ -52,9 +52,6 @@ __all__ = ["RealDataTask"]
 class RealDataTask(StagedTask):
     """One specialization on real data, as the engine's task (see the module docstring)."""
 
-    console_every = 1
-    save_best = True
-
     def __init__(
         self,
         cfg: TrainConfig,
@@ -63,9 +60,7 @@ class RealDataTask(StagedTask):
         model_factory: Callable[[Any], torch.nn.Module] | None = None,
         saved_tokenizer: Path | None = None,
     ) -> None:
-        self.cfg, self.name, self.device = cfg, specialization, device
-        self.fingerprint = compat_fingerprint(cfg, specialization)
-        self.amp = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+        self._begin(cfg, specialization, device)
         self.stages_active = active_stages(cfg.stage_fractions)
         try:
             data = parse_data(cfg.data)
@@ -95,16 +90,7 @@ class RealDataTask(StagedTask):
         self.tokenizer = self.real.tokenizer
         self.names = [n for n in self.real.val]
         self.stream = self.real.batches
-        last = self._stream_stage(self.stages_active[-1])
-        self.total_steps = self._epochs_to_steps(last)
-        seed_everything(cfg.seed)
-        make = model_factory or (
-            lambda tok: build_model(cfg.model_preset, specialization, tok, cfg.max_len)
-        )
-        self.model = make(self.tokenizer).to(device)
-        self.current: list[dict[str, torch.Tensor]] = []
-        self.data_at_draw: dict[str, Any] = self.stream.state_dict()
-        self.draw_stage = STAGES[0]
+        self._end(model_factory, self._stream_stage(self.stages_active[-1]))
         self._val_records: dict[str, list[Record]] | None = None
 
     def describe(self) -> str:
