@@ -91,12 +91,51 @@ class RMSNorm(nn.RMSNorm):
         return F.rms_norm(x.to(work), self.normalized_shape, weight, self.eps).to(x.dtype)
 
 
+@torch.no_grad()
+@torch.compiler.disable
+def max_logits_per_head(q: Tensor, k: Tensor, mask: Tensor | None, chunk: int = 64) -> Tensor:
+    """The largest pre-softmax logit per head, max over batch, queries and allowed keys: (H,).
+
+    logit[b, h, t, s] = q[b, h, t] . k[b, h, s] / sqrt(head_dim), SDPA's default scale, over
+    the (t, s) that `mask` (True = may attend; (1 | B, 1, T, S), or None for all) allows.
+    q: (B, H, T, hd), k: (B, H, S, hd). For QK-clip (MuonClip) and the `attn/max_logit`
+    diagnostic. Computed in float32 (or wider) a block of `chunk` queries at a time, and only
+    over the key columns that block may see, so a sliding window costs O(T * (window + chunk))
+    per head and the (T, S) score matrix is never held whole. Every query counts, a padding
+    query's allowed keys included: the mask alone decides, as in SDPA.
+    """
+    work = torch.promote_types(q.dtype, torch.float32)
+    scale = q.shape[-1] ** -0.5
+    best = torch.full((q.shape[1],), float("-inf"), device=q.device, dtype=work)
+    for i in range(0, q.shape[2], chunk):
+        m = None if mask is None else mask[..., i : i + chunk, :]  # (1|B, 1, c, S)
+        lo, hi = 0, k.shape[2]
+        if m is not None:
+            cols = m.flatten(0, -2).any(0).nonzero()  # key columns this block may see
+            if cols.numel() == 0:
+                continue
+            lo, hi = int(cols[0]), int(cols[-1]) + 1
+            m = m[..., lo:hi]
+        scores = q[:, :, i : i + chunk].to(work) @ k[:, :, lo:hi].to(work).transpose(-1, -2)
+        if m is not None:
+            scores = scores.masked_fill(~m, float("-inf"))
+        best = torch.maximum(best, (scores * scale).amax(dim=(0, 2, 3)))
+    return best
+
+
 class Attention(nn.Module):
     """Multi-head attention over the shared sliding-window mask, via SDPA.
 
     Used as self-attention in the backbone (`kv` from the same stream) and as the recursion's
     cross-attention (queries from the latent z, keys/values from the backbone features, which
     `project_kv` computes once per forward and every recursion step reuses).
+
+    QK-clip support: while `record_max_logits` is True, each forward folds its per-head max
+    pre-softmax logit (`max_logits_per_head`) into `max_logits` ((H,), a running max over the
+    calls since the last `reset_max_logits()`; the recursion calls its cross-attention several
+    times per forward). A diagnostic beside the computation: it never changes the output.
+    Logits are bilinear in the q/k projections (rotary is a rotation), so rescaling rows of
+    `q_proj.weight` / `k_proj.weight` per head rescales that head's logits.
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
@@ -109,6 +148,15 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(d_model, d_model, bias=False)
         self.o_proj.is_residual_output = True  # init scaled down, see _init_weights
         self.dropout = dropout
+        self.record_max_logits = False
+        self.max_logits: Tensor | None = None
+
+    def reset_max_logits(self) -> None:
+        self.max_logits = None
+
+    def _record(self, q: Tensor, k: Tensor, mask: Tensor | None) -> None:
+        new = max_logits_per_head(q.detach(), k.detach(), mask)
+        self.max_logits = new if self.max_logits is None else torch.maximum(self.max_logits, new)
 
     def _heads(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape  # (B, T, D) -> (B, H, T, hd)
@@ -137,6 +185,8 @@ class Attention(nn.Module):
         k, v = kv if kv is not None else self.project_kv(x, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v)
+        if self.record_max_logits:
+            self._record(q, k, mask)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, T, hd)
@@ -185,6 +235,7 @@ __all__ = [
     "RMSNorm",
     "SwiGLU",
     "apply_rotary",
+    "max_logits_per_head",
     "rotary_cos_sin",
     "sliding_window_mask",
 ]
