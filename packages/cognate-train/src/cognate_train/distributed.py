@@ -106,6 +106,13 @@ def agree_max(value: int, device: torch.device) -> int:
     return int(t.item())
 
 
+def max_tensor_(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise max across ranks, in place (every rank ends with the same tensor)."""
+    if active():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
 def sum_floats(values: list[float], device: torch.device) -> list[float]:
     """Element-wise sum across ranks."""
     if not active():

@@ -232,7 +232,8 @@ class Checkpointer:
         fresh = build_optimizer(e.cfg.optimizer, e.task.model, e.cfg)
         base = build_scheduler(fresh, e.cfg.warmup_steps, e.task.total_steps, 1.0).base_lrs
         for group, new in zip(e.optimizer.param_groups, fresh.param_groups, strict=True):
-            keep = {"params", "lr"} | ({"grokfast_lambda"} - set(changed))  # a boost survives
+            boosted = {"grokfast_lambda", "grokfast_ma_lambda"}
+            keep = {"params", "lr"} | (boosted - set(changed))  # a boost survives
             group.update({k: v for k, v in new.items() if k not in keep})
         e.scheduler.base_lrs = list(base)
         for group, lr0, fn in zip(
@@ -240,7 +241,7 @@ class Checkpointer:
         ):
             group["initial_lr"] = lr0
             group["lr"] = lr0 * fn(e.scheduler.last_epoch)
-        if "grokfast_lambda" in changed:
+        if "grokfast_lambda" in changed and e.cfg.grokfast != "ma":  # ma: not its lambda
             set_grokfast_lambda(e.optimizer, e.cfg.grokfast_lambda)
         event = {"event": "override", "step": e.state.step, "changed": changed}
         e.state.events.append(event)
