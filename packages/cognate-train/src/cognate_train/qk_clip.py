@@ -19,9 +19,9 @@ from torch import nn
 from . import distributed as dist
 
 
-def attention_modules(model: nn.Module) -> list[nn.Module]:
-    """The modules that can record max logits (``cognate_model.attention.Attention``)."""
-    return [m for m in model.modules() if hasattr(m, "record_max_logits")]
+def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The modules that can record max logits (``cognate_model.attention.Attention``), by name."""
+    return {n: m for n, m in model.named_modules() if hasattr(m, "record_max_logits")}
 
 
 class QKClip:
@@ -31,7 +31,8 @@ class QKClip:
         if not tau >= 0:
             raise ValueError(f"qk_clip must be >= 0 (0: off), got {tau!r}")
         self.tau = tau
-        self.attns = attention_modules(model)
+        self.names = list(attention_modules(model))
+        self.attns = list(attention_modules(model).values())
 
     def begin(self, log_step: bool) -> None:
         """Before a step's forward passes: record this step if clipping, or if it is logged."""
