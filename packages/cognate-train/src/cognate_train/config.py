@@ -143,9 +143,9 @@ class TrainConfig(RunConfig):
     precision: str = opt("auto", "auto (bf16 on CUDA), fp32 or bf16")
     qk_clip: float = opt(
         0.0,
-        "QK-clip (MuonClip): after each optimizer step, rescale W_q and W_k of every attention "
-        "head whose largest pre-softmax logit in that step exceeded TAU, so it is at most TAU "
-        "(0: off)",
+        "QK-clip (MuonClip): after each optimizer step, every attention head whose largest "
+        "pre-softmax logit S in that step exceeded TAU has its W_q and W_k rows multiplied by "
+        "sqrt(TAU / S), which caps its logits on those inputs at TAU (0: off)",
         metavar="TAU",
     )
     samples: int = opt(3, "sample generations per model in the report")
