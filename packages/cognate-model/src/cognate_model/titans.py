@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import Block, RMSNorm
+from .attention import Block, RMSNorm, WindowMask
 from .cache import WindowKV
 
 
@@ -367,19 +367,29 @@ class MAGBlock(Block):
 
     Both branches read the same input h, as in the paper's MAG figure: sliding-window
     attention is the precise short-term memory, the neural memory the fading long-term one.
-    forward returns (x, the memory's new state, its diagnostics).
+    n_persistent > 0 adds the paper's persistent memory: that many learned key/value slots
+    per head which every query of this attention sees besides its window (data-independent,
+    so a cached step needs nothing more). forward returns (x, the memory's new state, its
+    diagnostics).
     """
 
     def __init__(
-        self, d_model: int, n_heads: int, d_ff: int, eps: float, dropout: float, chunk_size: int
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        eps: float,
+        dropout: float,
+        chunk_size: int,
+        n_persistent: int = 0,
     ) -> None:
-        super().__init__(d_model, n_heads, d_ff, eps, dropout)
+        super().__init__(d_model, n_heads, d_ff, eps, dropout, n_persistent)
         self.ltm = MemoryGate(d_model, n_heads, chunk_size, eps)
 
     def forward(  # type: ignore[override]
         self,
         x: Tensor,
-        mask: Tensor,
+        mask: Tensor | WindowMask,
         cos: Tensor,
         sin: Tensor,
         cache: WindowKV | None = None,
