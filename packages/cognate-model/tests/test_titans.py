@@ -27,6 +27,29 @@ def _heads(t: torch.Tensor) -> torch.Tensor:
     return t.view(*t.shape[:-1], H, HD)
 
 
+def _qkv(
+    mem: NeuralMemory, x: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k (l2-normalised) and v per token (B, T, H, HD): the projections, then the causal
+    depthwise filter over each row's own real tokens, as a loop (padding skipped, zeros
+    before the row's first token)."""
+    B, T, _ = x.shape
+    mask = torch.ones(B, T, dtype=torch.bool) if mask is None else mask.bool()
+    weights = (mem.q_proj.weight, mem.k_proj.weight, mem.v_proj.weight)
+    proj = torch.cat([x @ w.T for w in weights], -1)
+    K = mem.conv_size
+    rows = []
+    for b in range(B):
+        stream = [t for t in range(T) if mask[b, t]]
+        row = [torch.zeros_like(proj[b, 0])] * T
+        for r, t in enumerate(stream):  # tap i weighs the real token K-1-i places back
+            taps = [(i, r - (K - 1 - i)) for i in range(K) if r - (K - 1 - i) >= 0]
+            row[t] = sum(mem.conv[:, i] * proj[b, stream[j]] for i, j in taps)
+        rows.append(torch.stack(row))
+    q, k, v = (_heads(t) for t in torch.stack(rows).chunk(3, -1))
+    return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v
+
+
 def reference(
     mem: NeuralMemory, x: torch.Tensor, mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -34,9 +57,7 @@ def reference(
     C = mem.chunk_size
     B, T, _ = x.shape
     mask = torch.ones(B, T, dtype=torch.bool) if mask is None else mask.bool()
-    q = F.normalize(_heads(x @ mem.q_proj.weight.T), dim=-1)
-    k = F.normalize(_heads(x @ mem.k_proj.weight.T), dim=-1)
-    v = _heads(x @ mem.v_proj.weight.T)
+    q, k, v = _qkv(mem, x, mask)
     out = torch.zeros(B, T, H, HD, dtype=x.dtype)
     surprise = torch.zeros(B, T, dtype=x.dtype)
     norm = torch.zeros(B, T, dtype=x.dtype)
@@ -123,8 +144,12 @@ def test_later_tokens_do_not_change_earlier_outputs(chunk):
 
 def test_a_chunks_last_token_reads_its_own_chunk():
     """Position t reads everything written at <= t once its chunk is complete: the last
-    token of a chunk depends on the chunk, the others not yet on their own chunk."""
+    token of a chunk depends on the chunk, the others not yet on their own chunk. (The
+    filter set to the identity, so that a token's query does not carry its neighbours.)"""
     mem = _memory(4)
+    with torch.no_grad():
+        mem.conv.zero_()
+        mem.conv[:, -1] = 1.0
     x = torch.randn(1, 12, D, dtype=torch.float64)
     out = mem(x)[0]
     x2 = x.clone()
@@ -225,9 +250,7 @@ def reference_with_grad(mem: NeuralMemory, x: torch.Tensor) -> torch.Tensor:
     """The reference keeping its graph: the memory's second-order path (the gradient's own
     dependence on k, v and W) must be differentiated the same way."""
     C, (B, T, _) = mem.chunk_size, x.shape
-    q = F.normalize(_heads(x @ mem.q_proj.weight.T), dim=-1)
-    k = F.normalize(_heads(x @ mem.k_proj.weight.T), dim=-1)
-    v = _heads(x @ mem.v_proj.weight.T)
+    q, k, v = _qkv(mem, x)
     rows = []
     for b in range(B):
         w = mem.initial_memory.detach().clone()
@@ -339,3 +362,37 @@ def test_model_memory_state_continues_the_stream(make_tiny):
     assert (carried - fresh).abs().max() > 1e-6
     with pytest.raises(ValueError, match="memory_state"):
         model(ids, memory_state=torch.zeros(2, 16), use_cache=False)
+
+
+def test_model_diagnostics_are_each_layers_own_over_real_tokens(make_tiny):
+    """The logged ltm/*/layer{i} are the MAG layer's memory diagnostics (whose per-token values
+    the reference tests above pin down) averaged over real tokens only: recomputed here from the
+    inputs the layer received, with left padding that must not count."""
+    model = make_tiny(ltm_type="titans", mag_layers=[0, 1])
+    ids = torch.randint(0, 256, (2, 30))
+    mask = torch.ones_like(ids)
+    mask[0, :7] = 0
+    seen = {}
+    hooks = [
+        layer.ltm.register_forward_hook(lambda m, args, out, i=i: seen.__setitem__(i, args))
+        for i, layer in enumerate(model.model.layers)
+    ]
+    out = model(ids, attention_mask=mask, use_cache=False)
+    for h in hooks:
+        h.remove()
+    real = mask.bool()
+    metrics = dict(out.metrics)
+    for i, layer in enumerate(model.model.layers):
+        h, _, memory_mask, state = seen[i]
+        retrieved, _, diag = layer.ltm.memory(h, memory_mask, state)
+        gate = torch.sigmoid(layer.ltm.norm(retrieved))
+        want = {
+            "surprise": diag["surprise"][real].mean(),
+            "gate_mean": gate[real].mean(),
+            "memory_norm": diag["memory_norm"][real].mean(),
+        }
+        for key, value in want.items():
+            assert metrics[f"ltm/{key}/layer{i}"] == pytest.approx(value.item(), rel=1e-5), key
+    per_layer = [metrics[f"ltm/surprise/layer{i}"] for i in (0, 1)]
+    assert out.ltm_surprise.item() == pytest.approx(sum(per_layer) / 2, rel=1e-5)
+    assert metrics["ltm/surprise"] == pytest.approx(sum(per_layer) / 2, rel=1e-5)

@@ -214,6 +214,7 @@ class CognatePreTrainedModel(PreTrainedModel):
         elif isinstance(module, NeuralMemory):  # an empty memory, rates at their start values
             init.zeros_(module.initial_memory)
             init.copy_(module.rates.bias, module.initial_rates_bias())
+            init.copy_(module.conv, module.initial_conv())
         elif isinstance(module, Attention) and module.persistent is not None:
             init.normal_(module.persistent, mean=0.0, std=std)
         elif isinstance(module, HaltingLinear):

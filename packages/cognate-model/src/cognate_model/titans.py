@@ -65,6 +65,8 @@ class TitansState(NamedTuple):
     weights, momentum: (B, H, d, d): W and S at the start of the pending chunk.
     pending_kk, pending_vk: (B, H, d, d): sum k k^T and sum v k^T over the pending chunk.
     pending_x: (B, D): sum of the pending chunk's inputs. pending_count: (B,) int64, 0..C-1.
+    conv_tail: (B, K-1, 3 H d): the q/k/v projections of the row's last K-1 real tokens (the
+    causal convolution's input history; zeros before the stream starts).
     """
 
     weights: Tensor
@@ -73,6 +75,7 @@ class TitansState(NamedTuple):
     pending_vk: Tensor
     pending_x: Tensor
     pending_count: Tensor
+    conv_tail: Tensor
 
 
 class _Slots(NamedTuple):
@@ -141,16 +144,20 @@ class NeuralMemory(nn.Module):
         init_lr: float = 0.5,
         init_momentum: float = 0.5,
         init_forget: float = 0.01,
+        conv_size: int = 4,
     ) -> None:
         super().__init__()
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if conv_size < 1:
+            raise ValueError(f"conv_size must be >= 1, got {conv_size}")
         for name, p in (("init_lr", init_lr), ("init_momentum", init_momentum)):
             if not 0.0 < p < 1.0:
                 raise ValueError(f"{name} must be in (0, 1), got {p}")
         if not 0.0 < init_forget < 1.0:
             raise ValueError(f"init_forget must be in (0, 1), got {init_forget}")
         self.n_heads, self.head_dim, self.chunk_size = n_heads, head_dim, chunk_size
+        self.conv_size = conv_size
         self.init_rates = (init_lr, init_momentum, init_forget)
         inner = n_heads * head_dim
         self.q_proj = nn.Linear(d_model, inner, bias=False)
@@ -159,7 +166,11 @@ class NeuralMemory(nn.Module):
         self.o_proj = nn.Linear(inner, d_model, bias=False)
         self.rates = nn.Linear(d_model, 3 * n_heads)  # logits of theta, eta, alpha per head
         self.initial_memory = nn.Parameter(torch.zeros(n_heads, head_dim, head_dim))
+        # depthwise causal convolution over time after the q/k/v projections (the paper's
+        # architectural detail): k and v of a token can carry the tokens just before it
+        self.conv = nn.Parameter(torch.empty(3 * inner, conv_size))
         self.reset_rates()
+        self.reset_conv()
 
     @torch.no_grad()
     def initial_rates_bias(self) -> Tensor:
@@ -170,6 +181,19 @@ class NeuralMemory(nn.Module):
     @torch.no_grad()
     def reset_rates(self) -> None:
         self.rates.bias.copy_(self.initial_rates_bias())
+
+    @torch.no_grad()
+    def initial_conv(self, generator: torch.Generator | None = None) -> Tensor:
+        """The identity filter (weight 1 on the token itself) plus N(0, 0.1) on every tap, so
+        the memory starts close to reading each token alone but the earlier taps get distinct
+        gradients from the start."""
+        w = 0.1 * torch.randn(self.conv.shape, generator=generator, dtype=self.conv.dtype)
+        w[:, -1] += 1.0
+        return w.to(self.conv.device)
+
+    @torch.no_grad()
+    def reset_conv(self) -> None:
+        self.conv.copy_(self.initial_conv())
 
     def initial_state(
         self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None
@@ -185,11 +209,13 @@ class NeuralMemory(nn.Module):
             zeros,
             torch.zeros(batch, self.rates.in_features, device=device, dtype=dtype),
             torch.zeros(batch, dtype=torch.long, device=device),
+            torch.zeros(batch, self.conv_size - 1, self.conv.shape[0], device=device, dtype=dtype),
         )
 
     def _check_state(self, state: TitansState, batch: int) -> None:
         H, d, D = self.n_heads, self.head_dim, self.rates.in_features
-        want = ((batch, H, d, d),) * 4 + ((batch, D), (batch,))
+        tail = (batch, self.conv_size - 1, 3 * H * d)
+        want = ((batch, H, d, d),) * 4 + ((batch, D), (batch,), tail)
         for name, t, shape in zip(TitansState._fields, state, want, strict=True):
             if tuple(t.shape) != shape:
                 raise ValueError(f"state.{name} must have shape {shape}, got {tuple(t.shape)}")
@@ -206,7 +232,7 @@ class NeuralMemory(nn.Module):
         state: TitansState | None = None,
     ) -> tuple[Tensor, TitansState, dict[str, Tensor]]:
         B, T, _ = x.shape
-        C, H, d = self.chunk_size, self.n_heads, self.head_dim
+        C, H = self.chunk_size, self.n_heads
         work = torch.promote_types(x.dtype, torch.float32)  # the updates need >= float32
         if state is not None:
             self._check_state(state, B)
@@ -215,11 +241,11 @@ class NeuralMemory(nn.Module):
             state = self.initial_state(B, x.device, work)
         state = TitansState(*(s.to(work) if s.is_floating_point() else s for s in state))
 
-        q = F.normalize(self._heads(self.q_proj(x)).to(work), dim=-1)
-        k = F.normalize(self._heads(self.k_proj(x)).to(work), dim=-1)
-        v = self._heads(self.v_proj(x)).to(work)
-        qkvx = _to_slots(torch.cat((q, k, v), -1).flatten(-2), slots).unflatten(-1, (H, 3 * d))
-        q, k, v = qkvx.split(d, dim=-1)  # (B, S, H, d), S = n_slots
+        proj = torch.cat((self.q_proj(x), self.k_proj(x), self.v_proj(x)), -1).to(work)
+        offset = state.pending_count.to(x.device)
+        qkv, conv_tail = self._causal_conv(_to_slots(proj, slots), state.conv_tail, offset, slots)
+        q, k, v = (self._heads(t) for t in qkv.chunk(3, dim=-1))  # (B, S, H, d), S = n_slots
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         xs = _to_slots(x.to(work), slots)  # (B, S, D)
         n = slots.n_slots // C
 
@@ -248,11 +274,34 @@ class NeuralMemory(nn.Module):
         qg = F.pad(q, (0, 0, 0, 0, 1, C - 1)).unflatten(1, (n + 1, C))  # (B, n+1, C, H, d)
         o = torch.einsum("bhgij,bgchj->bgchi", weights, qg).flatten(1, 2)[:, 1 : n * C + 1]
         out = self.o_proj(_from_slots(o.flatten(-2), slots, T).to(x.dtype))
-        new_state = _final_state(w[-1], s, kk, vk, x_sum, slots.end.to(x.device), C)
+        new_state = _final_state(w[-1], s, kk, vk, x_sum, slots.end.to(x.device), C, conv_tail)
         with torch.no_grad():
             diag = _diagnostics(weights, kc, vc, C)  # (B, S, 2)
         surprise, norm = _from_slots(diag, slots, T).unbind(-1)
         return out, new_state, {"surprise": surprise, "memory_norm": norm}
+
+    def _causal_conv(
+        self, proj: Tensor, tail: Tensor, offset: Tensor, slots: _Slots
+    ) -> tuple[Tensor, Tensor]:
+        """Depthwise causal convolution along each row's stream of real tokens.
+
+        proj: (B, S, F) projections in slots (slot p holds stream position p; slots before
+        the row's `offset` and from its end on are empty); tail: (B, K-1, F) the stream's
+        K-1 inputs before `offset`. Returns (out (B, S, F), zero in empty slots; the new
+        tail, the inputs of stream positions end-K+1..end-1).
+        """
+        K, (B, S, width) = self.conv_size, proj.shape
+        offset = offset.expand(B)
+        lag = torch.arange(K - 1, device=proj.device)
+        padded = F.pad(proj, (0, 0, K - 1, 0))  # slot p at p + K - 1; empty slots are zero
+        padded = padded.scatter(1, (offset[:, None] + lag)[..., None].expand(-1, -1, width), tail)
+        weight = self.conv.to(proj.dtype)
+        out = sum(weight[:, i] * padded[:, i : i + S] for i in range(K))
+        p = torch.arange(S, device=proj.device)
+        end = slots.end.to(proj.device).expand(B)
+        real = (p >= offset[:, None]) & (p < end[:, None])
+        new_tail = padded.gather(1, (end[:, None] + lag)[..., None].expand(-1, -1, width))
+        return out * real[..., None], new_tail
 
 
 def chunk_recurrence(
@@ -304,7 +353,14 @@ def _add_pending(
 
 
 def _final_state(
-    w: Tensor, s: Tensor, kk: Tensor, vk: Tensor, x_sum: Tensor, end: Tensor, C: int
+    w: Tensor,
+    s: Tensor,
+    kk: Tensor,
+    vk: Tensor,
+    x_sum: Tensor,
+    end: Tensor,
+    C: int,
+    conv_tail: Tensor,
 ) -> TitansState:
     """W and S after the complete chunks, and the sums of each row's incomplete last chunk."""
     B, n = w.shape[0], kk.shape[2]
@@ -320,6 +376,7 @@ def _final_state(
         vk[rows, :, idx] * has[:, None, None, None],
         x_sum[rows, idx] * has[:, None],
         count,
+        conv_tail,
     )
 
 
