@@ -27,8 +27,10 @@ compose 2d x 2d matrices (O(d) more work than the update itself, times log(T/C) 
 benchmarks/titans_recurrence.py measures such a scan (it agrees to fp32 rounding) at 5x to 60x
 the forward + backward time of this loop on the CPU (16 to 512 chunks, head width 16 and
 32). Everything per token (projections, the chunks' sums of k k^T and v k^T, the rates,
-retrieval, the diagnostics) is computed for all positions at once; the loop body is five
-tensor operations per chunk.
+retrieval, the diagnostics) is computed for all positions at once. The loop itself runs
+outside autograd with a hand-written backward (`fused_chunk_recurrence`, five fused tensor
+operations per chunk each way; the gradients that need no loop are batched after it), equal
+to autograd through the plain loop (`chunk_recurrence`, the reference) in float64.
 
 Causality. Position t reads the memory after the last chunk that is complete at t (its own
 chunk included when t is that chunk's last token; lucidrains/titans-pytorch shifts retrieval
@@ -257,7 +259,7 @@ class NeuralMemory(nn.Module):
         rates = torch.sigmoid(self.rates(x_sum.to(x.dtype) / C).to(work))  # (B, n, 3H)
         theta, eta, alpha = rates.view(B, n, 3, H, 1, 1).permute(2, 0, 3, 1, 4, 5)  # (B,H,n,1,1)
         complete = torch.arange(1, n + 1, device=x.device) * C <= slots.end[:, None].to(x.device)
-        w, s = chunk_recurrence(
+        weights, s = fused_chunk_recurrence(  # weights: W_0..W_n (B, H, n+1, d, d)
             state.weights,
             state.momentum,
             kk,
@@ -265,16 +267,15 @@ class NeuralMemory(nn.Module):
             (2.0 / C) * theta,
             eta,
             1 - alpha,
-            complete.expand(B, n)[:, None, :, None, None],
-            slots.n_full,
+            None if slots.n_full == n else complete.expand(B, n)[:, None, :, None, None],
         )
-        weights = torch.stack(w, 2)  # (B, H, n+1, d, d)
 
         # retrieval: slot p reads W_{floor((p+1)/C)}: shift by one, group into chunks of C
         qg = F.pad(q, (0, 0, 0, 0, 1, C - 1)).unflatten(1, (n + 1, C))  # (B, n+1, C, H, d)
         o = torch.einsum("bhgij,bgchj->bgchi", weights, qg).flatten(1, 2)[:, 1 : n * C + 1]
         out = self.o_proj(_from_slots(o.flatten(-2), slots, T).to(x.dtype))
-        new_state = _final_state(w[-1], s, kk, vk, x_sum, slots.end.to(x.device), C, conv_tail)
+        end = slots.end.to(x.device)
+        new_state = _final_state(weights[:, :, -1], s, kk, vk, x_sum, end, C, conv_tail)
         with torch.no_grad():
             diag = _diagnostics(weights, kc, vc, C)  # (B, S, 2)
         surprise, norm = _from_slots(diag, slots, T).unbind(-1)
@@ -340,6 +341,89 @@ def chunk_recurrence(
             w, s = torch.where(done[j], w_new, w), torch.where(done[j], s_new, s)
         read.append(w)
     return read, s
+
+
+class _FusedRecurrence(torch.autograd.Function):
+    """`chunk_recurrence` with a hand-written backward: the loop runs outside autograd, a few
+    fused ops per chunk each way, and everything that needs no loop (the rate gradients, the
+    k k^T and v k^T gradients) is one batched op after it. Tensors are chunk-major here:
+    w0, s0 (X, d, d) with X = B H; kk, vk (n, X, d, d); lr, eta, keep, add (n, X, 1, 1).
+
+        S_j = eta_j S_{j-1} + lr_j (vk_j - W_{j-1} kk_j),   W_j = keep_j W_{j-1} + add_j S_j
+    """
+
+    @staticmethod
+    def forward(ctx, w0, s0, kk, vk, lr, eta, keep, add):  # noqa: ANN001, ANN205
+        n = kk.shape[0]
+        ws = torch.cat((w0[None], w0.new_empty(n, *w0.shape)))
+        ss = torch.cat((s0[None], s0.new_empty(n, *s0.shape)))
+        w_l, s_l = ws.unbind(0), ss.unbind(0)  # views: the loop writes through them
+        per_chunk = zip(*(t.unbind(0) for t in (kk, vk, lr, eta, keep, add)), strict=True)
+        for j, (kk_j, vk_j, lr_j, eta_j, keep_j, add_j) in enumerate(per_chunk):
+            r = torch.baddbmm(vk_j, w_l[j], kk_j, alpha=-1)  # vk - W kk
+            torch.mul(eta_j, s_l[j], out=s_l[j + 1]).addcmul_(lr_j, r)
+            torch.mul(keep_j, w_l[j], out=w_l[j + 1]).addcmul_(add_j, s_l[j + 1])
+        ctx.save_for_backward(ws, ss, kk, vk, lr, eta, keep, add)
+        return ws, ss[n]
+
+    @staticmethod
+    def backward(ctx, g_ws, g_s):  # noqa: ANN001, ANN205
+        ws, ss, kk, vk, lr, eta, keep, add = ctx.saved_tensors
+        n = kk.shape[0]
+        g_ws = torch.zeros_like(ws) if g_ws is None else g_ws
+        d_s = torch.zeros_like(ss[0]) if g_s is None else g_s
+        d_wj = torch.empty_like(ws)  # d_wj[j]: total gradient of W_j
+        d_sj = torch.empty_like(ss[1:])  # d_sj[j]: total gradient of S_{j+1}
+        d_wj[n] = g_ws[n]
+        d_w_l, d_s_l, g_l = d_wj.unbind(0), d_sj.unbind(0), g_ws.unbind(0)
+        kk_t = kk.transpose(-1, -2).unbind(0)
+        lr_l, eta_l, keep_l, add_l = (t.unbind(0) for t in (lr, eta, keep, add))
+        for j in range(n - 1, -1, -1):  # step j maps (W_j, S_j) to (W_{j+1}, S_{j+1})
+            torch.addcmul(d_s, add_l[j], d_w_l[j + 1], out=d_s_l[j])
+            grad_r = lr_l[j] * d_s_l[j]
+            torch.baddbmm(g_l[j], grad_r, kk_t[j], alpha=-1, out=d_w_l[j])
+            d_w_l[j].addcmul_(keep_l[j], d_w_l[j + 1])
+            d_s = eta_l[j] * d_s_l[j]
+        prev_w = ws[:-1]
+        r = torch.baddbmm(vk.flatten(0, 1), prev_w.flatten(0, 1), kk.flatten(0, 1), alpha=-1)
+        grad_r = lr * d_sj
+        d_kk = -(prev_w.transpose(-1, -2) @ grad_r)
+
+        def dot(a: Tensor, b: Tensor) -> Tensor:
+            return (a * b).sum((-1, -2), keepdim=True)
+
+        d_lr, d_eta = dot(d_sj, r.view_as(vk)), dot(d_sj, ss[:-1])
+        d_keep = dot(d_wj[1:], prev_w)
+        return d_wj[0], d_s, d_kk, grad_r, d_lr, d_eta, d_keep, None
+
+
+def fused_chunk_recurrence(
+    w: Tensor,
+    s: Tensor,
+    kk: Tensor,
+    vk: Tensor,
+    lr: Tensor,
+    eta: Tensor,
+    keep: Tensor,
+    complete: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """`chunk_recurrence`'s results, (W_0..W_n stacked (B, H, n+1, d, d), S_n), by
+    `_FusedRecurrence`. An incomplete chunk j (complete False) leaves W and S as they are:
+    eta -> 1, lr -> 0, keep -> 1 and S not added, so one loop body serves every row."""
+    B, H, n, d, _ = kk.shape
+    if complete is not None:
+        m = complete.to(kk.dtype).expand(B, H, n, 1, 1)
+        lr, eta, keep = lr * m, eta * m + (1 - m), keep * m + (1 - m)
+        add = m
+    else:
+        add = kk.new_ones(B, H, n, 1, 1)
+
+    def chunk_major(t: Tensor) -> Tensor:  # (B, H, n, ...) -> (n, B H, ...)
+        return t.expand(B, H, n, *t.shape[3:]).permute(2, 0, 1, 3, 4).flatten(1, 2).contiguous()
+
+    args = [chunk_major(t) for t in (kk, vk, lr, eta, keep, add)]
+    ws, s_n = _FusedRecurrence.apply(w.reshape(B * H, d, d), s.reshape(B * H, d, d), *args)
+    return ws.view(n + 1, B, H, d, d).permute(1, 2, 0, 3, 4), s_n.view(B, H, d, d)
 
 
 def _add_pending(
@@ -461,4 +545,11 @@ class MAGBlock(Block):
         return x + self.drop(self.mlp(self.mlp_norm(x))), state, diag
 
 
-__all__ = ["MAGBlock", "MemoryGate", "NeuralMemory", "TitansState", "chunk_recurrence"]
+__all__ = [
+    "MAGBlock",
+    "MemoryGate",
+    "NeuralMemory",
+    "TitansState",
+    "chunk_recurrence",
+    "fused_chunk_recurrence",
+]
