@@ -434,3 +434,16 @@ def test_fused_recurrence_equals_the_autograd_loop(masked):
     want = torch.autograd.grad((ref_ws * g_w).sum() + (ref_s * g_s).sum(), inputs)
     for name, a, b in zip(("w", "s", "kk", "vk", "lr", "eta", "keep"), got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_conv_size_one_reads_each_token_alone():
+    mem = NeuralMemory(D, H, HD, chunk_size=4, conv_size=1).double()
+    with torch.no_grad():
+        for p in mem.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(2, 11, D, dtype=torch.float64)
+    out, state, _ = mem(x)
+    torch.testing.assert_close(out, reference(mem, x)[0].detach(), rtol=1e-10, atol=1e-12)
+    assert state.conv_tail.shape == (2, 0, 3 * H * HD)
+    with pytest.raises(ValueError, match="conv_size"):
+        NeuralMemory(D, H, HD, conv_size=0)

@@ -124,7 +124,8 @@ class CognateConfig(PretrainedConfig):
         the tokens of an incomplete chunk are read only once it completes, so it must not
         exceed window_size), persistent_memory_tokens (the paper's persistent memory: that
         many learned key/value slots per head in the attention of each MAG layer, seen by
-        every query besides its window; 0, the default, for none).
+        every query besides its window; 0, the default, for none), ltm_conv_size (taps of the
+        depthwise causal convolution after the memory's q/k/v projections; 1 for none).
     TRM recursion:
         trm_cycles, trm_micro_steps, detach_between_cycles (True: every cycle runs with gradient
         from a detached (y, z), so each deep-supervision term trains its own cycle; False: TRM's
@@ -168,6 +169,7 @@ class CognateConfig(PretrainedConfig):
     ltm_type: str = "ema"
     mag_layers: list[int] | None = None
     persistent_memory_tokens: int = 0
+    ltm_conv_size: int = 4
     d_memory: int = 160
     ltm_decay_min: float = 0.5
     ltm_decay_max: float = 0.999
@@ -212,6 +214,7 @@ class CognateConfig(PretrainedConfig):
             "window_size",
             "d_memory",
             "ltm_chunk_size",
+            "ltm_conv_size",
             "trm_cycles",
             "trm_micro_steps",
         )

@@ -246,7 +246,12 @@ class CognateModel(CognatePreTrainedModel):
         self.drop = nn.Dropout(config.dropout)
         block = (config.d_model, config.n_heads, config.d_ff, config.rms_norm_eps, config.dropout)
         self.layers = nn.ModuleList(
-            MAGBlock(*block, config.ltm_chunk_size, config.persistent_memory_tokens)
+            MAGBlock(
+                *block,
+                config.ltm_chunk_size,
+                config.persistent_memory_tokens,
+                config.ltm_conv_size,
+            )
             if i in config.memory_layers()
             else Block(*block)
             for i in range(config.n_layers)

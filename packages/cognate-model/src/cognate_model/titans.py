@@ -483,9 +483,12 @@ class MemoryGate(nn.Module):
     norm, so the gate neither saturates as W grows nor vanishes while it is empty.
     """
 
-    def __init__(self, d_model: int, n_heads: int, chunk_size: int, eps: float) -> None:
+    def __init__(
+        self, d_model: int, n_heads: int, chunk_size: int, eps: float, conv_size: int = 4
+    ) -> None:
         super().__init__()
-        self.memory = NeuralMemory(d_model, n_heads, d_model // n_heads, chunk_size)
+        head_dim = d_model // n_heads
+        self.memory = NeuralMemory(d_model, n_heads, head_dim, chunk_size, conv_size=conv_size)
         self.norm = RMSNorm(d_model, eps=eps)
 
     def forward(
@@ -523,9 +526,10 @@ class MAGBlock(Block):
         dropout: float,
         chunk_size: int,
         n_persistent: int = 0,
+        conv_size: int = 4,
     ) -> None:
         super().__init__(d_model, n_heads, d_ff, eps, dropout, n_persistent)
-        self.ltm = MemoryGate(d_model, n_heads, chunk_size, eps)
+        self.ltm = MemoryGate(d_model, n_heads, chunk_size, eps, conv_size)
 
     def forward(  # type: ignore[override]
         self,
