@@ -48,7 +48,8 @@ from cognate_model.titans import NeuralMemory
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_speed import interleaved, machine, train_step_fn  # noqa: E402
 
-KINDS = ("none", "ema", "titans")
+KINDS = ("none", "ema", "titans", "titans_noconv")  # the last: an ablation, not run by default
+DEFAULT_KINDS = KINDS[:3]
 IGNORE = -100
 
 
@@ -124,7 +125,8 @@ def configs(task: RecallTask, args: argparse.Namespace) -> dict[str, CognateConf
     d_ff = base_config(task, args).d_ff
     none = closest(lambda v: base_config(task, args, use_ltm=False, d_ff=v), d_ff)
     ema = closest(lambda v: base_config(task, args, use_ltm=True, ltm_type="ema", d_memory=v), 1)
-    return {"none": none, "ema": ema, "titans": titans}
+    noconv = base_config(task, args, use_ltm=True, ltm_type="titans", ltm_conv_size=1)
+    return {"none": none, "ema": ema, "titans": titans, "titans_noconv": noconv}
 
 
 def log_uniform_gap(gen: torch.Generator, lo: float, hi: float) -> int:
@@ -179,8 +181,27 @@ def train_and_eval(
         "seed": seed,
         "accuracy": acc,
         "final_loss": sum(tail) / len(tail),
+        "loss_curve": [round(sum(c) / len(c), 4) for c in _pieces(losses, 10)],
+        "memory_diagnostics": memory_diagnostics(model, task, 4 * reach, seed),
         "train_seconds": seconds,
     }
+
+
+def _pieces(values: list[float], n: int) -> list[list[float]]:
+    size = max(1, len(values) // n)
+    return [values[i : i + size] for i in range(0, len(values), size)]
+
+
+@torch.no_grad()
+def memory_diagnostics(
+    model: CognateForCausalLM, task: RecallTask, gap: int, seed: int
+) -> dict[str, float]:
+    """The model's ltm/* metrics on a held-out batch at gap 4R (titans: surprise, gate mean and
+    memory norm per MAG layer; ema: gate mean, usage, memory norm); empty without memory."""
+    model.eval()
+    ids, _ = task.batch(torch.Generator().manual_seed(20_000 + seed), 32, gap)
+    metrics = model(ids).metrics
+    return {k: round(v, 5) for k, v in metrics.items() if k.startswith("ltm/")}
 
 
 def saved_bytes(model: CognateForCausalLM, ids: torch.Tensor) -> int:
@@ -297,7 +318,7 @@ def markdown(result: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in result["cost"]:
-            mib = " / ".join(f"{r[f'{k}_saved_bytes'] / 2**20:.1f}" for k in KINDS)
+            mib = " / ".join(f"{r[f'{k}_saved_bytes'] / 2**20:.1f}" for k in DEFAULT_KINDS)
             lines.append(
                 f"| {r['seq']} | {r['none_fwd_bwd_s']:.3f} | {r['ema_fwd_bwd_s']:.3f} | "
                 f"{r['titans_fwd_bwd_s']:.3f} | {r['titans_over_none']:.2f} | "
@@ -321,7 +342,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="benchmarks/results/long_recall.json")
-    p.add_argument("--kinds", default=",".join(KINDS))
+    p.add_argument("--kinds", default=",".join(DEFAULT_KINDS))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=8)
@@ -362,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
         "configs": {k: c.to_diff_dict() for k, c in cfgs.items()},
         "runs": runs,
         "accuracy": summarise(runs, args.multiples),
-        "cost": None if args.skip_cost else cost(cfgs, task, args),
+        "cost": None if args.skip_cost else cost({k: cfgs[k] for k in DEFAULT_KINDS}, task, args),
     }
     result["total_seconds"] = time.perf_counter() - start
     result["loadavg_before"] = [round(v, 2) for v in load_before]

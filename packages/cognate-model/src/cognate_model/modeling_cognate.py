@@ -39,7 +39,7 @@ from transformers import (
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
-from .attention import Block, RMSNorm, rotary_cos_sin, sliding_window_mask
+from .attention import Attention, Block, RMSNorm, WindowMask, rotary_cos_sin
 from .cache import CognateCache
 from .configuration_cognate import CognateConfig
 from .heads import (
@@ -214,6 +214,9 @@ class CognatePreTrainedModel(PreTrainedModel):
         elif isinstance(module, NeuralMemory):  # an empty memory, rates at their start values
             init.zeros_(module.initial_memory)
             init.copy_(module.rates.bias, module.initial_rates_bias())
+            init.copy_(module.conv, module.initial_conv())
+        elif isinstance(module, Attention) and module.persistent is not None:
+            init.normal_(module.persistent, mean=0.0, std=std)
         elif isinstance(module, HaltingLinear):
             init.constant_(module.bias, HaltingLinear.INIT_BIAS)
         elif getattr(module, "is_residual_output", False):
@@ -225,12 +228,12 @@ class AttentionInputs:
     """What every attention layer of one forward shares: the sliding-window mask over
     (held + new) keys, the rotary tables of the new positions, and the new tokens' 0/1 mask."""
 
-    mask: Tensor
+    mask: WindowMask
     cos: Tensor
     sin: Tensor
     new_mask: Tensor | None
 
-    def __iter__(self) -> Iterator[Tensor]:  # `mask, cos, sin = attention_inputs`
+    def __iter__(self) -> Iterator[Tensor | WindowMask]:  # `mask, cos, sin = attention_inputs`
         return iter((self.mask, self.cos, self.sin))
 
 
@@ -243,7 +246,12 @@ class CognateModel(CognatePreTrainedModel):
         self.drop = nn.Dropout(config.dropout)
         block = (config.d_model, config.n_heads, config.d_ff, config.rms_norm_eps, config.dropout)
         self.layers = nn.ModuleList(
-            MAGBlock(*block, config.ltm_chunk_size)
+            MAGBlock(
+                *block,
+                config.ltm_chunk_size,
+                config.persistent_memory_tokens,
+                config.ltm_conv_size,
+            )
             if i in config.memory_layers()
             else Block(*block)
             for i in range(config.n_layers)
@@ -291,7 +299,7 @@ class CognateModel(CognatePreTrainedModel):
         start, held, key_mask = 0, 0, new_mask
         if cache is not None:
             start, held, key_mask = cache.step(new_mask, seq_len)
-        mask = sliding_window_mask(seq_len, self.config.window_size, key_mask, device, held)
+        mask = WindowMask(seq_len, self.config.window_size, key_mask, held, device)
         positions = position_ids
         if positions is None:
             positions = torch.arange(start, start + seq_len, device=device) if start else seq_len

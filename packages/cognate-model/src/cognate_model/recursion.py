@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .attention import Attention, RMSNorm, SwiGLU
+from .attention import Attention, RMSNorm, SwiGLU, WindowMask
 from .cache import WindowKV
 from .heads import ACTHead
 
@@ -65,7 +65,7 @@ class RecursionBlock(GradientCheckpointingLayer):
         h: Tensor,
         k: Tensor | None = None,
         v: Tensor | None = None,
-        mask: Tensor | None = None,
+        mask: Tensor | WindowMask | None = None,
         cos: Tensor | None = None,
         sin: Tensor | None = None,
     ) -> Tensor:
@@ -107,7 +107,7 @@ class TRMRecursion(nn.Module):
     def forward(
         self,
         x: Tensor,
-        mask: Tensor,
+        mask: Tensor | WindowMask,
         cos: Tensor,
         sin: Tensor,
         halt_threshold: float | None = None,
