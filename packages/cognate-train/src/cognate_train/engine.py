@@ -74,6 +74,7 @@ class Engine:
         self.log: Callable[[str], None] = log or (lambda m: print(m, file=sys.stderr, flush=True))
         if not dist.is_writer():  # under torchrun rank 0 speaks for the run
             self.log = lambda m: None
+        dist.seed_this_rank(cfg.seed)  # the model is built (same on all ranks); dropout differs
         self.ddp = dist.Ddp(task)
         self.optimizer = build_optimizer(cfg.optimizer, task.model, cfg)
         self.scheduler = build_scheduler(
@@ -287,11 +288,10 @@ class Engine:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        result = None
-        if dist.is_writer():  # rank 0 evaluates; the others take its figures
-            with maybe_swapped_in(self.ema, self.task.model):
-                result = self.task.evaluate()
-        return dist.broadcast(result)
+        """The task's evaluation on the EMA weights; under torchrun every rank scores its shard
+        and gets the reduced (identical) figures."""
+        with maybe_swapped_in(self.ema, self.task.model):
+            return self.task.evaluate()
 
     def evaluate_and_react(self) -> bool:
         """Evaluate, then best/, early stopping and grokking detection; True to stop."""

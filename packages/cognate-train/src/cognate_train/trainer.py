@@ -26,9 +26,9 @@ from typing import Any
 import torch
 
 from . import checkpoints as ck
+from . import distributed as dist
 from .config import ConfigError, TrainConfig, compat_fingerprint
 from .data import STAGES, CurriculumDataset, active_stages, families_for_stage, stage_at
-from .distributed import micro_batches
 from .engine import Engine, TrainingStopped, run
 from .runtime import autocast, seed_everything
 
@@ -123,12 +123,12 @@ class StagedTask:
         cfg = self.cfg
         if cfg.epochs <= 0:
             return cfg.max_steps
-        per_epoch = self.stream.steps_per_epoch(last_stage) // micro_batches(cfg.grad_accum)
+        per_epoch = self.stream.steps_per_epoch(last_stage) // dist.micro_batches(cfg.grad_accum)
         per_epoch *= cfg.steps_per_batch
         return max(1, int(round(cfg.epochs * max(1, per_epoch))))
 
     def _draw(self, stage: str) -> list[dict[str, torch.Tensor]]:
-        n = micro_batches(self.cfg.grad_accum)  # all ranks' (the engine shards them)
+        n = dist.micro_batches(self.cfg.grad_accum)  # all ranks' (the engine shards them)
         return [self.stream.next_batch(self._stream_stage(stage)) for _ in range(n)]
 
     def batches(self, step: int) -> list[dict[str, torch.Tensor]]:
@@ -215,18 +215,21 @@ class CurriculumTask(StagedTask):
     # -- evaluation and outputs ----------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float]:
-        from .evaluation import exact_match, val_loss
+        """Val loss and exact match (and train-probe accuracy); under torchrun each rank scores
+        its shard of the examples and the sums are reduced (:func:`distributed.reduce_sums`)."""
+        from .evaluation import exact_match_counts, val_loss_sums
 
         cfg, model, tok, dev = self.cfg, self.model, self.tokenizer, self.device
-        bs, val = cfg.eval_batch_size, self.val_examples
+        bs, val = cfg.eval_batch_size, dist.shard(self.val_examples)
         with autocast(dev, self.amp):
-            result = {"val/loss": val_loss(model, tok, val, bs, cfg.max_len, dev)}
-            em = exact_match(model, tok, val, bs, device=dev)
-            result.update({f"val/{k}": v for k, v in em.items() if k != "n"})
+            sums = {"val/loss": val_loss_sums(model, tok, val, bs, cfg.max_len, dev)}
+            em = exact_match_counts(model, tok, val, bs, device=dev)
+            sums.update({f"val/{k}": v for k, v in em.items()})
             if cfg.grokking_aware:
-                tr = exact_match(model, tok, self.train_probe, bs, device=dev)
-                result["train/accuracy"] = tr["accuracy"]
-        return result
+                probe = dist.shard(self.train_probe)
+                tr = exact_match_counts(model, tok, probe, bs, device=dev)
+                sums["train/accuracy"] = tr.get("accuracy", [0, 0])
+        return dist.reduced_means(sums)
 
     def samples(self, engine: Engine) -> list[dict[str, str]]:
         """Greedy answers of the final (EMA) model to one val prompt per family."""
