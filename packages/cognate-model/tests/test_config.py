@@ -17,7 +17,7 @@ def expected_parameters(c: CognateConfig) -> int:
     if c.use_ltm and c.ltm_type == "titans":  # per MAG layer: q, k, v, o, rates, W_0, gate norm
         hd = D // c.n_heads
         total += len(c.memory_layers()) * (4 * D * D + 3 * c.n_heads * (D + 1) + D * hd + D)
-    total += attn + mlp + 3 * D  # the recursion's block: kv, attn and mlp norms
+    total += attn + mlp + D  # the recursion's block: kv norm (its post-norms have no gain)
     if c.use_act:
         total += D + D + 1  # norm, halting Linear(D, 1)
     total += D  # output norm
