@@ -163,3 +163,26 @@ def test_compiled_path_freezes_instead_and_agrees(make_tiny, monkeypatch):
     torch.testing.assert_close(frozen.logits, gathered.logits, rtol=0, atol=1e-10)
     assert torch.equal(frozen.act_steps, gathered.act_steps)
     torch.testing.assert_close(frozen.halt_probs, gathered.halt_probs, rtol=0, atol=1e-12)
+
+
+def test_cached_decoding_at_test_time_depth_equals_a_full_forward(make_tiny):
+    """trm_cycles beyond training through the cache (prefill + one token a step, halting on
+    with tokens halting at several cycles) = the full forward at that depth; generate() takes
+    it as a model kwarg."""
+    from cognate_model import CognateCache
+
+    model = _halting_setup(make_tiny)
+    model.config.act_threshold = 0.5
+    ids = _ids(2, 30)
+    full = model(ids, use_cache=False, trm_cycles=7)
+    cache, logits = CognateCache(model.config), []
+    for t0, t1 in [(0, 12), *((t, t + 1) for t in range(12, 30))]:
+        logits.append(model(ids[:, t0:t1], past_key_values=cache, trm_cycles=7).logits)
+    torch.testing.assert_close(torch.cat(logits, 1), full.logits, rtol=0, atol=1e-10)
+    assert full.halt_probs.shape[0] == 7 and len(full.act_steps.unique()) >= 2
+    out = model.generate(ids[:, :5], max_new_tokens=4, do_sample=False, trm_cycles=7)
+    ref = ids[:, :5]
+    for _ in range(4):
+        nxt = model(ref, use_cache=False, trm_cycles=7).logits[:, -1].argmax(-1, keepdim=True)
+        ref = torch.cat((ref, nxt), 1)
+    assert torch.equal(out, ref)
