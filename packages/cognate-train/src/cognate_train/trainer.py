@@ -179,9 +179,10 @@ class StagedTask:
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, dict[str, float]]:
         """The model's loss on one micro-batch, continuing from the (y, z) this micro-batch's
         previous supervision step returned (deep supervision; none on a batch's first step)."""
-        i = next(k for k, mb in enumerate(self.current) if mb is batch)
+        i = next((k for k, mb in enumerate(self.current) if mb is batch), None)
+        carried = None if i is None else self.carry[i]
         mb = {k: v.to(self.device) for k, v in batch.items()}
-        extra = {"recursion_state": self.carry[i]} if self.carry[i] is not None else {}
+        extra = {"recursion_state": carried} if carried is not None else {}
         with autocast(self.device, self.amp):
             out = self.model(
                 input_ids=mb["input_ids"],
@@ -189,7 +190,7 @@ class StagedTask:
                 labels=mb["labels"],
                 **extra,
             )
-        if self.cfg.steps_per_batch > 1:
+        if self.cfg.steps_per_batch > 1 and i is not None:
             self.carry[i] = getattr(out, "recursion_state", None)
             self.halt_votes[i] = _sequences_halted(out, mb, self.model)
         metrics = model_aux_metrics(out)
