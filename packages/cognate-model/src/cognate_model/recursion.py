@@ -109,15 +109,16 @@ class _Features:
 
     k: Tensor
     v: Tensor
-    mask: Tensor
+    mask: Tensor | None
     cos: Tensor
     sin: Tensor
 
     def gather(self, rows: Tensor, cols: Tensor) -> _Features:
         """The features of the positions (rows[i], cols[i, j]): rows (R,), cols (R, Tq)."""
-        mask = self.mask if self.mask.shape[0] == 1 else self.mask[rows]
-        mask = mask.expand(rows.shape[0], -1, -1, -1)
-        mask = mask.gather(2, cols[:, None, :, None].expand(-1, 1, -1, mask.shape[-1]))
+        mask = self.mask
+        if mask is not None:  # (B or 1, 1, T, S) -> (R, 1, Tq, S)
+            mask = (mask if mask.shape[0] == 1 else mask[rows]).expand(rows.shape[0], -1, -1, -1)
+            mask = mask.gather(2, cols[:, None, :, None].expand(-1, 1, -1, mask.shape[-1]))
         cos, sin = (_gather_rotary(t, rows, cols) for t in (self.cos, self.sin))
         return _Features(self.k[rows], self.v[rows], mask, cos, sin)
 
