@@ -21,7 +21,7 @@ def expected_parameters(c: CognateConfig) -> int:
         total += len(c.memory_layers()) * (
             3 * D * c.ltm_conv_size + 2 * c.persistent_memory_tokens * D
         )
-    total += attn + mlp + 3 * D  # the recursion's block: kv, attn and mlp norms
+    total += attn + mlp + D  # the recursion's block: kv norm (its post-norms have no gain)
     if c.use_act:
         total += D + D + 1  # norm, halting Linear(D, 1)
     total += D  # output norm

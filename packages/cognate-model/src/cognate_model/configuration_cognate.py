@@ -316,9 +316,16 @@ class CognateConfig(PretrainedConfig):
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
-    def supervision_weights(self) -> tuple[float, ...]:
-        """The weights of y0..y_cycles, normalised to sum to 1 (so the loss is a weighted CE)."""
-        w = self.deep_supervision_weights or _interpolated_supervision_weights(self.trm_cycles)
+    def supervision_weights(self, cycles: int | None = None) -> tuple[float, ...]:
+        """The weights of y0..y_cycles, normalised to sum to 1 (so the loss is a weighted CE).
+
+        cycles: the cycles run (default trm_cycles); when deep_supervision_weights does not have
+        cycles + 1 entries (test-time depth), the default curve sampled for that count.
+        """
+        cycles = self.trm_cycles if cycles is None else cycles
+        w = self.deep_supervision_weights
+        if w is None or len(w) != cycles + 1:
+            w = _interpolated_supervision_weights(cycles)
         total = float(sum(w))
         return tuple(float(x) / total for x in w)
 

@@ -99,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", required=True, action="append", help="may be repeated")
     gen.add_argument("--max-new-tokens", type=int, default=32)
     gen.add_argument("--device", default="auto")
+    for command in (e, gen):
+        command.add_argument(
+            "--trm-cycles",
+            type=int,
+            metavar="K",
+            help="refinement cycles at inference (default: as trained; more: test-time depth)",
+        )
     return parser
 
 

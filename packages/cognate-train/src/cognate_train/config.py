@@ -140,6 +140,9 @@ class TrainConfig(RunConfig):
     steps_per_batch: int = opt(
         1, "optimizer steps per batch (deep supervision)", aliases=("supervision_steps",)
     )
+    supervision_early_exit: bool = opt(
+        False, "deep supervision: leave a batch early once the halting head says it is done"
+    )
     precision: str = opt("auto", "auto (bf16 on CUDA), fp32 or bf16")
     qk_clip: float = opt(
         0.0,
