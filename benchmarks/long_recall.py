@@ -277,6 +277,22 @@ def summarise(runs: list[dict[str, Any]], multiples: list[int]) -> dict[str, Any
     return table
 
 
+def accuracy_table(accuracy: dict[str, Any]) -> list[str]:
+    if not accuracy:
+        return []
+    gaps = next(iter(accuracy.values()))
+    lines = [
+        "## Accuracy (mean over seeds, [min, max])",
+        "",
+        "| memory | " + " | ".join(f"gap {k}" for k in gaps) + " |",
+        "|---|" + "---|" * len(gaps),
+    ]
+    for kind, row in accuracy.items():
+        cells = [f"{c['mean']:.3f} [{c['min']:.3f}, {c['max']:.3f}]" for c in row.values()]
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     m, s = result["machine"], result["settings"]
     chance = result["chance"]
@@ -297,16 +313,8 @@ def markdown(result: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v:,}" for k, v in result["params"].items())
         + " (none: d_ff widened, ema: d_memory widened, to match titans)",
         "",
-        "## Accuracy (mean over seeds, [min, max])",
-        "",
-        "| memory | "
-        + " | ".join(f"gap {k}" for k in next(iter(result["accuracy"].values())))
-        + " |",
-        "|---|" + "---|" * len(next(iter(result["accuracy"].values()))),
     ]
-    for kind, row in result["accuracy"].items():
-        cells = [f"{c['mean']:.3f} [{c['min']:.3f}, {c['max']:.3f}]" for c in row.values()]
-        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    lines += accuracy_table(result["accuracy"])
     if result.get("cost"):
         lines += [
             "",
@@ -357,6 +365,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-cost", action="store_true")
+    p.add_argument("--skip-train", action="store_true", help="the cost measurement only")
     args = p.parse_args(argv)
     args.multiples = [int(v) for v in args.multiples.split(",")]
     args.cost_seqs = [int(v) for v in args.cost_seqs.split(",")]
@@ -368,7 +377,11 @@ def main(argv: list[str] | None = None) -> None:
     task = RecallTask()
     start, load_before = time.perf_counter(), os.getloadavg()
     cfgs = configs(task, args)
-    runs = [train_and_eval(kind, cfgs[kind], task, seed, args) for seed in seeds for kind in kinds]
+    runs = [
+        train_and_eval(kind, cfgs[kind], task, seed, args)
+        for seed in ([] if args.skip_train else seeds)
+        for kind in kinds
+    ]
     result: dict[str, Any] = {
         "command": "python " + " ".join(sys.argv),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
