@@ -110,7 +110,8 @@ def n_params(config: CognateConfig) -> int:
 
 def configs(task: RecallTask, args: argparse.Namespace) -> dict[str, CognateConfig]:
     """none / ema / titans at (nearly) equal parameter count: titans sets the target."""
-    titans = base_config(task, args, use_ltm=True, ltm_type="titans")
+    mag = {"mag_layers": args.mag_layers} if args.mag_layers else {}
+    titans = base_config(task, args, use_ltm=True, ltm_type="titans", **mag)
     target = n_params(titans)
 
     def closest(make: Callable[[int], CognateConfig], lo: int) -> CognateConfig:
@@ -125,7 +126,7 @@ def configs(task: RecallTask, args: argparse.Namespace) -> dict[str, CognateConf
     d_ff = base_config(task, args).d_ff
     none = closest(lambda v: base_config(task, args, use_ltm=False, d_ff=v), d_ff)
     ema = closest(lambda v: base_config(task, args, use_ltm=True, ltm_type="ema", d_memory=v), 1)
-    noconv = base_config(task, args, use_ltm=True, ltm_type="titans", ltm_conv_size=1)
+    noconv = base_config(task, args, use_ltm=True, ltm_type="titans", ltm_conv_size=1, **mag)
     return {"none": none, "ema": ema, "titans": titans, "titans_noconv": noconv}
 
 
@@ -358,6 +359,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--window", type=int, default=16)
     p.add_argument("--chunk", type=int, default=8)
+    p.add_argument(
+        "--mag-layers", default="", help="titans: comma-separated MAG layers (default: the last)"
+    )
     p.add_argument("--multiples", default="1,4,16")
     p.add_argument("--eval-size", type=int, default=256)
     p.add_argument("--cost-seqs", default="512,1024,2048,4096")
@@ -368,6 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip-train", action="store_true", help="the cost measurement only")
     args = p.parse_args(argv)
     args.multiples = [int(v) for v in args.multiples.split(",")]
+    args.mag_layers = [int(v) for v in args.mag_layers.split(",")] if args.mag_layers else None
     args.cost_seqs = [int(v) for v in args.cost_seqs.split(",")]
     kinds = args.kinds.split(",")
     seeds = [int(v) for v in args.seeds.split(",")]
