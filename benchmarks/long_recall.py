@@ -110,7 +110,8 @@ def n_params(config: CognateConfig) -> int:
 
 def configs(task: RecallTask, args: argparse.Namespace) -> dict[str, CognateConfig]:
     """none / ema / titans at (nearly) equal parameter count: titans sets the target."""
-    titans = base_config(task, args, use_ltm=True, ltm_type="titans")
+    mag = {"mag_layers": args.mag_layers} if args.mag_layers else {}
+    titans = base_config(task, args, use_ltm=True, ltm_type="titans", **mag)
     target = n_params(titans)
 
     def closest(make: Callable[[int], CognateConfig], lo: int) -> CognateConfig:
@@ -125,7 +126,7 @@ def configs(task: RecallTask, args: argparse.Namespace) -> dict[str, CognateConf
     d_ff = base_config(task, args).d_ff
     none = closest(lambda v: base_config(task, args, use_ltm=False, d_ff=v), d_ff)
     ema = closest(lambda v: base_config(task, args, use_ltm=True, ltm_type="ema", d_memory=v), 1)
-    noconv = base_config(task, args, use_ltm=True, ltm_type="titans", ltm_conv_size=1)
+    noconv = base_config(task, args, use_ltm=True, ltm_type="titans", ltm_conv_size=1, **mag)
     return {"none": none, "ema": ema, "titans": titans, "titans_noconv": noconv}
 
 
@@ -277,6 +278,22 @@ def summarise(runs: list[dict[str, Any]], multiples: list[int]) -> dict[str, Any
     return table
 
 
+def accuracy_table(accuracy: dict[str, Any]) -> list[str]:
+    if not accuracy:
+        return []
+    gaps = next(iter(accuracy.values()))
+    lines = [
+        "## Accuracy (mean over seeds, [min, max])",
+        "",
+        "| memory | " + " | ".join(f"gap {k}" for k in gaps) + " |",
+        "|---|" + "---|" * len(gaps),
+    ]
+    for kind, row in accuracy.items():
+        cells = [f"{c['mean']:.3f} [{c['min']:.3f}, {c['max']:.3f}]" for c in row.values()]
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     m, s = result["machine"], result["settings"]
     chance = result["chance"]
@@ -297,16 +314,8 @@ def markdown(result: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v:,}" for k, v in result["params"].items())
         + " (none: d_ff widened, ema: d_memory widened, to match titans)",
         "",
-        "## Accuracy (mean over seeds, [min, max])",
-        "",
-        "| memory | "
-        + " | ".join(f"gap {k}" for k in next(iter(result["accuracy"].values())))
-        + " |",
-        "|---|" + "---|" * len(next(iter(result["accuracy"].values()))),
     ]
-    for kind, row in result["accuracy"].items():
-        cells = [f"{c['mean']:.3f} [{c['min']:.3f}, {c['max']:.3f}]" for c in row.values()]
-        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    lines += accuracy_table(result["accuracy"])
     if result.get("cost"):
         lines += [
             "",
@@ -350,6 +359,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--window", type=int, default=16)
     p.add_argument("--chunk", type=int, default=8)
+    p.add_argument(
+        "--mag-layers", default="", help="titans: comma-separated MAG layers (default: the last)"
+    )
     p.add_argument("--multiples", default="1,4,16")
     p.add_argument("--eval-size", type=int, default=256)
     p.add_argument("--cost-seqs", default="512,1024,2048,4096")
@@ -357,8 +369,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-cost", action="store_true")
+    p.add_argument("--skip-train", action="store_true", help="the cost measurement only")
     args = p.parse_args(argv)
     args.multiples = [int(v) for v in args.multiples.split(",")]
+    args.mag_layers = [int(v) for v in args.mag_layers.split(",")] if args.mag_layers else None
     args.cost_seqs = [int(v) for v in args.cost_seqs.split(",")]
     kinds = args.kinds.split(",")
     seeds = [int(v) for v in args.seeds.split(",")]
@@ -368,7 +382,11 @@ def main(argv: list[str] | None = None) -> None:
     task = RecallTask()
     start, load_before = time.perf_counter(), os.getloadavg()
     cfgs = configs(task, args)
-    runs = [train_and_eval(kind, cfgs[kind], task, seed, args) for seed in seeds for kind in kinds]
+    runs = [
+        train_and_eval(kind, cfgs[kind], task, seed, args)
+        for seed in ([] if args.skip_train else seeds)
+        for kind in kinds
+    ]
     result: dict[str, Any] = {
         "command": "python " + " ".join(sys.argv),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),

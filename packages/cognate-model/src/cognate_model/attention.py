@@ -73,7 +73,9 @@ class WindowMask:
 
     @property
     def blocked(self) -> bool:
-        return self.seq_len > self.window
+        # Under torch.export always blocked (exact for any length): a branch on a dynamic
+        # length would pin the exported program to one side of it.
+        return torch.compiler.is_exporting() or self.seq_len > self.window
 
     def dense(self) -> Tensor:
         if self._dense is None:
