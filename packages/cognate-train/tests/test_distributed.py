@@ -255,3 +255,13 @@ def test_single_process_helpers_are_no_ops():
     assert dist.world_size() == 1 and dist.rank() == 0 and dist.is_writer()
     assert dist.micro_batches(3) == 3 and dist.shard([1, 2, 3]) == [1, 2, 3]
     assert dist.broadcast({"a": 1}) == {"a": 1}
+
+
+@pytest.mark.parametrize("command", ["train", "grok"])
+def test_help_states_the_global_batch(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "the global batch is batch_size x grad_accum x world_size" in text
+    assert "examples per micro-batch (per process under torchrun)" in text

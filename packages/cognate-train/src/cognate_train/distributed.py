@@ -20,10 +20,12 @@ other function here is a no-op in a single process. How the engine uses it:
   them up over the ranks, in rank order on every rank, so all ranks hold the same figures (equal
   to a single process's up to float rounding) and take the same decisions (early stopping,
   grokking boost).
-* Random draws (dropout): the model is initialised from the run's seed on every rank (DDP
-  checks the ranks agree), then each rank other than 0 reseeds its RNGs with
-  :func:`rank_seed` (seed, rank), so the ranks draw different dropout masks; rank 0 keeps the
-  stream a single process has. Checkpoints hold every rank's RNG state (:func:`gather`).
+* Random draws (dropout): the model is initialised from the run's seed on every rank (and DDP
+  broadcasts rank 0's parameters when it wraps it), then each rank other than 0 reseeds its
+  RNGs from :func:`rank_seed` (seed, rank), so the ranks draw different dropout masks; rank 0
+  keeps the stream a single process has. The data order is not affected: it comes from the
+  tasks' own seeded generators, the same on every rank (each then keeps its shard).
+  Checkpoints hold every rank's RNG state (:func:`gather`, :func:`rng_state`).
 """
 
 from __future__ import annotations
