@@ -8,7 +8,13 @@ import math
 
 import pytest
 import torch
-from cognate_model.attention import Attention, apply_rotary, rotary_cos_sin, sliding_window_mask
+from cognate_model.attention import (
+    Attention,
+    WindowMask,
+    apply_rotary,
+    rotary_cos_sin,
+    sliding_window_mask,
+)
 from cognate_train import engine as engine_mod
 from cognate_train.cli import main
 from cognate_train.config import build_config
@@ -39,7 +45,8 @@ def _reference_hooks(model) -> tuple[dict[str, torch.Tensor], list]:
             continue
 
         def hook(m, args, kwargs, name=name):
-            x, mask, cos, sin = (a.detach() for a in args[:4])
+            x, cos, sin = (a.detach() for a in (args[0], args[2], args[3]))
+            mask = args[1].dense() if isinstance(args[1], WindowMask) else args[1]
             q = _rotated(m, x, m.q_proj.weight, cos, sin)
             kv = kwargs.get("kv")
             k = kv[0].detach() if kv is not None else _rotated(m, x, m.k_proj.weight, cos, sin)
