@@ -28,9 +28,10 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import _to_scalar
 
+from ._blocked import blockable, blocks
 from ._state import MAX_SCALE, check_int, check_number, group_params, run_closure, with_params
 from .distributed import Dealer, check_distributed, check_not_sharded, resolve_group
-from .filters import Terms, add_terms, params_with_grad
+from .filters import Terms, add_terms, add_terms_into, params_with_grad
 from .newton_schulz import (
     DEFAULT_NS_COEFFICIENTS,
     DEFAULT_NS_EPS,
@@ -182,9 +183,14 @@ def muon_step(
             return
         if len(idx) == 1 or (grads[idx[0]].device.type == "cpu" and not BATCH_ON_CPU):
             for i in idx:
-                U, fresh = direction(i)
-                # NS normalises its input in place: copy unless U is ours and already in dtype
-                X = U.reshape(flat).to(dtype=dtype, copy=not fresh)
+                mine = [grads[i], momentum_buffers[i], *(t for t, _ in terms[i])]
+                if nesterov and blockable(mine):
+                    X = torch.empty(flat, dtype=dtype)
+                    _nesterov_into(X, grads[i], momentum_buffers[i], terms[i], momentum)
+                else:
+                    U, fresh = direction(i)
+                    # NS normalises its input in place: copy unless U is ours and in dtype
+                    X = U.reshape(flat).to(dtype=dtype, copy=not fresh)
                 yield i, newtonschulz_(X, ns_steps, ns_coefficients, eps)
             return
         # stack straight into the compute dtype: one copy of the updates, not two
@@ -210,6 +216,27 @@ def muon_step(
             p = params[i]
             p.mul_(1 - lr * weight_decay)
             p.add_(ortho.view(p.shape), alpha=-adjust_lr(lr, adjust_lr_fn, tuple(p.shape)))
+
+
+def _nesterov_into(X: Tensor, grad: Tensor, buf: Tensor, terms: Terms, momentum: float) -> None:
+    """Muon's momentum and Nesterov step on CPU, written into ``X`` (the compute dtype), one
+    cache-sized block at a time (:mod:`mugrokfast._blocked`): ``g' = g + sum(scale * term)``,
+    ``buf.lerp_(g', 1 - momentum)``, ``X = lerp(g', buf, momentum)``. The operations of
+    ``direction()`` in :func:`muon_step` in the same order, so the same numbers, but ``g'``,
+    ``buf`` and the update stay in cache between them instead of three passes over memory."""
+    same = X.dtype == grad.dtype  # fp32 NS: the update goes straight into X
+    tensors = [X, grad, buf, *(t for t, _ in terms)]
+    for xb, gb, bb, *tb in blocks(tensors, scratch=None if same else grad.dtype):
+        u = xb if same else tb.pop()
+        if terms:
+            add_terms_into(u, gb, [(t, s) for t, (_, s) in zip(tb, terms, strict=True)])
+            bb.lerp_(u, 1 - momentum)
+            u.lerp_(bb, momentum)
+        else:
+            bb.lerp_(gb, 1 - momentum)
+            torch.lerp(gb, bb, momentum, out=u)
+        if u is not xb:
+            xb.copy_(u)
 
 
 class Muon(Optimizer):
