@@ -10,9 +10,11 @@ Per step and per param group:
 
    During the first ``grokfast_warmup_steps`` steps the filter state is updated but g' = g.
 2. Groups with ``use_muon=True``: Muon on g' (momentum, Newton-Schulz, decoupled wd), exactly
-   :func:`~mugrokfast.muon.muon_step`; other groups: ``torch.optim.AdamW``'s own functional
-   update (same numbers, same foreach choice), except for filtered CPU tensors, which take a
-   per-tensor loop with AdamW's exact operations that reuses g' as the denominator's buffer.
+   :func:`~mugrokfast.muon.muon_step`; other groups: ``torch.optim.AdamW``'s update (same
+   numbers). Off the CPU that is torch's own functional AdamW with the group's ``foreach``; CPU
+   tensors take a loop with AdamW's exact operations, run in cache-sized blocks
+   (:mod:`mugrokfast._blocked`), when filtered or at ``foreach=None`` (measured faster than
+   torch's foreach AdamW there); ``foreach=True``/``False`` pick torch's paths for the rest.
 
 g' is never materialised for the whole model at once: :func:`~mugrokfast.filters.grokfast_terms`
 updates the filter state, and the ``lambda * h`` terms are added where the update writes a fresh
@@ -108,7 +110,9 @@ class MuGrokfast(Optimizer):
             gradients per parameter: memory ``window x numel`` in ``grokfast_history_dtype``,
             default the gradient dtype). grokfast_warmup_steps: steps with filter updates but no
             amplification.
-        foreach: passed to torch's AdamW functional (None: torch's default choice).
+        foreach: ``None`` (default): on CPU the cache-blocked AdamW loop, elsewhere torch's
+            default choice. ``True``/``False``: torch's foreach / per-tensor AdamW for unfiltered
+            tensors (filtered CPU tensors keep the blocked loop). Same numbers either way.
         distributed: ``True`` (or a ``ProcessGroup``) under data parallelism (DDP): each rank
             runs Newton-Schulz on its share of the Muon matrices and ``all_gather`` shares the
             results (:mod:`mugrokfast.distributed`); parameters and state stay identical on
