@@ -413,8 +413,10 @@ def main(argv: list[str] | None = None) -> int:
             "torch": "torch.optim.Muon (bf16 Newton-Schulz, its only choice) + "
             "torch.optim.AdamW(foreach=True)",
             "MuGrokfast defaults": "no ns_dtype, no foreach: ns_dtype=None -> "
-            f"{mugrokfast.default_ns_dtype('cpu')} on this CPU, foreach=None",
-            "MuGrokfast tuned": "ns_dtype=torch.bfloat16, foreach=True",
+            f"{mugrokfast.default_ns_dtype('cpu')} on this CPU, foreach=None -> the "
+            "cache-blocked CPU AdamW loop (mugrokfast._blocked)",
+            "MuGrokfast tuned": "ns_dtype=torch.bfloat16, foreach=True (torch's foreach AdamW "
+            "for unfiltered tensors; filtered CPU tensors always take the blocked loop)",
             "reps": args.reps,
             "steps_per_rep": args.steps,
             "ma_window": args.ma_window,
