@@ -343,6 +343,17 @@ def goals(sets: dict[str, Any], window: int) -> dict[str, Any]:
     return out
 
 
+def skip_newton_schulz() -> None:
+    """--no-ns: Newton-Schulz becomes the cast to bf16 in torch.optim.Muon and in mugrokfast."""
+    import mugrokfast.muon
+    import torch.optim._muon
+
+    torch.optim._muon._zeropower_via_newtonschulz = lambda G, *a, **k: G.to(  # type: ignore
+        torch.bfloat16, copy=True
+    )
+    mugrokfast.muon.newtonschulz_ = lambda X, *a, **k: X  # type: ignore  # X: already bf16
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -368,10 +379,18 @@ def main(argv: list[str] | None = None) -> int:
         help="parameters (first hidden matrices) in the MA-window test",
     )
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--no-ns",
+        action="store_true",
+        help="replace Newton-Schulz by a bf16 cast in torch's Muon and MuGrokfast alike, to time "
+        "the rest of the step (the part in which they differ) with less noise",
+    )
     ap.add_argument("--out", default=None, help="JSON (a .md table is written next to it)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
+    if args.no_ns:
+        skip_newton_schulz()
 
     load_before = os.getloadavg()
     sets: dict[str, Any] = {}
@@ -413,11 +432,16 @@ def main(argv: list[str] | None = None) -> int:
             "torch": "torch.optim.Muon (bf16 Newton-Schulz, its only choice) + "
             "torch.optim.AdamW(foreach=True)",
             "MuGrokfast defaults": "no ns_dtype, no foreach: ns_dtype=None -> "
-            f"{mugrokfast.default_ns_dtype('cpu')} on this CPU, foreach=None",
-            "MuGrokfast tuned": "ns_dtype=torch.bfloat16, foreach=True",
+            f"{mugrokfast.default_ns_dtype('cpu')} on this CPU, foreach=None -> the "
+            "cache-blocked CPU AdamW loop (mugrokfast._blocked)",
+            "MuGrokfast tuned": "ns_dtype=torch.bfloat16, foreach=True (torch's foreach AdamW "
+            "for unfiltered tensors; filtered CPU tensors always take the blocked loop)",
             "reps": args.reps,
             "steps_per_rep": args.steps,
             "ma_window": args.ma_window,
+            "newton_schulz": "skipped (--no-ns: a bf16 cast instead, for both)"
+            if args.no_ns
+            else "run",
             "timing": "median over reps of the mean step time; configs interleaved within a "
             "rep, the order rotated by one each rep",
         },  # fmt: skip
@@ -445,7 +469,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"matmul: {result['machine']['cpu_native_bf16_matmul']}; 1-min load average before / "
         f"after: {result['machine']['load_average_1min_before_after']}). Median of "
         f"{result['settings']['reps']} interleaved repetitions (order rotated each repetition) "
-        f"of {result['settings']['steps_per_rep']} step(s).",
+        f"of {result['settings']['steps_per_rep']} step(s). Newton-Schulz: "
+        f"{result['settings']['newton_schulz']}.",
         "",
         f"torch: {result['settings']['torch']}. MuGrokfast defaults: "
         f"{result['settings']['MuGrokfast defaults']}. MuGrokfast tuned: "

@@ -55,10 +55,18 @@ def _dual(stream, alpha, lamb, window, ma_lamb):
     return [g + (e - g) + (m - g) for g, e, m in zip(stream, ema, ma, strict=True)]
 
 
-def test_no_filter_is_bit_identical_to_torch_muon_plus_adamw():
+@pytest.mark.parametrize("block", [None, 32], ids=["whole-tensors", "blocks-of-32"])
+@pytest.mark.parametrize("foreach", [None, False, True])
+def test_no_filter_is_bit_identical_to_torch_muon_plus_adamw(foreach, block, monkeypatch):
+    """foreach=None: the cache-blocked CPU loops (mugrokfast._blocked); blocks of 32 elements
+    split every tensor of TinyLM into several blocks and a shorter tail."""
+    import mugrokfast._blocked
+
+    if block:
+        monkeypatch.setattr(mugrokfast._blocked, "BLOCK", block)
     model = TinyLM()
     ref = _reference_run(copy.deepcopy(model), 6)
-    ours, _ = _ours(model, 6, grokfast=None)
+    ours, _ = _ours(model, 6, grokfast=None, foreach=foreach)
     for (n, a), b in zip(ours.named_parameters(), ref.parameters(), strict=True):
         assert torch.equal(a, b), n
 
@@ -73,8 +81,9 @@ def test_ema_matches_paper_filter_then_torch():
         torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-3, msg=n)
 
 
+@pytest.mark.parametrize("block", [None, 32], ids=["whole-tensors", "blocks-of-32"])
 @pytest.mark.parametrize("batched", [False, True], ids=["per-matrix", "batched-ns"])
-@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("foreach", [None, False, True])
 @pytest.mark.parametrize(
     "fkw",
     [
@@ -83,14 +92,19 @@ def test_ema_matches_paper_filter_then_torch():
     ],
     ids=["ema", "dual+warmup"],
 )
-def test_fused_filter_paths_equal_filter_then_torch_bit_for_bit(fkw, foreach, batched, monkeypatch):
+def test_fused_filter_paths_equal_filter_then_torch_bit_for_bit(
+    fkw, foreach, batched, block, monkeypatch
+):
     """The amplification added inside Muon's Nesterov step and the CPU AdamW loop (no
-    materialised filtered gradients) gives torch.optim.Muon/AdamW's numbers on the output of
-    the standalone grokfast_filter, exactly."""
+    materialised filtered gradients), whole or in cache-sized blocks, gives torch.optim.Muon/
+    AdamW's numbers on the output of the standalone grokfast_filter, exactly."""
+    import mugrokfast._blocked
     import mugrokfast.muon as muon_mod
     from mugrokfast import grokfast_filter
 
     monkeypatch.setattr(muon_mod, "BATCH_ON_CPU", batched)  # same-shaped matrices stacked
+    if block:
+        monkeypatch.setattr(mugrokfast._blocked, "BLOCK", block)
     model = TinyLM()
     ref = copy.deepcopy(model)
     g_muon, g_adam = _groups(ref)

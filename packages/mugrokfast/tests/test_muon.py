@@ -28,7 +28,12 @@ def _run(opt_cls, shapes, steps=5, **kw):
     "adjust_lr_fn", [None, "original", "match_rms_adamw", "spectral_unclamped"]
 )
 @pytest.mark.parametrize("nesterov", [True, False])
-def test_bit_identical_to_torch_muon_with_bf16_ns(adjust_lr_fn, nesterov):
+@pytest.mark.parametrize("block", [None, 32], ids=["whole-tensors", "blocks-of-32"])
+def test_bit_identical_to_torch_muon_with_bf16_ns(adjust_lr_fn, nesterov, block, monkeypatch):
+    import mugrokfast._blocked
+
+    if block:  # the cache-blocked CPU Nesterov step, several blocks (and a tail) per matrix
+        monkeypatch.setattr(mugrokfast._blocked, "BLOCK", block)
     kw = dict(lr=0.02, weight_decay=0.1, momentum=0.9, nesterov=nesterov, adjust_lr_fn=adjust_lr_fn)
     ours, opt = _run(Muon, SHAPES, ns_dtype=torch.bfloat16, **kw)
     ref, ref_opt = _run(torch.optim.Muon, SHAPES, **kw)
@@ -36,6 +41,31 @@ def test_bit_identical_to_torch_muon_with_bf16_ns(adjust_lr_fn, nesterov):
         assert torch.equal(a, b)
     for a, b in zip(ours, ref, strict=True):
         assert torch.equal(opt.state[a]["momentum_buffer"], ref_opt.state[b]["momentum_buffer"])
+
+
+@pytest.mark.parametrize("block", [None, 32], ids=["whole-tensors", "blocks-of-32"])
+def test_fp32_ns_follows_torch_muons_recipe_exactly(block, monkeypatch):
+    """ns_dtype=float32: the Nesterov update goes straight into the fp32 NS input (blocked on
+    CPU); the numbers are torch.optim.Muon's per-tensor recipe with an fp32 iteration."""
+    import mugrokfast._blocked
+    from mugrokfast import zeropower_via_newtonschulz
+    from mugrokfast.muon import adjust_lr
+
+    if block:
+        monkeypatch.setattr(mugrokfast._blocked, "BLOCK", block)
+    kw = dict(lr=0.02, weight_decay=0.1, momentum=0.9)
+    ours, _ = _run(Muon, SHAPES, ns_dtype=torch.float32, **kw)
+    torch.manual_seed(1)
+    ref = [torch.randn(s) for s in SHAPES]
+    bufs = [torch.zeros(s) for s in SHAPES]
+    for grads in grad_stream(SHAPES, 5, seed=3):
+        for p, g, buf in zip(ref, grads, bufs, strict=True):
+            buf.lerp_(g, 1 - kw["momentum"])  # torch's _single_tensor_muon, fp32 NS
+            update = zeropower_via_newtonschulz(g.lerp(buf, kw["momentum"]), dtype=torch.float32)
+            p.mul_(1 - kw["lr"] * kw["weight_decay"])
+            p.add_(update, alpha=-adjust_lr(kw["lr"], None, tuple(p.shape)))
+    for a, b in zip(ours, ref, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_default_fp32_ns_on_cpu_is_close_to_torch():

@@ -581,7 +581,40 @@ def test_compiled_step_has_no_graph_break(info):
 @pytest.mark.slow
 @pytest.mark.parametrize("info", OPTIMS, ids=str)
 def test_compiled_step_inductor(info):
-    # inductor may fuse differently: bf16 Newton-Schulz turns an ulp into a rounding flip
+    """inductor, rounding as eager does (``emulate_precision_casts``): eager's numbers.
+
+    By default inductor keeps the intermediates of fused bf16 operations in fp32 and rounds
+    only when storing; eager rounds after every operation. In bf16 Newton-Schulz that changes
+    ``X / ||X||`` by one bf16 ulp (eager divides by the norm rounded to bf16), and the quintic,
+    which leaves singular values anywhere in a band around one rather than converging, carries
+    that into the update: 0.024 after 3 steps of MuGrokfast(ema) here (torch.optim.Muon
+    compiled differs from its eager self the same way). With the flag the numbers agree to
+    fp32 rounding; the default is bounded against float64 in the next test."""
+    with torch._inductor.config.patch(emulate_precision_casts=True):
+        _compiled_matches_eager(info, "inductor")
+
+
+def _float64_run(info, steps):
+    """The optimizer in float64 (Newton-Schulz too) from the fp32 start and inputs."""
+    params = [nn.Parameter(p.detach().double()) for p in _params(info)]
+    opt = info.make(params, ns_dtype=torch.float64)
+    for t in range(steps):
+        for p in params:
+            p.grad = None
+        x = torch.randn(5, generator=torch.Generator().manual_seed(t)).double()
+        out = params[0] @ (params[1] @ x)
+        (out + params[2] if len(params) > 2 else out).pow(2).sum().backward()
+        opt.step()
+    return params
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("info", [i for i in OPTIMS if i.name in ("Muon", "MuGrokfast(ema)")],
+                         ids=str)  # fmt: skip
+def test_compiled_bf16_newton_schulz_is_as_close_to_float64_as_eager(info):
+    """inductor's default rounding (see above) is another rounding of the same computation:
+    no further from the float64 run than twice eager's own bf16 error (measured: compiled
+    0.008 vs eager 0.020 for MuGrokfast(ema), 4.2e-4 vs 4.9e-4 for Muon)."""
     torch._dynamo.reset()
     eager_p, comp_p = _params(info), _params(info)
     eager, comp = info.make(eager_p), info.make(comp_p)
@@ -591,8 +624,13 @@ def test_compiled_step_inductor(info):
         _set_grads(comp_p, t)
         eager.step()
         step()
-    for a, b in zip(eager_p, comp_p, strict=True):
-        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+    ref = _float64_run(info, 3)
+
+    def err(params):
+        return max((p.double() - r).abs().max().item() for p, r in zip(params, ref, strict=True))
+
+    assert 0 < err(eager_p) < 0.05  # bf16 Newton-Schulz: not float64's numbers
+    assert err(comp_p) <= 2 * err(eager_p)
 
 
 # ----------------------------------------------------------------------------- wrapper

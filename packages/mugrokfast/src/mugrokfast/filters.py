@@ -363,8 +363,13 @@ def add_terms(grad: Tensor, terms: Terms) -> Tensor:
     """``grad + sum(scale * term)`` as a new tensor (``grad`` itself when there are no terms)."""
     if not terms:
         return grad
+    return add_terms_into(torch.empty_like(grad), grad, terms)
+
+
+def add_terms_into(out: Tensor, grad: Tensor, terms: Terms) -> Tensor:
+    """``out = grad + sum(scale * term)`` (``terms`` not empty), the sum in the terms' order."""
     (t0, s0), *rest = terms
-    out = grad.add(t0, alpha=s0)
+    torch.add(grad, t0, alpha=s0, out=out)
     for t, s in rest:
         out.add_(t, alpha=s)
     return out

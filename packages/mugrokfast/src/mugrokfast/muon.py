@@ -28,9 +28,10 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import _to_scalar
 
+from ._blocked import blockable, blocks
 from ._state import MAX_SCALE, check_int, check_number, group_params, run_closure, with_params
 from .distributed import Dealer, check_distributed, check_not_sharded, resolve_group
-from .filters import Terms, add_terms, params_with_grad
+from .filters import Terms, add_terms, add_terms_into, params_with_grad
 from .newton_schulz import (
     DEFAULT_NS_COEFFICIENTS,
     DEFAULT_NS_EPS,
@@ -151,30 +152,9 @@ def muon_step(
         terms = [[] for _ in params]
 
     def direction(i: int) -> tuple[Tensor, bool]:
-        """The matrix to orthogonalise and whether it is a fresh tensor we may overwrite."""
-        buf = momentum_buffers[i]
-        g = add_terms(grads[i], terms[i])  # g + sum(scale * term): a fresh tensor if any terms
-        buf.lerp_(g, 1 - momentum)
-        if not nesterov:
-            return buf, False
-        # overwrite g where it is ours, never the caller's gradient
-        return (g.lerp_(buf, momentum) if terms[i] else g.lerp(buf, momentum)), True
+        return _direction(grads[i], momentum_buffers[i], terms[i], momentum, nesterov)
 
-    # Batch same-shaped matrices: one NS call (one bmm per product) per (shape, dtype, device),
-    # which saves kernel launches on accelerators. Not on CPU: there a batched bf16/fp32 bmm is
-    # ~10% slower than the same products one matrix at a time (one thread, cognate-25m shapes),
-    # and the numbers are the same either way.
-    batches: dict[tuple, list[int]] = defaultdict(list)
-    for i, p in enumerate(params):
-        if p.ndim < 2:
-            raise ValueError(
-                f"Muon needs parameters with >= 2 dims; got shape {tuple(p.shape)} "
-                "(send vectors such as biases and norm gains to AdamW)"
-            )
-        if p.numel() == 0:  # nothing to update (torch's Muon divides by zero here)
-            continue
-        flat = (p.shape[0], math.prod(p.shape[1:]))
-        batches[(flat, grads[i].dtype, grads[i].device)].append(i)
+    batches = _shape_batches(params, grads)
 
     def orthogonalise(idx: list[int], flat: tuple[int, int], dtype: torch.dtype):
         """Yield ``(i, NS(update_i))`` for ``idx``: batched, or one at a time on CPU."""
@@ -182,9 +162,9 @@ def muon_step(
             return
         if len(idx) == 1 or (grads[idx[0]].device.type == "cpu" and not BATCH_ON_CPU):
             for i in idx:
-                U, fresh = direction(i)
-                # NS normalises its input in place: copy unless U is ours and already in dtype
-                X = U.reshape(flat).to(dtype=dtype, copy=not fresh)
+                X = _ns_input(
+                    grads[i], momentum_buffers[i], terms[i], momentum, nesterov, flat, dtype
+                )
                 yield i, newtonschulz_(X, ns_steps, ns_coefficients, eps)
             return
         # stack straight into the compute dtype: one copy of the updates, not two
@@ -210,6 +190,81 @@ def muon_step(
             p = params[i]
             p.mul_(1 - lr * weight_decay)
             p.add_(ortho.view(p.shape), alpha=-adjust_lr(lr, adjust_lr_fn, tuple(p.shape)))
+
+
+def _shape_batches(params: list[Tensor], grads: list[Tensor]) -> dict[tuple, list[int]]:
+    """Indices of the non-empty matrices per ``((rows, cols), dtype, device)``.
+
+    Same-shaped matrices share one NS call (one bmm per product) per batch, which saves kernel
+    launches on accelerators. Not on CPU: there a batched bf16/fp32 bmm is ~10% slower than the
+    same products one matrix at a time (one thread, cognate-25m shapes), and the numbers are
+    the same either way.
+    """
+    batches: dict[tuple, list[int]] = defaultdict(list)
+    for i, p in enumerate(params):
+        if p.ndim < 2:
+            raise ValueError(
+                f"Muon needs parameters with >= 2 dims; got shape {tuple(p.shape)} "
+                "(send vectors such as biases and norm gains to AdamW)"
+            )
+        if p.numel() == 0:  # nothing to update (torch's Muon divides by zero here)
+            continue
+        flat = (p.shape[0], math.prod(p.shape[1:]))
+        batches[(flat, grads[i].dtype, grads[i].device)].append(i)
+    return batches
+
+
+def _direction(
+    grad: Tensor, buf: Tensor, terms: Terms, momentum: float, nesterov: bool
+) -> tuple[Tensor, bool]:
+    """Advance the momentum; return the matrix to orthogonalise and whether it is a fresh
+    tensor we may overwrite."""
+    g = add_terms(grad, terms)  # g + sum(scale * term): a fresh tensor if any terms
+    buf.lerp_(g, 1 - momentum)
+    if not nesterov:
+        return buf, False
+    # overwrite g where it is ours, never the caller's gradient
+    return (g.lerp_(buf, momentum) if terms else g.lerp(buf, momentum)), True
+
+
+def _ns_input(
+    grad: Tensor,
+    buf: Tensor,
+    terms: Terms,
+    momentum: float,
+    nesterov: bool,
+    flat: tuple[int, int],
+    dtype: torch.dtype,
+) -> Tensor:
+    """:func:`_direction` as a ``flat`` matrix in the NS compute dtype that NS may overwrite
+    (it normalises its input in place); on CPU written block by block (:func:`_nesterov_into`)."""
+    if nesterov and blockable([grad, buf, *(t for t, _ in terms)]):
+        X = torch.empty(flat, dtype=dtype)
+        _nesterov_into(X, grad, buf, terms, momentum)
+        return X
+    U, fresh = _direction(grad, buf, terms, momentum, nesterov)
+    return U.reshape(flat).to(dtype=dtype, copy=not fresh)  # a copy unless U is ours, in dtype
+
+
+def _nesterov_into(X: Tensor, grad: Tensor, buf: Tensor, terms: Terms, momentum: float) -> None:
+    """Muon's momentum and Nesterov step on CPU, written into ``X`` (the compute dtype), one
+    cache-sized block at a time (:mod:`mugrokfast._blocked`): ``g' = g + sum(scale * term)``,
+    ``buf.lerp_(g', 1 - momentum)``, ``X = lerp(g', buf, momentum)``. The operations of
+    :func:`_direction` in the same order, so the same numbers, but ``g'``,
+    ``buf`` and the update stay in cache between them instead of three passes over memory."""
+    same = X.dtype == grad.dtype  # fp32 NS: the update goes straight into X
+    tensors = [X, grad, buf, *(t for t, _ in terms)]
+    for xb, gb, bb, *tb in blocks(tensors, scratch=None if same else grad.dtype):
+        u = xb if same else tb.pop()
+        if terms:
+            add_terms_into(u, gb, [(t, s) for t, (_, s) in zip(tb, terms, strict=True)])
+            bb.lerp_(u, 1 - momentum)
+            u.lerp_(bb, momentum)
+        else:
+            bb.lerp_(gb, 1 - momentum)
+            torch.lerp(gb, bb, momentum, out=u)
+        if u is not xb:
+            xb.copy_(u)
 
 
 class Muon(Optimizer):
