@@ -654,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_steps < 1:
         print("error: --max-steps must be >= 1", file=sys.stderr)
         return 2
+    load_start = list(os.getloadavg())
     overrides = parse_hp(args.hp)
     hps = {n: {**OPTIMIZERS[n]["hp"], **overrides.get(n, {})} for n in names}
     jobs = [
@@ -728,6 +729,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_steps": args.max_steps,
             "stop_at": args.stop_at,
             "machine": machine_info(args.threads, args.device),
+            "load_average_1_5_15": {"start": load_start, "end": list(os.getloadavg())},
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__,
             "summary": summary,

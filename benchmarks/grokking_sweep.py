@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_steps": args.max_steps,
             "wall_s": [r["wall_s"] for r in rs],
             "command": cmd,
+            "load_average_1_5_15_end": list(os.getloadavg()),
             "date": stamp,
             "torch": grokking.torch.__version__,
         }
