@@ -1,10 +1,12 @@
-"""Grokking speed on the Grokfast paper's own task: x*y mod 97.
+"""Grokking speed on the Grokfast paper's own task, x*y mod 97, and Power et al.'s x+y, x-y, x/y.
 
 Replicates the task of the Grokfast reference (ironjr/grokfast, ``main.py``) so that its
 published step counts can be checked here, then runs every optimizer in the same invocation:
 
 - data: all equations ``x * y = r (mod 97)`` with x in [0, 97), y in [1, 97) (9312 rows), tokens
-  ``x op y = r`` (op = 98, eq = 97), a random 50/50 train/val split;
+  ``x op y = r`` (op = 98, eq = 97), a random 50/50 train/val split; ``--operation add|sub|div``
+  takes the same rows and split with ``r = x + y``, ``x - y`` or ``x * y^-1 (mod 97)`` (Power et
+  al.'s operations; y >= 1 keeps division defined and the split identical);
 - model: the reference's 2-layer decoder, width 128, 4 heads, learned positions, sequence-first
   layout, and its block exactly as written there: ``x = ln_1(x); x = x + attn(x); x = x + mlp(ln_2(x))``
   (the first residual adds to the *normalised* input, a quirk kept on purpose);
@@ -24,6 +26,11 @@ Usage::
     python benchmarks/grokking.py --optimizer adamw,mugrokfast --seeds 0,1,2 --max-steps 3000 \
         --out benchmarks/results/grokking.json
     python benchmarks/grokking.py --plot a.json b.json --plot-out both.png   # merge + plot only
+
+Peers (``benchmarks/peers.py``: ``torch-muon``, ``kozistr-muon``, ``heavyball-muon``,
+``kozistr-grokfastadamw``, ``lucidrains-grokfastadamw``) are taken by name like ours; one whose
+package is not installed (the optional ``peers`` group) is skipped with a note, recorded in the
+JSON under ``skipped``.
 """
 
 from __future__ import annotations
@@ -45,7 +52,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peers  # noqa: E402
+
 P = 97
+# Power et al.'s binary operations mod p, on x in [0, p), y in [1, p) (y^-1 = y^(p-2) mod p).
+OPERATIONS = {
+    "add": ("x+y", lambda x, y, p: (x + y) % p),
+    "sub": ("x-y", lambda x, y, p: (x - y) % p),
+    "mul": ("x*y", lambda x, y, p: x * y % p),
+    "div": ("x/y", lambda x, y, p: x * torch.tensor([pow(int(v), p - 2, p) for v in y]) % p),
+}
 TASK: dict[str, Any] = {
     "name": "x*y mod 97 (Grokfast reference task)",
     "p": P,
@@ -109,11 +126,13 @@ class Decoder(nn.Module):
         return self.head(self.ln_f(h))
 
 
-def make_data(p: int = P) -> torch.Tensor:
-    """All equations ``[x, op, y, eq, x*y mod p]`` as a (5, N) tensor (sequence-first)."""
+def make_data(p: int = P, operation: str = "mul") -> torch.Tensor:
+    """All equations ``[x, op, y, eq, x (op) y mod p]`` as a (5, N) tensor (sequence-first)."""
+    if operation not in OPERATIONS:
+        raise ValueError(f"unknown operation {operation!r}; choose from {list(OPERATIONS)}")
     x, y = torch.cartesian_prod(torch.arange(p), torch.arange(1, p)).T
     eq, op = torch.full_like(x, p), torch.full_like(x, p + 1)
-    return torch.stack([x, op, y, eq, x * y % p])
+    return torch.stack([x, op, y, eq, OPERATIONS[operation][1](x, y, p)])
 
 
 # ----------------------------------------------------------------------------- optimizers
@@ -196,10 +215,34 @@ OPTIMIZERS: dict[str, dict[str, Any]] = {
         "hp": {"preset": "grokking"},
         "kind": "mugrokfast.MuGrokfast.from_preset(preset, same param groups as mugrokfast)",
     },
+    # The filter study (benchmarks/filter_study.py): Muon with the EMA amplifier at `place`
+    # ("grad" = today's MuGrokfast, "momentum", "update"), absolute or relative lambda.
+    "muon-slow": {
+        "hp": {
+            "lr": 1e-3,
+            "weight_decay": 1.0,
+            "muon_lr": 0.03,
+            "alpha": 0.98,
+            "lamb": 1.0,
+            "place": "grad",
+            "relative": 0,
+            "warmup_steps": 0,
+            "adamw_lamb": 1.0,
+        },
+        "kind": "filter_study.SlowMuon (hidden matrices) + MuGrokfast AdamW groups (EMA filter)",
+    },
+    # Maintained peers at their documented defaults (benchmarks/peers.py).
+    **{name: {"hp": dict(e["hp"]), "kind": e["kind"]} for name, e in peers.PEERS.items()},
 }
 
 
 def build_optimizer(name: str, model: Decoder, hp: dict[str, Any]) -> torch.optim.Optimizer:
+    if name in peers.PEERS:
+        return peers.build_peer(name, *hidden_matrices(model), hp)
+    if name == "muon-slow":
+        import filter_study
+
+        return filter_study.build(*hidden_matrices(model), hp)
     betas = (0.9, 0.98)
     lr = hp.get("lr", 1e-3)
     if name == "adam":
@@ -246,7 +289,7 @@ def state_bytes(opt: torch.optim.Optimizer) -> int:
     """Bytes held in optimizer state tensors (the wrapper's own state included)."""
     seen: set[int] = set()
     total = 0
-    stack: list[Any] = [opt.state]
+    stack: list[Any] = [o.state for o in peers.sub_optimizers(opt)]
     inner = getattr(opt, "optimizer", None) or getattr(opt, "base_optimizer", None)
     if inner is not None:
         stack.append(inner.state)
@@ -281,6 +324,7 @@ def train_run(
     device: str = "cpu",
     log_every: int = 0,
     time_limit: float | None = None,
+    operation: str = "mul",
 ) -> dict[str, Any]:
     """Train one (optimizer, seed) run; return the run record of the JSON schema."""
     torch.set_num_threads(threads)
@@ -289,11 +333,15 @@ def train_run(
     dev = torch.device(device)
     torch.manual_seed(seed)
     model = Decoder().to(dev)
-    data = make_data()
+    data = make_data(operation=operation)
     train_idx, val_idx = torch.randperm(data.shape[1]).split(data.shape[1] // 2)
     train_data, val_data = data[:, train_idx].to(dev), data[:, val_idx].to(dev)
     opt = build_optimizer(name, model, hp)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 if s > 10 else s / 10)
+    # one warmup schedule per torch optimizer inside (a peer may pair two)
+    scheds = [
+        torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1 if s > 10 else s / 10)
+        for o in peers.sub_optimizers(opt)
+    ]
     batch = TASK["batch_size"]
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -311,7 +359,8 @@ def train_run(
             model.zero_grad()
             loss.backward()
             opt.step()
-            sched.step()
+            for sched in scheds:
+                sched.step()
             step += 1
             loss_sum += loss.item() * chunk.shape[1]
             acc_sum += (logits.argmax(-1) == chunk[-1]).float().sum().item()
@@ -343,6 +392,7 @@ def train_run(
     return {
         "optimizer": name,
         "seed": seed,
+        "operation": operation,
         "hp": hp,
         "steps_to_95": milestone(curve, 2, 0.95),
         "steps_to_99": milestone(curve, 2, 0.99),
@@ -530,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma list of: {','.join(OPTIMIZERS)}",
     )
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument(
+        "--operation", default="mul", choices=list(OPERATIONS), help="x+y, x-y, x*y or x/y mod 97"
+    )
     ap.add_argument("--max-steps", type=int, default=3000)
     ap.add_argument(
         "--stop-at",
@@ -589,6 +642,10 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"error: --optimizer: unknown {bad}; choose from {list(OPTIMIZERS)}", file=sys.stderr)
         return 2
+    skipped = {n: note for n in names if n in peers.PEERS and (note := peers.missing(n))}
+    for note in skipped.values():
+        print(note, flush=True)
+    names = [n for n in names if n not in skipped]
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
@@ -597,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_steps < 1:
         print("error: --max-steps must be >= 1", file=sys.stderr)
         return 2
+    load_start = list(os.getloadavg())
     overrides = parse_hp(args.hp)
     hps = {n: {**OPTIMIZERS[n]["hp"], **overrides.get(n, {})} for n in names}
     jobs = [
@@ -610,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
             args.device,
             args.log_every,
             args.time_limit,
+            args.operation,
         )
         for n in names
         for s in seeds
@@ -626,6 +685,8 @@ def main(argv: list[str] | None = None) -> int:
             if "error" in r or old.get("max_steps") != args.max_steps:
                 continue
             if old.get("stop_at") != args.stop_at:
+                continue
+            if r.get("operation", "mul") != args.operation:
                 continue
             key = (r["optimizer"], r["seed"], json.dumps(r["hp"], sort_keys=True))
             reused[key] = {**r, "reused_from": {"file": path, "command": old.get("command")}}
@@ -657,12 +718,18 @@ def main(argv: list[str] | None = None) -> int:
     print_table(summary)
     if args.out:
         result = {
-            "task": TASK,
+            "task": {
+                **TASK,
+                "operation": args.operation,
+                "equation": OPERATIONS[args.operation][0],
+            },
+            "skipped": skipped,
             "optimizers": {n: describe(n, hps[n]) for n in names},
             "command": "python " + " ".join([os.path.relpath(__file__)] + (argv or sys.argv[1:])),
             "max_steps": args.max_steps,
             "stop_at": args.stop_at,
             "machine": machine_info(args.threads, args.device),
+            "load_average_1_5_15": {"start": load_start, "end": list(os.getloadavg())},
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__,
             "summary": summary,
@@ -672,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
         png = os.path.splitext(args.out)[0] + ".png"
-        plot(runs, png)
+        plot(runs, png, f"{OPERATIONS[args.operation][0]} mod 97")
         print(f"wrote {args.out} and {png}")
     return 0
 

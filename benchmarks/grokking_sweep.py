@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--optimizer", default="mugrokfast", choices=list(grokking.OPTIMIZERS))
     ap.add_argument("--config", action="append", required=True, help="LABEL:FIELD=VALUE,...")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--operation", default="mul", choices=list(grokking.OPERATIONS))
     ap.add_argument("--max-steps", type=int, default=1200)
     ap.add_argument("--stop-at", type=float, default=0.95)
     ap.add_argument("--jobs", type=int, default=1)
@@ -43,12 +44,16 @@ def main(argv: list[str] | None = None) -> int:
         over = grokking.parse_hp(items).get(args.optimizer, {})
         configs.append((label, {**base, **over}, over))
     jobs = [
-        (args.optimizer, s, hp, args.max_steps, args.stop_at) for _, hp, _ in configs for s in seeds
+        (args.optimizer, s, hp, args.max_steps, args.stop_at, 1, "cpu", 0, None, args.operation)
+        for _, hp, _ in configs
+        for s in seeds
     ]
     ctx = mp.get_context("spawn")
     with ctx.Pool(max(1, args.jobs), maxtasksperchild=1) as pool:
         runs = []
         for r in pool.imap(grokking._run_job, jobs):
+            if "error" in r:
+                print(f"  seed {r['seed']}: ERROR {r['error']}", flush=True)
             print(f"  seed {r['seed']}: {r['steps_to_95']} ({r['wall_s']:.0f} s)", flush=True)
             runs.append(r)
 
@@ -65,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = [r["steps_to_95"] for r in rs]
         entry = {
             "label": label,
+            "operation": args.operation,
             "overrides": over,
             "hp": hp,
             "seeds": seeds,
@@ -73,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_steps": args.max_steps,
             "wall_s": [r["wall_s"] for r in rs],
             "command": cmd,
+            "load_average_1_5_15_end": list(os.getloadavg()),
             "date": stamp,
             "torch": grokking.torch.__version__,
         }

@@ -25,6 +25,9 @@ Comparisons (each a ratio against its baseline, timed interleaved, median of ``-
    ``--ma-params`` parameters (a full 25M model at window 200 would need 20 GB).
 
     python benchmarks/optimizer_step.py --out benchmarks/results/optimizer_step.json
+
+``--peers``: comparison 1 also times the maintained peers of ``benchmarks/peers.py`` at their
+documented defaults (extra rows, same interleaving; absent packages are skipped with a note).
 """
 
 from __future__ import annotations
@@ -136,6 +139,20 @@ def mugrokfast_stepper(
         grokfast=grokfast, grokfast_window=window, **(TUNED if tuned else {}),
     )  # fmt: skip
     return Stepper(opt.step, [opt])
+
+
+def peer_makers(muon: list, rest: list) -> dict[str, Callable[[], Stepper]]:
+    """``--peers``: each installed peer at its documented defaults (benchmarks/peers.py)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import peers
+
+    def make(name: str) -> Stepper:
+        opt = peers.build_peer(name, muon, rest, dict(peers.PEERS[name]["hp"]))
+        return Stepper(opt.step, peers.sub_optimizers(opt))
+
+    for note in filter(None, map(peers.missing, peers.PEERS)):
+        print(note, flush=True)
+    return {f"peer {n}": (lambda n=n: make(n)) for n in peers.PEERS if not peers.missing(n)}
 
 
 def adamw(params: list) -> torch.optim.AdamW:
@@ -267,6 +284,8 @@ def bench_shape_set(name: str, shapes: list[Shape], args: argparse.Namespace) ->
         f"MuGrokfast(ma, w={w})": lambda: mugrokfast_stepper(muon, rest, "ma", w),
         f"MuGrokfast(dual, w={w})": lambda: mugrokfast_stepper(muon, rest, "dual", w),
     }
+    if args.peers:
+        makers.update(peer_makers(muon, rest))
     # MA/dual amplify only once the window is full: warm up past it.
     muon_res = time_steppers(makers, args.reps, args.steps, warmup=w + 1)
     add_ratios(muon_res, "torch Muon+AdamW")
@@ -384,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="replace Newton-Schulz by a bf16 cast in torch's Muon and MuGrokfast alike, to time "
         "the rest of the step (the part in which they differ) with less noise",
+    )
+    ap.add_argument(
+        "--peers", action="store_true", help="add the peers' rows (benchmarks/peers.py)"
     )
     ap.add_argument("--out", default=None, help="JSON (a .md table is written next to it)")
     args = ap.parse_args(argv)
