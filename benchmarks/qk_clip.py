@@ -202,10 +202,10 @@ def _name(run: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="benchmarks/results/qk_clip.json")
-    p.add_argument("--max-steps", type=int, default=900)  # the quick preset's
+    p.add_argument("--max-steps", type=int, default=600)
     p.add_argument("--tau", type=float, default=30.0)
     p.add_argument("--low-tau", default="auto", help="auto: half the unclipped run's max; none")
-    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--reps", type=int, default=10)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     load_before = os.getloadavg()
