@@ -546,7 +546,11 @@ def main(argv: list[str] | None = None) -> None:
         "goals": goals(results),
         "results": results,
     }
-    out = Path(args.out)
+    save(payload, Path(args.out))
+
+
+def save(payload: dict, out: Path) -> None:
+    """JSON (written to a temporary name, then renamed) and its Markdown next to it."""
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=1) + "\n")
     tmp.replace(out)
@@ -554,5 +558,22 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(payload["goals"], indent=1))
 
 
+def combine(paths: list[str], out: Path) -> None:
+    """Merge runs made as separate jobs (one variant each, same settings) into one result."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    results = {k: v for part in parts for k, v in part["results"].items()}
+    payload = dict(parts[0])
+    payload["command"] = " && ".join(part["command"] for part in parts)
+    payload["date"] = ", ".join(part["date"] for part in parts)
+    payload["loadavg_start"] = [part["loadavg_start"] for part in parts]
+    payload["loadavg_end"] = [part["loadavg_end"] for part in parts]
+    payload["settings"] = {**parts[0]["settings"], "reps": [p["settings"]["reps"] for p in parts]}
+    payload["results"], payload["goals"] = results, goals(results)
+    save(payload, out)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--combine"]:  # --combine OUT PART.json [PART.json ...]
+        combine(sys.argv[3:], Path(sys.argv[2]))
+    else:
+        main()
