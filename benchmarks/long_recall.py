@@ -336,15 +336,16 @@ def markdown(result: dict[str, Any]) -> str:
             )
         lines += [
             "",
-            "Time ratio for 2x the sequence (previous row -> this row):",
+            "Time ratio from the previous row to this one (linear: the sequence ratio):",
             "",
-            "| seq | none | ema | titans | ema branch | titans branch |",
-            "|---|---|---|---|---|---|",
+            "| seq | x seq | none | ema | titans | ema branch | titans branch |",
+            "|---|---|---|---|---|---|---|",
         ]
         keys = ("none", "ema", "titans", "ema_branch", "titans_branch")
-        for r in result["cost"][1:]:
+        for prev, r in zip(result["cost"], result["cost"][1:], strict=False):
             cells = [f"{r[f'{k}_fwd_bwd_ratio_vs_prev_seq']:.2f}" for k in keys]
-            lines.append(f"| {r['seq']} | " + " | ".join(cells) + " |")
+            factor = r["seq"] / prev["seq"]
+            lines.append(f"| {r['seq']} | {factor:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
