@@ -171,6 +171,10 @@ def test_titans_memory_layers():
         ({"mag_layers": []}, "mag_layers"),
         ({"mag_layers": [True]}, "mag_layers"),
         ({"ltm_type": "titans", "window_size": 4}, "ltm_chunk_size"),
+        ({"ltm_type": "titans", "ltm_conv_size": 0}, "ltm_conv_size"),
+        ({"ltm_type": "titans", "persistent_memory_tokens": -1}, "persistent_memory_tokens"),
+        ({"ltm_type": "titans", "persistent_memory_tokens": True}, "persistent_memory_tokens"),
+        ({"persistent_memory_tokens": 2}, "persistent_memory_tokens"),  # ema: no MAG layer
     ],
 )
 def test_titans_fields_are_validated(overrides, match):

@@ -3,9 +3,13 @@ test time, by gradient descent with momentum and forgetting on an associative lo
 
 Per head h (H heads of width d) the memory is a matrix W (d x d) mapping keys to values:
 
-    q_t = l2norm(W_q x_t),  k_t = l2norm(W_k x_t),  v_t = W_v x_t        (per head)
+    q_t = l2norm(conv(W_q x)_t),  k_t = l2norm(conv(W_k x)_t),  v_t = conv(W_v x)_t
     loss_t(W) = ||W k_t - v_t||^2                                        associative loss
     retrieval: o_t = W q_t,  out_t = W_o [o_t over heads]
+
+conv: a depthwise causal convolution of K = `conv_size` taps along the row's real tokens (the
+paper's architectural detail; K = 1 is none). It lets the key written at a token carry the
+token before it, which a key -> value binding needs: the value follows its key.
 
 The sequence is cut into chunks of C = `chunk_size` real tokens. Chunk n is one step of
 gradient descent with momentum and weight decay on its mean loss, the gradient ("surprise")
@@ -44,7 +48,8 @@ Streaming and padding. Chunks are counted in each row's own stream of real token
 (attention_mask 0) takes no slot, so left padding, right padding and padding in the middle
 change nothing for the real tokens, and padding positions read zeros. The state
 (`TitansState`: W and S at the start of the pending chunk, plus the pending chunk's sums of
-k k^T, v k^T and x and its token count) is passed in and returned explicitly, so two calls
+k k^T, v k^T and x and its token count, and the convolution's input history, the last K-1
+tokens' projections) is passed in and returned explicitly, so two calls
 with the state passed equal one call for any split. Nothing is stored on the module.
 """
 
