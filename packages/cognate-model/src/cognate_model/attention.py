@@ -81,11 +81,16 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+_WIDE = (torch.float32, torch.float64)
+
+
 class RMSNorm(nn.RMSNorm):
     """x / rms(x) * weight, computed in float32 or wider (bf16 autocast inputs included),
     returned in the input's dtype."""
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype in _WIDE and self.weight is not None and self.weight.dtype == x.dtype:
+            return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)  # nothing to cast
         work = torch.promote_types(x.dtype, torch.float32)
         weight = self.weight.to(work) if self.weight is not None else None
         return F.rms_norm(x.to(work), self.normalized_shape, weight, self.eps).to(x.dtype)
