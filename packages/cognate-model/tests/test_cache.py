@@ -150,6 +150,21 @@ def test_generate_identical_with_and_without_cache(make_tiny, sample, variant):
     assert torch.equal(runs[0], runs[1])
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_generate_drops_an_all_ones_mask(make_tiny, padded):
+    """An all-ones mask is dropped by generate (the cache then tracks no padding); a padded
+    one is kept. Either way the tokens equal an uncached generate's."""
+    model = make_tiny()
+    prompt = torch.randint(1, 256, (2, 7))
+    mask = torch.ones_like(prompt)
+    mask[1, :3] = 0 if padded else 1
+    cache = CognateCache(model.config)
+    kwargs = dict(attention_mask=mask, max_new_tokens=12, do_sample=False)
+    out = model.generate(prompt, past_key_values=cache, **kwargs)
+    assert torch.equal(out, model.generate(prompt, use_cache=False, **kwargs))
+    assert (cache.padding.real is not None) == padded
+
+
 @pytest.mark.parametrize("variant", ["default", "titans_every_layer"])
 def test_beam_search_reorders_every_cache_part(make_tiny, variant):
     model = make_tiny(**VARIANTS[variant])
@@ -209,6 +224,21 @@ def test_cache_must_be_ours(make_tiny):
     model = make_tiny()
     with pytest.raises(ValueError, match="CognateCache"):
         model(torch.zeros(1, 4, dtype=torch.long), past_key_values=DynamicCache())
+
+
+def test_crop_is_refused_and_assisted_generation_too(make_tiny):
+    """The memory state has no rollback: crop removes nothing or raises, the cache says it is
+    not croppable, and transformers refuses an assistant model before generating."""
+    model = make_tiny()
     cache = model(torch.zeros(1, 4, dtype=torch.long)).past_key_values
-    with pytest.raises(ValueError, match="cropped"):
+    keys = cache.layers[0].keys.clone()
+    cache.crop(0)
+    assert cache.get_seq_length() == 4 and torch.equal(cache.layers[0].keys, keys)
+    with pytest.raises(ValueError, match="cannot be cropped"):
         cache.crop(-1)
+    assert not cache.is_croppable
+    prompt = torch.randint(0, 256, (1, 5))
+    with pytest.raises(ValueError, match="assisted generation is not supported"):
+        model.generate(prompt, assistant_model=make_tiny(), max_new_tokens=4, do_sample=False)
+    with pytest.raises(ValueError, match="assisted generation is not supported"):
+        model.generate(prompt, prompt_lookup_num_tokens=2, max_new_tokens=4, do_sample=False)

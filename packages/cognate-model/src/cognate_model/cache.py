@@ -249,10 +249,17 @@ class CognateCache(Cache):
         self.seen_tokens = 0
 
     def crop(self, tokens_to_remove: int) -> None:
-        """Not supported: the memory state cannot be rolled back (it would need its history)."""
+        """Not supported beyond removing nothing (`crop(0)`): the long-term memory state after
+        the last token cannot be rolled back. Exact cropping would need a snapshot of the
+        memory (and, for titans, of its weights and momentum) after every token that might be
+        removed, and the window keys that slid out; rejected candidates of assisted /
+        speculative decoding are then cheaper to re-decode. `is_croppable` is False and the
+        model is marked stateful, so `generate(assistant_model=...)` refuses up front."""
+        if tokens_to_remove == 0:
+            return
         raise ValueError(
-            "CognateCache cannot be cropped: the long-term memory state has no rollback "
-            "(assisted / speculative decoding needs a croppable cache)"
+            f"CognateCache cannot be cropped (crop({tokens_to_remove})): the long-term memory "
+            "state has no rollback (assisted / speculative decoding needs a croppable cache)"
         )
 
     @property

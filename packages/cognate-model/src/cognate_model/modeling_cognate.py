@@ -474,6 +474,9 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
     """Cognate: TRM recursive refinement with ACT halting on a Titans-MAG backbone."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    # The memory state cannot be rolled back (`CognateCache.crop`): transformers then refuses
+    # assisted / speculative generation with a clear error instead of failing midway.
+    _is_stateful = True
 
     def __init__(self, config: CognateConfig) -> None:
         super().__init__(config)
@@ -739,7 +742,17 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         **kwargs: object,
     ) -> dict[str, object]:
         """HF's default (slices to the new tokens when a cache is carried, passes model kwargs
-        such as memory_state and output_hidden_states through), with metrics off."""
+        such as memory_state and output_hidden_states through), with metrics off.
+
+        With a cache, an all-ones attention mask is dropped (the same result, and a step then
+        builds no mask): checked once on the first call of a `generate` (one host sync), then
+        each later step's mask is generate's previous one plus a 1 for the token it appended,
+        so it is all ones exactly when the cache holds no padding.
+        """
+        if isinstance(past_key_values, CognateCache) and attention_mask is not None:
+            first = kwargs.get("is_first_iteration") or past_key_values.get_seq_length() == 0
+            unpadded = bool(attention_mask.all()) if first else past_key_values.padding.real is None
+            attention_mask = None if unpadded else attention_mask
         inputs = super().prepare_inputs_for_generation(
             input_ids,
             past_key_values=past_key_values,
