@@ -11,10 +11,12 @@ median of ``--reps`` is reported, after one warm-up of each model. Figures:
 - flatness = ms/token at 1024 / ms/token at 32 (goal <= 1.3 with the cache);
 - Cognate cached / Llama tokens/s at 256 new tokens (goal >= 1 / 1.5).
 
-Where the gap to Llama comes from: ``--split`` times one cached decoding step of Cognate's
-backbone alone (embedding, blocks, norm, LTM + gate, LM head: what a Llama-like model does)
-against the full step (plus the TRM recursion: trm_cycles x (micro_steps + 1) block calls
-and the ACT head), with the same cache, interleaved.
+Where the gap to Llama comes from: the step split times one cached decoding step of
+Cognate's backbone alone (embedding, blocks, norm, LTM + gate, LM head: what a Llama-like
+model does), the full step (plus the TRM recursion: trm_cycles x (micro_steps + 1) block
+calls and the ACT head) and the Llama's step, called directly (no `generate`), interleaved,
+at each batch size (``--split-steps``, ``--split-reps``); and counts the work of one step
+(multiply-adds with `FlopCounterMode`, block calls with a hook on the recursion's block).
 
 Uncached Cognate re-reads the whole prefix every step: its cost grows with length; the slow
 settings are skipped by ``--skip-uncached`` (see its default). Each model is warmed up with
@@ -27,6 +29,7 @@ one short generate; the timed runs are not.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as _dt
 import json
 import os
@@ -40,7 +43,8 @@ from typing import Any
 
 import torch
 from cognate_model import CognateCache, CognateConfig, CognateForCausalLM
-from transformers import LlamaConfig, LlamaForCausalLM
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 PROMPT = 32
 
@@ -89,23 +93,67 @@ def generate_fn(model: Any, batch: int, new: int, use_cache: bool) -> Callable[[
     return run
 
 
-def step_split(model: CognateForCausalLM, steps: int, reps: int) -> dict[str, float]:
-    """ms per cached decoding step: backbone + LM head alone vs the full model (batch 1)."""
-    ids = torch.randint(0, model.config.vocab_size, (1, PROMPT + steps))
+def backbone_step(model: CognateForCausalLM, ids: torch.Tensor, cache: CognateCache) -> None:
+    """What a Llama-like model does: embedding, blocks, norm (+ LTM and gate), LM head."""
+    y = model.model(ids, past_key_values=cache).last_hidden_state
+    model.lm_logits(y[:, -1:])
+
+
+def step_split(
+    model: CognateForCausalLM, llama: LlamaForCausalLM, batch: int, steps: int, reps: int
+) -> dict[str, float]:
+    """ms per cached decoding step after a 32-token prompt, interleaved: Cognate's backbone +
+    LM head alone ("backbone"), the full model ("full": + the TRM recursion and ACT head), and
+    the same-shape Llama ("llama"), all called directly (no `generate` around them)."""
+    ids = torch.randint(0, model.config.vocab_size, (batch, PROMPT + steps))
 
     @torch.no_grad()
-    def decode(full: bool) -> None:
-        cache = CognateCache(model.config)
+    def decode(kind: str) -> None:
+        cache = DynamicCache() if kind == "llama" else CognateCache(model.config)
         for t in range(PROMPT, PROMPT + steps):
             chunk = ids[:, :PROMPT] if t == PROMPT else ids[:, t - 1 : t]
-            if full:
+            if kind == "llama":
+                llama(chunk, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            elif kind == "full":
                 model(chunk, past_key_values=cache, return_metrics=False, logits_to_keep=1)
             else:
-                y = model.model(chunk, past_key_values=cache).last_hidden_state
-                model.lm_logits(y[:, -1:])
+                backbone_step(model, chunk, cache)
 
-    times = interleaved({"full": lambda: decode(True), "backbone": lambda: decode(False)}, reps)
+    kinds = ("full", "backbone", "llama")
+    times = interleaved({k: (lambda k=k: decode(k)) for k in kinds}, reps)
     return {k: 1000 * v / steps for k, v in times.items()}
+
+
+@torch.no_grad()
+def step_work(model: CognateForCausalLM, llama: LlamaForCausalLM) -> dict[str, Any]:
+    """Multiply-adds of one cached decoding step (batch 1, after 32 tokens; FlopCounterMode:
+    matmuls and attention) and the number of block calls, for the backbone (+ LM head), the
+    full Cognate step and the Llama step."""
+    ids = torch.randint(0, model.config.vocab_size, (1, PROMPT + 1))
+    cognate_cache, llama_cache = CognateCache(model.config), DynamicCache()
+    model(ids[:, :PROMPT], past_key_values=cognate_cache, return_metrics=False)
+    llama(ids[:, :PROMPT], past_key_values=llama_cache, use_cache=True)
+    calls = {"n": 0}
+    hook = model.recursion.block.register_forward_pre_hook(
+        lambda *_: calls.__setitem__("n", calls["n"] + 1)
+    )
+    macs = {}
+    for kind, run in (
+        ("full", lambda: model(ids[:, PROMPT:], past_key_values=copy.deepcopy(cognate_cache))),
+        ("backbone", lambda: backbone_step(model, ids[:, PROMPT:], copy.deepcopy(cognate_cache))),
+        ("llama", lambda: llama(ids[:, PROMPT:], past_key_values=llama_cache, use_cache=True)),
+    ):
+        with FlopCounterMode(display=False) as counter:
+            run()
+        macs[kind] = counter.get_total_flops() // 2
+    hook.remove()
+    cfg = model.config
+    return {
+        "macs_per_token": macs,
+        "block_calls": {"backbone": cfg.n_layers, "recursion": calls["n"], "llama": cfg.n_layers},
+        "trm_cycles": cfg.trm_cycles,
+        "trm_micro_steps": cfg.trm_micro_steps,
+    }
 
 
 def interleaved(
@@ -225,6 +273,7 @@ def main() -> None:
     p.add_argument("--skip", nargs="*", default=[], help="PRESET:BATCH:NEW settings not run at all")
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--split-steps", type=int, default=256)
+    p.add_argument("--split-reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results/generation_speed.json")
     args = p.parse_args()
@@ -238,11 +287,16 @@ def main() -> None:
     def partial(medians: dict[str, float]) -> None:
         out.with_suffix(".partial.json").write_text(json.dumps(to_rows(medians), indent=1))
 
-    split = {
-        preset: step_split(cognate(preset, PROMPT + args.split_steps), args.split_steps, args.reps)
-        for preset in args.presets
-    }
-    print("step split (ms):", split, flush=True)
+    split, work = {}, {}
+    for preset in args.presets:
+        model = cognate(preset, PROMPT + args.split_steps)
+        llama = llama_like(model.config)
+        work[preset] = step_work(model, llama)
+        for batch in args.batch:
+            split[f"{preset}|{batch}"] = step_split(
+                model, llama, batch, args.split_steps, args.split_reps
+            )
+    print("step split (ms):", split, "work:", work, flush=True)
     medians = interleaved(settings(args), args.reps, warm_up=False, progress=partial)
     rows = to_rows(medians)
     result = {
@@ -256,7 +310,8 @@ def main() -> None:
         "settings": vars(args) | {"prompt_tokens": PROMPT, "greedy": True},
         "rows": rows,
         "summary": summarise(rows),
-        "step_split_ms_batch1": split,
+        "step_split_ms": split,
+        "step_work": work,
     }
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
@@ -279,10 +334,17 @@ def main() -> None:
         json.dumps(result["summary"], indent=2),
         "```",
         "",
-        f"## One cached step, batch 1, {args.split_steps} steps after a {PROMPT}-token prompt (ms)",
+        f"## One cached step, {args.split_steps} steps after a {PROMPT}-token prompt (ms, "
+        f"median of {args.split_reps} interleaved; key preset|batch)",
         "",
         "```",
         json.dumps(split, indent=2),
+        "```",
+        "",
+        "## Work of one cached step (batch 1): multiply-adds and block calls",
+        "",
+        "```",
+        json.dumps(work, indent=2),
         "```",
     ]
     out.with_suffix(".md").write_text("\n".join(md) + "\n")

@@ -103,6 +103,38 @@ def test_titans_cache_holds_a_fixed_size_state(make_tiny):
         assert part.state.pending_count.tolist() == [3, 3]
 
 
+@pytest.mark.parametrize("variant", ["default", "titans", "window_1"])
+@pytest.mark.parametrize("chunk", [1, 5, 23])
+def test_in_place_window_under_no_grad(make_tiny, variant, chunk):
+    """Without autograd (as in generate) the window is written in place into a buffer that is
+    replaced when full (every window - 1 steps, or at once for a chunk longer than the
+    window): the logits still equal a full forward, with left padding too."""
+    model = make_tiny(**VARIANTS[variant])
+    ids = torch.randint(1, 256, (2, 70))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    full = model(ids, attention_mask=mask, use_cache=False).logits
+    with torch.no_grad():
+        outs, cache = _decode(model, ids, prefill=3, chunk=chunk, mask=mask)
+    logits = torch.cat([o.logits for o in outs], 1)
+    torch.testing.assert_close(logits[0, 4:], full[0, 4:], rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits[1], full[1], rtol=0, atol=1e-5)
+    keep = model.config.window_size - 1
+    assert cache.layers[0].keys.shape[-2] == cache.recursion.keys.shape[-2] == keep
+
+
+def test_window_alternating_grad_and_no_grad_steps(make_tiny):
+    """Concatenating steps (autograd on) and in-place steps (off) may follow each other."""
+    model = make_tiny()
+    ids = torch.randint(0, 256, (2, 60))
+    full = model(ids, use_cache=False).logits
+    cache, logits = CognateCache(model.config), []
+    for i, t in enumerate(range(0, 60, 3)):
+        with torch.set_grad_enabled(i % 3 == 0):
+            logits.append(model(ids[:, t : t + 3], past_key_values=cache).logits)
+    torch.testing.assert_close(torch.cat(logits, 1), full, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("variant", ["default", "titans"])
 @pytest.mark.parametrize("sample", [False, True])
 def test_generate_identical_with_and_without_cache(make_tiny, sample, variant):
@@ -116,6 +148,21 @@ def test_generate_identical_with_and_without_cache(make_tiny, sample, variant):
         torch.manual_seed(7)
         runs.append(model.generate(prompt, use_cache=use_cache, **kwargs))
     assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_generate_drops_an_all_ones_mask(make_tiny, padded):
+    """An all-ones mask is dropped by generate (the cache then tracks no padding); a padded
+    one is kept. Either way the tokens equal an uncached generate's."""
+    model = make_tiny()
+    prompt = torch.randint(1, 256, (2, 7))
+    mask = torch.ones_like(prompt)
+    mask[1, :3] = 0 if padded else 1
+    cache = CognateCache(model.config)
+    kwargs = dict(attention_mask=mask, max_new_tokens=12, do_sample=False)
+    out = model.generate(prompt, past_key_values=cache, **kwargs)
+    assert torch.equal(out, model.generate(prompt, use_cache=False, **kwargs))
+    assert (cache.padding.real is not None) == padded
 
 
 @pytest.mark.parametrize("variant", ["default", "titans_every_layer"])
@@ -177,6 +224,21 @@ def test_cache_must_be_ours(make_tiny):
     model = make_tiny()
     with pytest.raises(ValueError, match="CognateCache"):
         model(torch.zeros(1, 4, dtype=torch.long), past_key_values=DynamicCache())
+
+
+def test_crop_is_refused_and_assisted_generation_too(make_tiny):
+    """The memory state has no rollback: crop removes nothing or raises, the cache says it is
+    not croppable, and transformers refuses an assistant model before generating."""
+    model = make_tiny()
     cache = model(torch.zeros(1, 4, dtype=torch.long)).past_key_values
-    with pytest.raises(ValueError, match="cropped"):
+    keys = cache.layers[0].keys.clone()
+    cache.crop(0)
+    assert cache.get_seq_length() == 4 and torch.equal(cache.layers[0].keys, keys)
+    with pytest.raises(ValueError, match="cannot be cropped"):
         cache.crop(-1)
+    assert not cache.is_croppable
+    prompt = torch.randint(0, 256, (1, 5))
+    with pytest.raises(ValueError, match="assisted generation is not supported"):
+        model.generate(prompt, assistant_model=make_tiny(), max_new_tokens=4, do_sample=False)
+    with pytest.raises(ValueError, match="assisted generation is not supported"):
+        model.generate(prompt, prompt_lookup_num_tokens=2, max_new_tokens=4, do_sample=False)

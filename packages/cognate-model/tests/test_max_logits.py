@@ -8,17 +8,20 @@ import pytest
 import torch
 from cognate_model.attention import (
     Attention,
+    WindowMask,
     apply_rotary,
     max_logits_per_head,
     sliding_window_mask,
 )
 
 
-def reference_max(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def reference_max(q: torch.Tensor, k: torch.Tensor, mask) -> torch.Tensor:
     """max over (b, t, s allowed) of q.k / sqrt(d), naively in float64 with the full matrix."""
     q, k = q.double(), k.double()
     scores = torch.einsum("bhtd,bhsd->bhts", q, k) / math.sqrt(q.shape[-1])
-    allowed = mask.expand_as(scores)
+    if isinstance(mask, WindowMask):
+        mask = mask.dense()
+    allowed = torch.ones_like(scores, dtype=torch.bool) if mask is None else mask.expand_as(scores)
     return scores.masked_fill(~allowed, -math.inf).amax(dim=(0, 2, 3))
 
 

@@ -114,16 +114,18 @@ def window_attention(
 
 
 def with_persistent(
-    k: Tensor, v: Tensor, allowed: Tensor, persistent: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
+    k: Tensor, v: Tensor, allowed: Tensor | None, persistent: Tensor
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """Prepend N persistent key/value slots (2, H, N, hd) to k, v (B, H, ..., L, hd), visible
-    to every query: the boolean mask (..., Tq, L) gets N leading True columns."""
+    to every query: the boolean mask (..., Tq, L) gets N leading True columns (None, "every
+    key allowed", stays None)."""
     H, N, hd = persistent.shape[1:]
     lead = [1] * (k.dim() - 4)  # the blocked path's block dimension
     pk, pv = (p.view(1, H, *lead, N, hd).to(k.dtype) for p in persistent)
     k = torch.cat((pk.expand(*k.shape[:-2], N, hd), k), -2)
     v = torch.cat((pv.expand(*v.shape[:-2], N, hd), v), -2)
-    allowed = torch.cat((allowed.new_ones(*allowed.shape[:-1], N), allowed), -1)
+    if allowed is not None:
+        allowed = torch.cat((allowed.new_ones(*allowed.shape[:-1], N), allowed), -1)
     return k, v, allowed
 
 
@@ -199,11 +201,16 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+_WIDE = (torch.float32, torch.float64)
+
+
 class RMSNorm(nn.RMSNorm):
     """x / rms(x) * weight, computed in float32 or wider (bf16 autocast inputs included),
     returned in the input's dtype."""
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype in _WIDE and self.weight is not None and self.weight.dtype == x.dtype:
+            return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)  # nothing to cast
         work = torch.promote_types(x.dtype, torch.float32)
         weight = self.weight.to(work) if self.weight is not None else None
         return F.rms_norm(x.to(work), self.normalized_shape, weight, self.eps).to(x.dtype)

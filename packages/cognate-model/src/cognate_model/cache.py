@@ -67,7 +67,14 @@ def _tail(x: Tensor, keep: int, dim: int) -> Tensor:
 
 
 class WindowKV(_BatchState, CacheLayerMixin):
-    """Keys/values (B, H, P, head_dim) of the last P <= window - 1 positions of one attention."""
+    """Keys/values (B, H, P, head_dim) of the last P <= window - 1 positions of one attention.
+
+    Without autograd (generation) new keys/values are written in place into a buffer with
+    room for `keep` more positions, and `keys`/`values` are views of its tail: a decoding step
+    copies its own key/value, and the held window is copied once every `keep` steps into a
+    fresh buffer (appending with `torch.cat` copies the whole window at every step). With
+    autograd, or under torch.compile, it concatenates (no in-place writes into saved tensors).
+    """
 
     is_sliding = True
     _tensors = ("keys", "values")
@@ -75,6 +82,8 @@ class WindowKV(_BatchState, CacheLayerMixin):
     def __init__(self, window: int) -> None:
         super().__init__()
         self.keep = window - 1
+        self._buffers: tuple[Tensor, Tensor] | None = None
+        self._end = 0  # `keys` ends at this index of the buffers
 
     def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
@@ -84,14 +93,41 @@ class WindowKV(_BatchState, CacheLayerMixin):
         self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any
     ) -> tuple[Tensor, Tensor]:
         """Append the new (B, H, T, hd) keys/values; return cached + new, keep the window."""
+        new = (key_states, value_states)
         if self.keys is None:
             self.lazy_initialization(key_states, value_states)
-            keys, values = key_states, value_states
-        else:
+            keys, values = new
+        elif torch.is_grad_enabled() or torch.compiler.is_compiling():
             keys = torch.cat((self.keys, key_states), dim=-2)
             values = torch.cat((self.values, value_states), dim=-2)
+            self._buffers = None
+        else:
+            keys, values = self._append_in_place(new)
         self.keys, self.values = _tail(keys, self.keep, -2), _tail(values, self.keep, -2)
         return keys, values
+
+    def _append_in_place(self, new: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """Write `new` after the held positions in the buffers (a fresh pair when full)."""
+        held, steps = self.keys.shape[-2], new[0].shape[-2]
+        if self._buffers is None or self._end + steps > self._buffers[0].shape[-2]:
+            b, h, _, d = self.keys.shape
+            size = held + max(self.keep, steps)
+            self._buffers = (
+                self.keys.new_empty(b, h, size, d),
+                self.values.new_empty(b, h, size, d),
+            )
+            for buffer, old in zip(self._buffers, (self.keys, self.values), strict=True):
+                buffer[..., :held, :].copy_(old)
+            self._end = held
+        start, self._end = self._end, self._end + steps
+        for buffer, x in zip(self._buffers, new, strict=True):
+            buffer[..., start : self._end, :].copy_(x)
+        keys, values = (buffer[..., start - held : self._end, :] for buffer in self._buffers)
+        return keys, values
+
+    def _map(self, fn: Callable[[Tensor], Tensor]) -> None:
+        super()._map(fn)
+        self._buffers = None  # batch operations give new tensors: the next step starts a buffer
 
     def get_seq_length(self) -> int:
         """Positions held (at most window - 1), not positions seen: see `CognateCache`."""
@@ -105,6 +141,7 @@ class WindowKV(_BatchState, CacheLayerMixin):
 
     def reset(self) -> None:
         super().reset()
+        self._buffers = None
         self.is_initialized = False
 
 
@@ -212,10 +249,17 @@ class CognateCache(Cache):
         self.seen_tokens = 0
 
     def crop(self, tokens_to_remove: int) -> None:
-        """Not supported: the memory state cannot be rolled back (it would need its history)."""
+        """Not supported beyond removing nothing (`crop(0)`): the long-term memory state after
+        the last token cannot be rolled back. Exact cropping would need a snapshot of the
+        memory (and, for titans, of its weights and momentum) after every token that might be
+        removed, and the window keys that slid out; rejected candidates of assisted /
+        speculative decoding are then cheaper to re-decode. `is_croppable` is False and the
+        model is marked stateful, so `generate(assistant_model=...)` refuses up front."""
+        if tokens_to_remove == 0:
+            return
         raise ValueError(
-            "CognateCache cannot be cropped: the long-term memory state has no rollback "
-            "(assisted / speculative decoding needs a croppable cache)"
+            f"CognateCache cannot be cropped (crop({tokens_to_remove})): the long-term memory "
+            "state has no rollback (assisted / speculative decoding needs a croppable cache)"
         )
 
     @property

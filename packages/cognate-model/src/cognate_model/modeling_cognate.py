@@ -105,6 +105,8 @@ class CognateCausalLMOutput(ModelOutput):
     supervision steps).
     metrics: floats keyed "act/...", "ltm/...", "trm/..." for the trainer's logs, copied from
     the device on first read (a plain forward that does not read them does not sync).
+    With `return_metrics=False` (as `generate` calls it) the diagnostic fields act_steps ...
+    ltm_surprise and metrics stay None: none of their work is done.
     """
 
     loss: Tensor | None = None
@@ -230,9 +232,10 @@ class CognatePreTrainedModel(PreTrainedModel):
 @dataclass
 class AttentionInputs:
     """What every attention layer of one forward shares: the sliding-window mask over
-    (held + new) keys, the rotary tables of the new positions, and the new tokens' 0/1 mask."""
+    (held + new) keys (None when it allows everything: one new token, no padding), the rotary
+    tables of the new positions, and the new tokens' 0/1 mask."""
 
-    mask: WindowMask
+    mask: WindowMask | None
     cos: Tensor
     sin: Tensor
     new_mask: Tensor | None
@@ -303,7 +306,9 @@ class CognateModel(CognatePreTrainedModel):
         start, held, key_mask = 0, 0, new_mask
         if cache is not None:
             start, held, key_mask = cache.step(new_mask, seq_len)
-        mask = WindowMask(seq_len, self.config.window_size, key_mask, held, device)
+        mask = None  # one token, no padding: it sees every held key (at most window - 1)
+        if seq_len > 1 or key_mask is not None:
+            mask = WindowMask(seq_len, self.config.window_size, key_mask, held, device)
         positions = position_ids
         if positions is None:
             positions = torch.arange(start, start + seq_len, device=device) if start else seq_len
@@ -500,6 +505,9 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
     """Cognate: TRM recursive refinement with ACT halting on a Titans-MAG backbone."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    # The memory state cannot be rolled back (`CognateCache.crop`): transformers then refuses
+    # assisted / speculative generation with a clear error instead of failing midway.
+    _is_stateful = True
 
     def __init__(self, config: CognateConfig) -> None:
         super().__init__(config)
@@ -570,7 +578,8 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         config.use_cache outside training and torch.export); a step then reads only its new
         tokens.
         act_halting: freeze halted tokens (default: `use_act and not self.training`).
-        return_metrics: fill `metrics` (read lazily: no device sync unless read).
+        return_metrics: fill the diagnostic fields (act_steps ... ltm_surprise) and `metrics`
+        (read lazily: no device sync unless read); False skips them (generate does).
         logits_to_keep: int k > 0 keeps the last k positions' logits (0: all), or an index
         tensor. num_items_in_batch: the target count of the whole (accumulated) batch: the
         loss is then this micro-batch's share of the batch mean (HF Trainer passes it).
@@ -631,6 +640,7 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         if output_hidden_states:
             out.hidden_states, out.recursion_states = base.hidden_states, tuple(rec.ys)
         if return_metrics:
+            self._diagnostics(out, base, rec, terms, real)
             out.metrics = _collect_metrics(out, terms, rec.halt_logits, real)
         return_dict = return_dict if return_dict is not None else cfg.return_dict
         if return_dict:
@@ -650,9 +660,7 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         num_items_in_batch: Tensor | int | None,
         logits_to_keep: int | Tensor,
     ) -> tuple[CognateCausalLMOutput, dict[str, Tensor], Tensor]:
-        """Logits, loss and the per-call diagnostics (tensors, no host sync); also the loss
-        parts and the (B, T) real-token mask for the metrics."""
-        cfg = self.config
+        """Logits and loss; also the loss parts and the (B, T) real-token mask."""
         y = rec.ys[-1]
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         need_all = labels is not None or targets is not None
@@ -679,6 +687,19 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
             )
             out.lm_loss = out.cycle_losses[-1]
             out.logits = logits[:, keep]
+        return out, terms, real
+
+    def _diagnostics(
+        self,
+        out: CognateCausalLMOutput,
+        base: CognateModelOutput,
+        rec: RecursionOutput,
+        terms: dict[str, Tensor],
+        real: Tensor,
+    ) -> None:
+        """The per-call diagnostic fields (ACT steps, halting, gate, memory norm), as tensors
+        (no host sync); `terms` gains the titans per-layer means."""
+        cfg = self.config
         if rec.halt_logits is not None:
             halt = rec.halt_logits.detach()
             steps = halting_steps(halt, cfg.act_threshold)
@@ -698,7 +719,6 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
             out.ltm_surprise = torch.stack(
                 [v for k, v in terms.items() if k.startswith("ltm/surprise/")]
             ).mean()
-        return out, terms, real
 
     def _loss(
         self,
@@ -763,7 +783,17 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         **kwargs: object,
     ) -> dict[str, object]:
         """HF's default (slices to the new tokens when a cache is carried, passes model kwargs
-        such as memory_state and output_hidden_states through), with metrics off."""
+        such as memory_state and output_hidden_states through), with metrics off.
+
+        With a cache, an all-ones attention mask is dropped (the same result, and a step then
+        builds no mask): checked once on the first call of a `generate` (one host sync), then
+        each later step's mask is generate's previous one plus a 1 for the token it appended,
+        so it is all ones exactly when the cache holds no padding.
+        """
+        if isinstance(past_key_values, CognateCache) and attention_mask is not None:
+            first = kwargs.get("is_first_iteration") or past_key_values.get_seq_length() == 0
+            unpadded = bool(attention_mask.all()) if first else past_key_values.padding.real is None
+            attention_mask = None if unpadded else attention_mask
         inputs = super().prepare_inputs_for_generation(
             input_ids,
             past_key_values=past_key_values,

@@ -105,17 +105,17 @@ class RecursionOutput:
 @dataclass
 class _Features:
     """What a cycle reads besides (y, z): feature keys/values (B, H, S, hd), the mask
-    (B or 1, 1, T, S) and the queries' rotary tables."""
+    (B or 1, 1, T, S), a `WindowMask`, or None, and the queries' rotary tables."""
 
     k: Tensor
     v: Tensor
-    mask: Tensor | None
+    mask: Tensor | WindowMask | None
     cos: Tensor
     sin: Tensor
 
     def gather(self, rows: Tensor, cols: Tensor) -> _Features:
         """The features of the positions (rows[i], cols[i, j]): rows (R,), cols (R, Tq)."""
-        mask = self.mask
+        mask = self.mask.dense() if isinstance(self.mask, WindowMask) else self.mask
         if mask is not None:  # (B or 1, 1, T, S) -> (R, 1, Tq, S)
             mask = (mask if mask.shape[0] == 1 else mask[rows]).expand(rows.shape[0], -1, -1, -1)
             mask = mask.gather(2, cols[:, None, :, None].expand(-1, 1, -1, mask.shape[-1]))
