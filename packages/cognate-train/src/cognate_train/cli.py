@@ -172,6 +172,11 @@ def cmd_train(ns: argparse.Namespace) -> int:
     from .validation import preflight
 
     cfg = _config("train", ns)
+    if ns.dry_run:
+        from .dryrun import dry_run
+
+        print(dry_run(cfg))
+        return 0
     preflight(cfg)
     root = Path(cfg.output_dir)
     with output_lock(root):
