@@ -37,9 +37,7 @@ def test_help_imports_no_heavy_module(args):
 
 
 def test_a_bad_flag_is_refused_before_the_heavy_imports():
-    code = PROBE.replace("main(sys.argv[1:])", "assert main(sys.argv[1:]) == 2").format(
-        heavy=HEAVY
-    )
+    code = PROBE.replace("main(sys.argv[1:])", "assert main(sys.argv[1:]) == 2").format(heavy=HEAVY)
     proc = subprocess.run(
         [sys.executable, "-c", code, "train", "--max-steps", "x"],
         capture_output=True,
