@@ -1,0 +1,52 @@
+"""The run figures quoted in the READMEs are those of the committed result files.
+
+``benchmarks/readme_figures.py`` regenerates both (it re-runs the README's commands); this test
+only reads: every generated block must equal its rendering from ``benchmarks/results/``, every
+inline ``<!--fig ...-->`` mark must follow the figure it names.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location(
+        "readme_figures", ROOT / "benchmarks" / "readme_figures.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+figs = _module()
+
+
+@pytest.mark.parametrize("readme", figs.READMES)
+def test_quoted_figures_match_the_committed_results(readme):
+    assert figs.mismatches((ROOT / readme).read_text()) == []
+
+
+def test_the_readmes_hold_marks_at_all():
+    text = "".join((ROOT / r).read_text() for r in figs.READMES)
+    assert len(figs.BLOCK.findall(text)) >= 2 and len(figs.FIG.findall(text)) >= 5
+
+
+def test_a_drifted_figure_or_block_is_reported(tmp_path, monkeypatch):
+    result = json.loads((ROOT / "benchmarks/results/readme_grok.json").read_text())
+    monkeypatch.setattr(figs, "RESULTS", tmp_path)
+    (tmp_path / "readme_grok.json").write_text(json.dumps(result))
+    steps = result["summary"]["steps"]
+    good = f"ran {steps}<!--fig readme_grok:steps:d--> steps"
+    assert figs.mismatches(good) == []
+    assert len(figs.mismatches(f"ran {steps + 1}<!--fig readme_grok:steps:d--> steps")) == 1
+    block = "<!-- generated: readme_grok -->\n" + figs.BLOCKS["readme_grok"](result)
+    assert figs.mismatches(block + "<!-- /generated -->") == []
+    stale = block.replace(f" {steps} steps", f" {steps + 1} steps")
+    assert len(figs.mismatches(stale + "<!-- /generated -->")) == 1
