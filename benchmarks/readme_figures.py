@@ -15,8 +15,8 @@ Two kinds of marks in a README tie its text to these files:
 
 * a generated block, ``<!-- generated: NAME -->`` ... ``<!-- /generated -->``: the text between
   is exactly ``BLOCKS[NAME](results)``, rewritten by ``write``;
-* an inline figure, ``0.87<!--fig readme_train:speed.val_loss:.2f-->``: the text just before
-  the mark is ``format(figures(results)[key], spec)``.
+* an inline figure, ``<!--fig readme_train:speed.val_loss:.2f-->0.87<!--/fig-->``: the text
+  between is ``format(figures(results)[key], spec)``, also rewritten by ``write``.
 
 ``packages/cognate-train/tests/test_readme_figures.py`` runs ``check`` on every README, so a
 quoted figure cannot drift from the committed result that backs it.
@@ -45,8 +45,16 @@ COMMANDS = {
     "train": ["cognate-train", "train", "--output-dir", "runs/quick"],
     "grok": ["cognate-train", "grok", "--output-dir", "runs/grok"],
 }
+# what the root README's first hour runs after `train`, on the speed model
+FINAL = "runs/quick/speed/final"
+FOLLOW_UPS = {
+    "smoke": ["cognate-train", "train", "--preset", "smoke", "--output-dir", "runs/smoke"],
+    "eval": ["cognate-train", "eval", "--checkpoint", FINAL],
+    "generate": ["cognate-train", "generate", "--checkpoint", FINAL]
+    + ["--prompt", "copy hello:", "--prompt", "rev abcdef:", "--prompt", "12+35="],
+}
 BLOCK = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(<!-- /generated -->)", re.S)
-FIG = re.compile(r"<!--fig (\w+):([\w./-]+):([^>]*?)-->")
+FIG = re.compile(r"(<!--fig (\w+):([\w./-]+):([^>]*?)-->)(.*?)(<!--/fig-->)")
 
 
 def _machine() -> dict[str, Any]:
@@ -68,25 +76,38 @@ def _git_commit() -> str:
     return out.stdout.strip()
 
 
+def _run(cmd: list[str], cwd: str) -> tuple[str, float]:
+    """stdout and wall seconds of ``cmd``; exits naming it if it fails."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc.stdout, round(time.perf_counter() - t0, 1)
+
+
 def run_job(job: str) -> dict[str, Any]:
-    """Run the README's command for ``job`` in a scratch directory; return its record."""
+    """Run the README's command for ``job`` in a scratch directory; return its record (for
+    ``train`` also the first hour's smoke run, ``eval`` and ``generate``: output and time)."""
     cmd = COMMANDS[job]
+    follow: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix=f"readme-{job}-") as tmp:
-        load0, t0 = os.getloadavg(), time.perf_counter()
-        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-        out = Path(tmp) / cmd[-1]
-        summary = json.loads((out / "summary.json").read_text())
+        load0 = os.getloadavg()
+        _, wall = _run(cmd, tmp)
+        summary = json.loads((Path(tmp) / cmd[-1] / "summary.json").read_text())
+        for name, extra in FOLLOW_UPS.items() if job == "train" else ():
+            stdout, seconds = _run(extra, tmp)
+            follow[name] = {"command": " ".join(extra), "wall_s": seconds}
+            if name != "smoke":
+                follow[name]["stdout"] = stdout.replace(tmp + "/", "")
     return {
         "command": "uv run " + " ".join(cmd[:2]) + "  (as the README gives it; in a scratch dir)",
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "git_commit": _git_commit(),
         "machine": _machine(),
         "load_average_before_after": [round(load0[0], 2), round(os.getloadavg()[0], 2)],
-        "wall_s": round(wall, 1),
+        "wall_s": wall,
         "summary": summary,
+        **({"first_hour": follow} if follow else {}),
     }
 
 
@@ -112,6 +133,8 @@ def _model_figures(m: dict[str, Any]) -> dict[str, Any]:
 def figures(result: dict[str, Any]) -> dict[str, Any]:
     """Every figure a README may quote from one result file, by flat key."""
     out: dict[str, Any] = {"wall_s": result["wall_s"], "wall_min": result["wall_s"] / 60}
+    for name, run in result.get("first_hour", {}).items():
+        out[f"{name}.wall_s"] = run["wall_s"]
     s = result["summary"]
     if "models" not in s:  # grok
         for key in ("steps", "grokking_step", "converged_step", "steps_to_95_val_acc"):
@@ -185,9 +208,26 @@ def _grok_block(result: dict[str, Any]) -> str:
     )
 
 
+def _first_hour_block(result: dict[str, Any]) -> str:
+    hour = result["first_hour"]
+    lines = []
+    for name in ("eval", "generate"):
+        lines += [
+            f"`uv run {hour[name]['command']}` ({hour[name]['wall_s']:.0f} s here, most of it "
+            "importing torch and transformers):",
+            "",
+            "```",
+            hour[name]["stdout"].rstrip("\n"),
+            "```",
+            "",
+        ]
+    return "\n".join(lines)
+
+
 BLOCKS: dict[str, Callable[[dict[str, Any]], str]] = {
     "readme_train": _train_block,
     "readme_grok": _grok_block,
+    "readme_first_hour": _first_hour_block,
 }
 
 
@@ -195,9 +235,15 @@ def load_result(name: str) -> dict[str, Any]:
     return json.loads((RESULTS / f"{name}.json").read_text())
 
 
+def _figure(name: str, key: str, spec: str) -> str | None:
+    value = figures(load_result(name)).get(key)
+    return None if value is None else format(value, spec)
+
+
 def rewrite(text: str) -> str:
-    """``text`` with every generated block re-rendered from its result file."""
-    return BLOCK.sub(lambda m: m[1] + BLOCKS[m[2]](load_result(m[2])) + m[4], text)
+    """``text`` with every generated block and inline figure re-rendered from its results."""
+    text = BLOCK.sub(lambda m: m[1] + BLOCKS[m[2]](load_result(m[2])) + m[4], text)
+    return FIG.sub(lambda m: m[1] + (_figure(m[2], m[3], m[4]) or m[5]) + m[6], text)
 
 
 def mismatches(text: str) -> list[str]:
@@ -208,15 +254,11 @@ def mismatches(text: str) -> list[str]:
         if m[3] != want:
             problems.append(f"generated block {m[2]} is stale (run: readme_figures.py write)")
     for m in FIG.finditer(text):
-        name, key, spec = m[1], m[2], m[3]
-        table = figures(load_result(name))
-        if key not in table:
-            problems.append(f"{name}:{key}: no such figure")
-            continue
-        want = format(table[key], spec)
-        if not text[: m.start()].endswith(want):
-            shown = text[max(0, m.start() - 12) : m.start()]
-            problems.append(f"{name}:{key} is {want}, the README says ...{shown!r}")
+        want = _figure(m[2], m[3], m[4])
+        if want is None:
+            problems.append(f"{m[2]}:{m[3]}: no such figure")
+        elif m[5] != want:
+            problems.append(f"{m[2]}:{m[3]} is {want}, the README says {m[5]!r}")
     return problems
 
 

@@ -109,3 +109,23 @@ def test_detector_events_boost_lambda_stop_the_run_and_reach_metrics(tmp_path, m
     assert all(
         g["grokfast_lambda"] == pytest.approx(1.5) for g in state["optimizer"]["param_groups"]
     )
+
+
+def test_grok_defaults_are_mugrokfasts_tuned_grokking_preset():
+    from cognate_train.config import GrokConfig
+    from mugrokfast import PRESETS
+
+    preset, cfg = PRESETS["grokking"], GrokConfig()
+    kw = preset.kwargs
+    assert kw["grokfast"] == "ema" and cfg.optimizer == "mugrokfast"
+    assert (cfg.lr, tuple(cfg.betas), cfg.weight_decay) == (
+        kw["lr"],
+        tuple(kw["betas"]),
+        kw["weight_decay"],
+    )
+    assert (cfg.muon_lr, cfg.grokfast_alpha, cfg.grokfast_lambda) == (
+        kw["muon_lr"],
+        kw["grokfast_alpha"],
+        kw["grokfast_lambda"],
+    )
+    assert cfg.grad_clip == (preset.grad_clip or 0.0)

@@ -2,7 +2,7 @@
 
 ``benchmarks/readme_figures.py`` regenerates both (it re-runs the README's commands); this test
 only reads: every generated block must equal its rendering from ``benchmarks/results/``, every
-inline ``<!--fig ...-->`` mark must follow the figure it names.
+inline ``<!--fig ...-->VALUE<!--/fig-->`` must hold the figure it names.
 """
 
 from __future__ import annotations
@@ -43,9 +43,11 @@ def test_a_drifted_figure_or_block_is_reported(tmp_path, monkeypatch):
     monkeypatch.setattr(figs, "RESULTS", tmp_path)
     (tmp_path / "readme_grok.json").write_text(json.dumps(result))
     steps = result["summary"]["steps"]
-    good = f"ran {steps}<!--fig readme_grok:steps:d--> steps"
+    good = f"ran <!--fig readme_grok:steps:d-->{steps}<!--/fig--> steps"
     assert figs.mismatches(good) == []
-    assert len(figs.mismatches(f"ran {steps + 1}<!--fig readme_grok:steps:d--> steps")) == 1
+    bad = good.replace(f"-->{steps}<", f"-->{steps + 1}<")
+    assert len(figs.mismatches(bad)) == 1
+    assert figs.rewrite(bad) == good  # `write` puts the committed figure back
     block = "<!-- generated: readme_grok -->\n" + figs.BLOCKS["readme_grok"](result)
     assert figs.mismatches(block + "<!-- /generated -->") == []
     stale = block.replace(f" {steps} steps", f" {steps + 1} steps")
