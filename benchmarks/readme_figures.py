@@ -90,6 +90,7 @@ def run_job(job: str) -> dict[str, Any]:
     ``train`` also the first hour's smoke run, ``eval`` and ``generate``: output and time)."""
     cmd = COMMANDS[job]
     follow: dict[str, dict[str, Any]] = {}
+    commit = _git_commit()  # the code that runs (read first: the tree may move meanwhile)
     with tempfile.TemporaryDirectory(prefix=f"readme-{job}-") as tmp:
         load0 = os.getloadavg()
         _, wall = _run(cmd, tmp)
@@ -102,7 +103,7 @@ def run_job(job: str) -> dict[str, Any]:
     return {
         "command": "uv run " + " ".join(cmd[:2]) + "  (as the README gives it; in a scratch dir)",
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "git_commit": _git_commit(),
+        "git_commit": commit,
         "machine": _machine(),
         "load_average_before_after": [round(load0[0], 2), round(os.getloadavg()[0], 2)],
         "wall_s": wall,
