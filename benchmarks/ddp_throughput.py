@@ -52,6 +52,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    load_start = os.getloadavg()
     runs: dict[int, list[dict]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeats):  # interleaved: 1, 2, then 2, 1, ...
@@ -78,7 +79,9 @@ def main() -> int:
         "machine": {
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
-            "load_average": os.getloadavg(),
+            "load_average_start": load_start,
+            "load_average_end": os.getloadavg(),
+            "usable_cpus": sorted(os.sched_getaffinity(0)),
         },  # fmt: skip
         "rows": rows,
         "ratio_2_over_1": ratio,
@@ -91,7 +94,9 @@ def main() -> int:
             f"- command: `{result['command']}`",
             f"- date: {result['date']}",
             f"- settings: {result['settings']}",
-            f"- machine: {result['machine']} -- a 2-core machine shared with other jobs: noisy",
+            f"- machine: {result['machine']}",
+            "- usable_cpus: the cores this run was pinned to; other jobs on the machine may still",
+            "  run on them (the load averages say how busy it was)",
             "",
             "| processes | grad_accum | tokens/s (median) | each repeat |",
             "|---|---|---|---|",

@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    load_start = os.getloadavg()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         mp.start_processes(
@@ -113,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
             "torch": torch.__version__,
-            "load_average": os.getloadavg(),
+            "load_average_start": load_start,
+            "load_average_end": os.getloadavg(),
+            "usable_cpus": sorted(os.sched_getaffinity(0)),
         },
         "ns_dtype": str(default_ns_dtype("cpu")),
         "rows": rows,
@@ -134,8 +137,9 @@ def markdown(r: dict) -> str:
         f"- date: {r['date']}",
         f"- settings: {r['settings']}; {r['matrices']} matrices (d_model 320 blocks)",
         f"- machine: {r['machine']}",
-        "- the machine is shared with other jobs (2 cores): timings are noisy; the two variants",
-        "  are interleaved in one run so the ratio is the figure to read",
+        "- usable_cpus: the cores this run was pinned to; other jobs on the machine may still run",
+        "  on them (the load averages say how busy it was): the two variants are interleaved in",
+        "  one run so the ratio is the figure to read",
         "",
         "| rank | repeated (ms) | split (ms) | split / repeated (medians) | median of pair ratios |",
         "|---|---|---|---|---|",

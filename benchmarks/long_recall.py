@@ -48,7 +48,8 @@ from cognate_model.titans import NeuralMemory
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_speed import interleaved, machine, train_step_fn  # noqa: E402
 
-KINDS = ("none", "ema", "titans")
+KINDS = ("none", "ema", "titans", "titans_noconv")  # the last: an ablation, not run by default
+DEFAULT_KINDS = KINDS[:3]
 IGNORE = -100
 
 
@@ -109,7 +110,8 @@ def n_params(config: CognateConfig) -> int:
 
 def configs(task: RecallTask, args: argparse.Namespace) -> dict[str, CognateConfig]:
     """none / ema / titans at (nearly) equal parameter count: titans sets the target."""
-    titans = base_config(task, args, use_ltm=True, ltm_type="titans")
+    mag = {"mag_layers": args.mag_layers} if args.mag_layers else {}
+    titans = base_config(task, args, use_ltm=True, ltm_type="titans", **mag)
     target = n_params(titans)
 
     def closest(make: Callable[[int], CognateConfig], lo: int) -> CognateConfig:
@@ -124,7 +126,8 @@ def configs(task: RecallTask, args: argparse.Namespace) -> dict[str, CognateConf
     d_ff = base_config(task, args).d_ff
     none = closest(lambda v: base_config(task, args, use_ltm=False, d_ff=v), d_ff)
     ema = closest(lambda v: base_config(task, args, use_ltm=True, ltm_type="ema", d_memory=v), 1)
-    return {"none": none, "ema": ema, "titans": titans}
+    noconv = base_config(task, args, use_ltm=True, ltm_type="titans", ltm_conv_size=1, **mag)
+    return {"none": none, "ema": ema, "titans": titans, "titans_noconv": noconv}
 
 
 def log_uniform_gap(gen: torch.Generator, lo: float, hi: float) -> int:
@@ -179,8 +182,27 @@ def train_and_eval(
         "seed": seed,
         "accuracy": acc,
         "final_loss": sum(tail) / len(tail),
+        "loss_curve": [round(sum(c) / len(c), 4) for c in _pieces(losses, 10)],
+        "memory_diagnostics": memory_diagnostics(model, task, 4 * reach, seed),
         "train_seconds": seconds,
     }
+
+
+def _pieces(values: list[float], n: int) -> list[list[float]]:
+    size = max(1, len(values) // n)
+    return [values[i : i + size] for i in range(0, len(values), size)]
+
+
+@torch.no_grad()
+def memory_diagnostics(
+    model: CognateForCausalLM, task: RecallTask, gap: int, seed: int
+) -> dict[str, float]:
+    """The model's ltm/* metrics on a held-out batch at gap 4R (titans: surprise, gate mean and
+    memory norm per MAG layer; ema: gate mean, usage, memory norm); empty without memory."""
+    model.eval()
+    ids, _ = task.batch(torch.Generator().manual_seed(20_000 + seed), 32, gap)
+    metrics = model(ids).metrics
+    return {k: round(v, 5) for k, v in metrics.items() if k.startswith("ltm/")}
 
 
 def saved_bytes(model: CognateForCausalLM, ids: torch.Tensor) -> int:
@@ -256,6 +278,22 @@ def summarise(runs: list[dict[str, Any]], multiples: list[int]) -> dict[str, Any
     return table
 
 
+def accuracy_table(accuracy: dict[str, Any]) -> list[str]:
+    if not accuracy:
+        return []
+    gaps = next(iter(accuracy.values()))
+    lines = [
+        "## Accuracy (mean over seeds, [min, max])",
+        "",
+        "| memory | " + " | ".join(f"gap {k}" for k in gaps) + " |",
+        "|---|" + "---|" * len(gaps),
+    ]
+    for kind, row in accuracy.items():
+        cells = [f"{c['mean']:.3f} [{c['min']:.3f}, {c['max']:.3f}]" for c in row.values()]
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     m, s = result["machine"], result["settings"]
     chance = result["chance"]
@@ -276,16 +314,8 @@ def markdown(result: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v:,}" for k, v in result["params"].items())
         + " (none: d_ff widened, ema: d_memory widened, to match titans)",
         "",
-        "## Accuracy (mean over seeds, [min, max])",
-        "",
-        "| memory | "
-        + " | ".join(f"gap {k}" for k in next(iter(result["accuracy"].values())))
-        + " |",
-        "|---|" + "---|" * len(next(iter(result["accuracy"].values()))),
     ]
-    for kind, row in result["accuracy"].items():
-        cells = [f"{c['mean']:.3f} [{c['min']:.3f}, {c['max']:.3f}]" for c in row.values()]
-        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    lines += accuracy_table(result["accuracy"])
     if result.get("cost"):
         lines += [
             "",
@@ -297,7 +327,7 @@ def markdown(result: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in result["cost"]:
-            mib = " / ".join(f"{r[f'{k}_saved_bytes'] / 2**20:.1f}" for k in KINDS)
+            mib = " / ".join(f"{r[f'{k}_saved_bytes'] / 2**20:.1f}" for k in DEFAULT_KINDS)
             lines.append(
                 f"| {r['seq']} | {r['none_fwd_bwd_s']:.3f} | {r['ema_fwd_bwd_s']:.3f} | "
                 f"{r['titans_fwd_bwd_s']:.3f} | {r['titans_over_none']:.2f} | "
@@ -321,7 +351,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="benchmarks/results/long_recall.json")
-    p.add_argument("--kinds", default=",".join(KINDS))
+    p.add_argument("--kinds", default=",".join(DEFAULT_KINDS))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=8)
@@ -329,6 +359,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--window", type=int, default=16)
     p.add_argument("--chunk", type=int, default=8)
+    p.add_argument(
+        "--mag-layers", default="", help="titans: comma-separated MAG layers (default: the last)"
+    )
     p.add_argument("--multiples", default="1,4,16")
     p.add_argument("--eval-size", type=int, default=256)
     p.add_argument("--cost-seqs", default="512,1024,2048,4096")
@@ -336,8 +369,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-cost", action="store_true")
+    p.add_argument("--skip-train", action="store_true", help="the cost measurement only")
     args = p.parse_args(argv)
     args.multiples = [int(v) for v in args.multiples.split(",")]
+    args.mag_layers = [int(v) for v in args.mag_layers.split(",")] if args.mag_layers else None
     args.cost_seqs = [int(v) for v in args.cost_seqs.split(",")]
     kinds = args.kinds.split(",")
     seeds = [int(v) for v in args.seeds.split(",")]
@@ -347,7 +382,11 @@ def main(argv: list[str] | None = None) -> None:
     task = RecallTask()
     start, load_before = time.perf_counter(), os.getloadavg()
     cfgs = configs(task, args)
-    runs = [train_and_eval(kind, cfgs[kind], task, seed, args) for seed in seeds for kind in kinds]
+    runs = [
+        train_and_eval(kind, cfgs[kind], task, seed, args)
+        for seed in ([] if args.skip_train else seeds)
+        for kind in kinds
+    ]
     result: dict[str, Any] = {
         "command": "python " + " ".join(sys.argv),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
@@ -362,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
         "configs": {k: c.to_diff_dict() for k, c in cfgs.items()},
         "runs": runs,
         "accuracy": summarise(runs, args.multiples),
-        "cost": None if args.skip_cost else cost(cfgs, task, args),
+        "cost": None if args.skip_cost else cost({k: cfgs[k] for k in DEFAULT_KINDS}, task, args),
     }
     result["total_seconds"] = time.perf_counter() - start
     result["loadavg_before"] = [round(v, 2) for v in load_before]

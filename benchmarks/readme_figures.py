@@ -180,7 +180,7 @@ def _train_block(result: dict[str, Any]) -> str:
             f"- [{smp['family']}] `{smp['prompt']}` -> `{smp['generated']}` "
             f"(expected `{smp['expected']}`, {mark})"
         )
-    lines += ["", "| model | val loss | exact match | avg ACT cycles | time (s) |", "|---|---|---|---|---|"]  # fmt: skip
+    lines += ["", "| model | val loss | exact match | ACT halting cycle (train) | time (s) |", "|---|---|---|---|---|"]  # fmt: skip
     for m in models:
         f = m["final"]
         lines.append(

@@ -14,10 +14,14 @@ def expected_parameters(c: CognateConfig) -> int:
     if c.use_ltm and c.ltm_type == "ema":
         total += 2 * D * Cm + Cm  # down, up, decay logits
         total += 2 * D * D + D + D  # MAG gate (with bias), memory norm
-    if c.use_ltm and c.ltm_type == "titans":  # per MAG layer: q, k, v, o, rates, W_0, gate norm
+    if c.use_ltm and c.ltm_type == "titans":  # per MAG layer: q, k, v, o, rates, W_0, gate norm,
+        # the q/k/v filter (ltm_conv_size taps per channel), the persistent key/value slots
         hd = D // c.n_heads
         total += len(c.memory_layers()) * (4 * D * D + 3 * c.n_heads * (D + 1) + D * hd + D)
-    total += attn + mlp + 3 * D  # the recursion's block: kv, attn and mlp norms
+        total += len(c.memory_layers()) * (
+            3 * D * c.ltm_conv_size + 2 * c.persistent_memory_tokens * D
+        )
+    total += attn + mlp + D  # the recursion's block: kv norm (its post-norms have no gain)
     if c.use_act:
         total += D + D + 1  # norm, halting Linear(D, 1)
     total += D  # output norm

@@ -10,7 +10,13 @@ weights the chunk started from; every token then reads W q.
 import pytest
 import torch
 import torch.nn.functional as F
-from cognate_model.titans import MemoryGate, NeuralMemory, TitansState
+from cognate_model.titans import (
+    MemoryGate,
+    NeuralMemory,
+    TitansState,
+    chunk_recurrence,
+    fused_chunk_recurrence,
+)
 
 D, H, HD = 12, 3, 4
 
@@ -27,6 +33,29 @@ def _heads(t: torch.Tensor) -> torch.Tensor:
     return t.view(*t.shape[:-1], H, HD)
 
 
+def _qkv(
+    mem: NeuralMemory, x: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k (l2-normalised) and v per token (B, T, H, HD): the projections, then the causal
+    depthwise filter over each row's own real tokens, as a loop (padding skipped, zeros
+    before the row's first token)."""
+    B, T, _ = x.shape
+    mask = torch.ones(B, T, dtype=torch.bool) if mask is None else mask.bool()
+    weights = (mem.q_proj.weight, mem.k_proj.weight, mem.v_proj.weight)
+    proj = torch.cat([x @ w.T for w in weights], -1)
+    K = mem.conv_size
+    rows = []
+    for b in range(B):
+        stream = [t for t in range(T) if mask[b, t]]
+        row = [torch.zeros_like(proj[b, 0])] * T
+        for r, t in enumerate(stream):  # tap i weighs the real token K-1-i places back
+            taps = [(i, r - (K - 1 - i)) for i in range(K) if r - (K - 1 - i) >= 0]
+            row[t] = sum(mem.conv[:, i] * proj[b, stream[j]] for i, j in taps)
+        rows.append(torch.stack(row))
+    q, k, v = (_heads(t) for t in torch.stack(rows).chunk(3, -1))
+    return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v
+
+
 def reference(
     mem: NeuralMemory, x: torch.Tensor, mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -34,9 +63,7 @@ def reference(
     C = mem.chunk_size
     B, T, _ = x.shape
     mask = torch.ones(B, T, dtype=torch.bool) if mask is None else mask.bool()
-    q = F.normalize(_heads(x @ mem.q_proj.weight.T), dim=-1)
-    k = F.normalize(_heads(x @ mem.k_proj.weight.T), dim=-1)
-    v = _heads(x @ mem.v_proj.weight.T)
+    q, k, v = _qkv(mem, x, mask)
     out = torch.zeros(B, T, H, HD, dtype=x.dtype)
     surprise = torch.zeros(B, T, dtype=x.dtype)
     norm = torch.zeros(B, T, dtype=x.dtype)
@@ -123,8 +150,12 @@ def test_later_tokens_do_not_change_earlier_outputs(chunk):
 
 def test_a_chunks_last_token_reads_its_own_chunk():
     """Position t reads everything written at <= t once its chunk is complete: the last
-    token of a chunk depends on the chunk, the others not yet on their own chunk."""
+    token of a chunk depends on the chunk, the others not yet on their own chunk. (The
+    filter set to the identity, so that a token's query does not carry its neighbours.)"""
     mem = _memory(4)
+    with torch.no_grad():
+        mem.conv.zero_()
+        mem.conv[:, -1] = 1.0
     x = torch.randn(1, 12, D, dtype=torch.float64)
     out = mem(x)[0]
     x2 = x.clone()
@@ -225,9 +256,7 @@ def reference_with_grad(mem: NeuralMemory, x: torch.Tensor) -> torch.Tensor:
     """The reference keeping its graph: the memory's second-order path (the gradient's own
     dependence on k, v and W) must be differentiated the same way."""
     C, (B, T, _) = mem.chunk_size, x.shape
-    q = F.normalize(_heads(x @ mem.q_proj.weight.T), dim=-1)
-    k = F.normalize(_heads(x @ mem.k_proj.weight.T), dim=-1)
-    v = _heads(x @ mem.v_proj.weight.T)
+    q, k, v = _qkv(mem, x)
     rows = []
     for b in range(B):
         w = mem.initial_memory.detach().clone()
@@ -339,3 +368,82 @@ def test_model_memory_state_continues_the_stream(make_tiny):
     assert (carried - fresh).abs().max() > 1e-6
     with pytest.raises(ValueError, match="memory_state"):
         model(ids, memory_state=torch.zeros(2, 16), use_cache=False)
+
+
+def test_model_diagnostics_are_each_layers_own_over_real_tokens(make_tiny):
+    """The logged ltm/*/layer{i} are the MAG layer's memory diagnostics (whose per-token values
+    the reference tests above pin down) averaged over real tokens only: recomputed here from the
+    inputs the layer received, with left padding that must not count."""
+    model = make_tiny(ltm_type="titans", mag_layers=[0, 1])
+    ids = torch.randint(0, 256, (2, 30))
+    mask = torch.ones_like(ids)
+    mask[0, :7] = 0
+    seen = {}
+    hooks = [
+        layer.ltm.register_forward_hook(lambda m, args, out, i=i: seen.__setitem__(i, args))
+        for i, layer in enumerate(model.model.layers)
+    ]
+    out = model(ids, attention_mask=mask, use_cache=False)
+    for h in hooks:
+        h.remove()
+    real = mask.bool()
+    metrics = dict(out.metrics)
+    for i, layer in enumerate(model.model.layers):
+        h, _, memory_mask, state = seen[i]
+        retrieved, _, diag = layer.ltm.memory(h, memory_mask, state)
+        gate = torch.sigmoid(layer.ltm.norm(retrieved))
+        want = {
+            "surprise": diag["surprise"][real].mean(),
+            "gate_mean": gate[real].mean(),
+            "memory_norm": diag["memory_norm"][real].mean(),
+        }
+        for key, value in want.items():
+            assert metrics[f"ltm/{key}/layer{i}"] == pytest.approx(value.item(), rel=1e-5), key
+    per_layer = [metrics[f"ltm/surprise/layer{i}"] for i in (0, 1)]
+    assert out.ltm_surprise.item() == pytest.approx(sum(per_layer) / 2, rel=1e-5)
+    assert metrics["ltm/surprise"] == pytest.approx(sum(per_layer) / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_fused_recurrence_equals_the_autograd_loop(masked):
+    """`fused_chunk_recurrence` (hand-written backward) against `chunk_recurrence` (autograd
+    through the plain loop), float64: every W_j, S_n, and the gradients of all inputs, with
+    rows that have not completed their last chunks when masked."""
+    B, n, d = 3, 7, 4
+    torch.manual_seed(1)
+
+    def leaf(*shape, positive=False):
+        t = torch.rand(*shape, dtype=torch.float64) if positive else torch.randn(*shape).double()
+        return t.requires_grad_(True)
+
+    inputs = [leaf(B, H, d, d), leaf(B, H, d, d), leaf(B, H, n, d, d), leaf(B, H, n, d, d)]
+    inputs += [leaf(B, H, n, 1, 1, positive=True) for _ in range(3)]
+    complete = None
+    if masked:
+        complete = torch.ones(B, 1, n, 1, 1, dtype=torch.bool)
+        complete[0, :, 5:] = False
+        complete[2, :, 2:] = False
+    g_w = torch.randn(B, H, n + 1, d, d, dtype=torch.float64)
+    g_s = torch.randn(B, H, d, d, dtype=torch.float64)
+    ws, s = fused_chunk_recurrence(*inputs, complete)
+    ref_ws, ref_s = chunk_recurrence(*inputs, complete)
+    ref_ws = torch.stack(ref_ws, 2)
+    torch.testing.assert_close(ws, ref_ws, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(s, ref_s, rtol=1e-12, atol=1e-12)
+    got = torch.autograd.grad((ws * g_w).sum() + (s * g_s).sum(), inputs)
+    want = torch.autograd.grad((ref_ws * g_w).sum() + (ref_s * g_s).sum(), inputs)
+    for name, a, b in zip(("w", "s", "kk", "vk", "lr", "eta", "keep"), got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_conv_size_one_reads_each_token_alone():
+    mem = NeuralMemory(D, H, HD, chunk_size=4, conv_size=1).double()
+    with torch.no_grad():
+        for p in mem.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(2, 11, D, dtype=torch.float64)
+    out, state, _ = mem(x)
+    torch.testing.assert_close(out, reference(mem, x)[0].detach(), rtol=1e-10, atol=1e-12)
+    assert state.conv_tail.shape == (2, 0, 3 * H * HD)
+    with pytest.raises(ValueError, match="conv_size"):
+        NeuralMemory(D, H, HD, conv_size=0)

@@ -8,7 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from cognate_train.data import Example, encode, make_split
-from cognate_train.evaluation import exact_match, generate_answers, val_loss
+from cognate_train.evaluation import (
+    exact_match,
+    exact_match_counts,
+    generate_answers,
+    val_loss,
+    val_loss_sums,
+)
 from cognate_train.tokenizer import build_tokenizer
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -64,6 +70,28 @@ def test_exact_match_against_a_known_answer_per_family():
     assert result["accuracy/copy"] == pytest.approx(expected_copy) and 0 < expected_copy < 1
     assert result["accuracy"] == pytest.approx((12 + 0 + 12 * expected_copy) / 36)
     assert result["n"] == 36
+
+
+def test_shard_sums_add_up_to_the_whole_set():
+    # what a data-parallel evaluation reduces: the sums of disjoint shards (every 2nd example)
+    tok = build_tokenizer()
+    examples = _examples()
+    script = {ex.prompt: ex.answer if i % 3 else ex.answer + "0" for i, ex in enumerate(examples)}
+    lm = ScriptedLM(tok, script)
+    whole = exact_match(lm, tok, examples, batch_size=5)
+    parts = [exact_match_counts(lm, tok, examples[r::2], batch_size=5) for r in range(2)]
+    for key in ("accuracy", "accuracy/copy", "accuracy/recall", "accuracy/arith_add"):
+        correct = sum(p[key][0] for p in parts)
+        assert correct / sum(p[key][1] for p in parts) == pytest.approx(whole[key])
+    assert exact_match_counts(lm, tok, [], batch_size=5) == {}
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2)
+    )
+    sums = [val_loss_sums(model, tok, examples[r::2], 5, 64) for r in range(2)]
+    total, count = (sum(s[i] for s in sums) for i in (0, 1))
+    assert total / count == pytest.approx(val_loss(model, tok, examples, 5, 64), rel=1e-5)
+    assert val_loss_sums(model, tok, [], 5, 64) == [0, 0]
 
 
 def test_answer_must_end_with_eos():

@@ -121,3 +121,31 @@ def test_a_malformed_row_stops_the_run_unless_skipped(tmp_path, capsys):
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["data"]["skipped_rows"] == 1
     assert summary["data"]["datasets"]["svamp"]["train_examples"] == 15 - 2
+
+
+def test_evaluation_split_over_two_ranks_equals_one_process(data_dir, tmp_path, monkeypatch):
+    """Two ranks simulated in this process (rank, world size and the gather patched): each
+    scores its shard of every dataset, the reduced figures equal the whole set's."""
+    import torch
+    from cognate_train import distributed as dist
+    from cognate_train.config import build_config
+    from cognate_train.realdata.task import RealDataTask
+
+    flags = dict(data="seeds", data_dir=str(data_dir), vocab_size=300, max_len=32)
+    flags |= dict(batch_size=4, n_val=2, cache_dir=str(tmp_path / "cache"))
+    task = RealDataTask(
+        build_config("train", "smoke", None, flags), "reasoning", torch.device("cpu")
+    )
+    whole = task.evaluate()  # one process, every held-back example
+    parts: list[dict] = []
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    for r in range(2):
+        monkeypatch.setattr(dist, "rank", lambda r=r: r)
+        monkeypatch.setattr(dist, "gather", lambda obj: parts.append(obj) or [obj])
+        task.evaluate()
+    assert all(c == 1 for part in parts for k, (_, c) in part.items() if "accuracy" in k)
+    monkeypatch.setattr(dist, "gather", lambda obj: parts)  # what all_gather_object returns
+    split = task.evaluate()
+    assert split.keys() == whole.keys()
+    for k, v in whole.items():
+        assert split[k] == pytest.approx(v, rel=1e-5, abs=1e-9), k

@@ -51,6 +51,7 @@ def test_metrics_jsonl_contents(smoke_run):
             "grokfast/lambda",
             "act/steps_mean",
             "ltm/gate_mean",
+            "attn/max_logit",  # recorded on logged steps even without --qk-clip
         ):
             assert key in r, key
         assert r["train/perplexity"] == pytest.approx(math.exp(r["train/loss"]), rel=1e-12)
@@ -344,3 +345,37 @@ def test_resume_from_an_explicit_checkpoint_path(smoke_run, tmp_path, same_weigh
         main(["train", "--preset", "smoke", "--resume", str(start), "--output-dir", str(out)]) == 0
     )
     same_weights(out / "final", smoke_run / "final")
+
+
+def test_eval_and_generate_take_test_time_cycles(smoke_run, capsys):
+    """--trm-cycles K: eval reports K and scores the model run with K cycles (the reference:
+    val_loss of the loaded model called with trm_cycles=K); the trained count changes nothing."""
+    import functools
+
+    from cognate_model import CognateForCausalLM
+    from cognate_train.data import active_stages, families_for_stage, make_split
+    from cognate_train.evaluation import val_loss
+    from cognate_train.tokenizer import build_tokenizer
+
+    final = str(smoke_run / "final")
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", final, "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    trained = plain["trm_cycles"]
+    assert main(["eval", "--checkpoint", final, "--json", "--trm-cycles", str(trained)]) == 0
+    assert json.loads(capsys.readouterr().out) == plain
+    deeper = trained + 3
+    assert main(["eval", "--checkpoint", final, "--json", "--trm-cycles", str(deeper)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["trm_cycles"] == deeper
+    model = CognateForCausalLM.from_pretrained(final).eval()
+    tok = build_tokenizer()
+    cfg = SMOKE | {"stage_fractions": build_config("train", "smoke", None, {}).stage_fractions}
+    families = families_for_stage(active_stages(cfg["stage_fractions"])[-1])
+    _, val = make_split(families, cfg["n_train"], cfg["n_val"], 0, cfg["max_len"])
+    ref = val_loss(functools.partial(model, trm_cycles=deeper), tok, val, 32, cfg["max_len"], "cpu")
+    assert result["val/loss"] == pytest.approx(ref, rel=1e-6)
+    assert main(["eval", "--checkpoint", final, "--trm-cycles", "0"]) == 2
+    assert "trm-cycles: must be >= 1" in capsys.readouterr().err
+    args = ["generate", "--checkpoint", final, "--prompt", "1+1=", "--trm-cycles", str(deeper)]
+    assert main(args) == 0

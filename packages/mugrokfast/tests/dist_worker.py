@@ -76,26 +76,49 @@ def _worker(rank: int, out: str) -> None:
         "state_a": mgf.state_dict(),
         "state_b": muon.state_dict(),
         "ns_calls": calls[0],
-        "dtensor_error": _dtensor_error(),
+        **_dtensor_checks(),
     }
     torch.save(result, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
-def _dtensor_error() -> str:
-    """The error MuGrokfast raises for an FSDP2-style DTensor matrix."""
+def _dtensor_checks() -> dict:
+    """FSDP2-style DTensor parameters (sharded over the 2 ranks): the errors MuGrokfast (split
+    work) and Muon (local) raise for a Muon matrix, and an AdamW group's update of a DTensor
+    next to the same update of a plain tensor (the full matrix, gathered afterwards)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
 
     mesh = init_device_mesh("cpu", (WORLD,))
-    w = torch.nn.Parameter(distribute_tensor(torch.randn(8, 4), mesh, [Shard(0)]))
-    opt = MuGrokfast([{"params": [w], "use_muon": True}], grokfast=None, distributed=True)
-    w.grad = distribute_tensor(torch.randn(8, 4), mesh, [Shard(0)])
-    try:
-        opt.step()
-    except ValueError as e:
-        return str(e)
-    return ""
+    gen = torch.Generator().manual_seed(7)
+    w0, g0 = torch.randn(8, 4, generator=gen), torch.randn(8, 4, generator=gen)
+
+    def sharded(t):
+        return distribute_tensor(t.clone(), mesh, [Shard(0)])
+
+    errors = []
+    for make in (
+        lambda w: MuGrokfast([{"params": [w], "use_muon": True}], grokfast=None, distributed=True),
+        lambda w: Muon([w]),
+    ):
+        w = torch.nn.Parameter(sharded(w0))
+        opt, w.grad = make(w), sharded(g0)
+        try:
+            opt.step()
+            errors.append("")
+        except ValueError as e:
+            errors.append(str(e))
+    w, ref = torch.nn.Parameter(sharded(w0)), torch.nn.Parameter(w0.clone())
+    opts = [MuGrokfast([{"params": [p], "use_muon": False}], grokfast="ema") for p in (w, ref)]
+    for _ in range(2):
+        w.grad, ref.grad = sharded(g0), g0.clone()
+        for opt in opts:
+            opt.step()
+    return {
+        "dtensor_error": errors[0],
+        "dtensor_error_muon": errors[1],
+        "dtensor_adamw": (w.full_tensor().detach(), ref.detach()),
+    }
 
 
 if __name__ == "__main__":

@@ -84,9 +84,17 @@ def test_each_rank_orthogonalises_only_its_share(ranks):
     assert calls[0] == calls[1]
 
 
-def test_dtensor_parameters_raise_a_clear_error(ranks):
-    msg = ranks[0]["dtensor_error"]
-    assert "FSDP2/DTensor" in msg and "whole" in msg
+@pytest.mark.parametrize("key", ["dtensor_error", "dtensor_error_muon"])
+def test_dtensor_parameters_raise_a_clear_error(ranks, key):
+    for rank in ranks:  # MuGrokfast (work split) and Muon (local), on both ranks
+        msg = rank[key]
+        assert "FSDP2/DTensor" in msg and "whole" in msg
+
+
+def test_dtensor_parameters_in_an_adamw_group_step_like_plain_tensors(ranks):
+    for rank in ranks:  # FSDP2 shards in AdamW groups work: elementwise on each shard
+        got, ref = rank["dtensor_adamw"]
+        assert torch.equal(got, ref)
 
 
 def test_distributed_without_a_process_group_is_a_local_step():

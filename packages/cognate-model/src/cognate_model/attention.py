@@ -4,10 +4,15 @@ Sliding-window attention is the Titans "short-term memory": position t attends t
 s with t - window < s <= t, so its cost is O(T * window) in the limit and it never sees the
 future. The long-term memory (`memory.py`) supplies what falls out of the window.
 
-One boolean mask (True = may attend) is built per forward and shared by every attention
-layer, the backbone's self-attention and the recursion's cross-attention alike:
+One mask (True = may attend) is described per forward (`WindowMask`) and shared by every
+attention layer, the backbone's self-attention and the recursion's cross-attention alike:
 
     allowed[b, t, s] = (s <= t) and (t - s < window) and (key s is not padding or s == t)
+
+Over more new tokens than the window, attention runs blocked (`local_window_attention`):
+queries in blocks of `window` attend to their own and the previous block's keys, so time and
+memory grow as T * window, and the dense (T, T) mask is never built. Up to one window of new
+tokens (decoding steps) it runs on the dense mask, which is then at most window x 2 window.
 
 The diagonal is always allowed so that a padding query (left padding under `generate`) still
 has one key and `scaled_dot_product_attention` never produces NaN; real tokens never see
@@ -15,6 +20,8 @@ padding because padding keys are masked for every other query.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +53,117 @@ def sliding_window_mask(
     keys = attention_mask.to(torch.bool)[:, None, None, :]  # (B, 1, 1, P + T)
     diag = (dist == 0)[None, None]
     return band[None, None] & (keys | diag)
+
+
+@dataclass
+class WindowMask:
+    """The sliding-window mask of one forward, as its parts (see `sliding_window_mask`).
+
+    seq_len new queries after `past_len` held keys; key_real: (B, past_len + seq_len) 0/1
+    flags of the keys (None: no padding). `dense()` builds (and keeps) the boolean tensor;
+    `blocked` says whether `Attention` uses `local_window_attention` instead.
+    """
+
+    seq_len: int
+    window: int
+    key_real: Tensor | None = None
+    past_len: int = 0
+    device: torch.device | None = None
+    _dense: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def blocked(self) -> bool:
+        # Under torch.export always blocked (exact for any length): a branch on a dynamic
+        # length would pin the exported program to one side of it.
+        return torch.compiler.is_exporting() or self.seq_len > self.window
+
+    def dense(self) -> Tensor:
+        if self._dense is None:
+            self._dense = sliding_window_mask(
+                self.seq_len, self.window, self.key_real, self.device, self.past_len
+            )
+        return self._dense
+
+
+def _key_blocks(t: Tensor, window: int, left: int, right: int, dim: int) -> Tensor:
+    """Pad `t` along `dim` (left, right), then cut it into overlapping spans of 2 windows
+    starting every window: (..., L, ...) -> (..., n, ..., 2 window) (unfold puts it last)."""
+    pad = [0, 0] * (t.dim() - 1 - dim % t.dim()) + [left, right]
+    return F.pad(t, pad).unfold(dim, 2 * window, window)
+
+
+def window_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | WindowMask,
+    dropout_p: float = 0.0,
+    persistent: Tensor | None = None,
+) -> Tensor:
+    """SDPA over the sliding window: blocked for a long `WindowMask`, else on the dense mask.
+
+    persistent: (2, H, N, hd) key/value slots every query sees besides its window (Titans'
+    persistent memory), or None. Returns (B, H, T, hd).
+    """
+    if isinstance(mask, WindowMask) and mask.blocked:
+        return local_window_attention(q, k, v, mask, dropout_p, persistent)
+    dense = mask.dense() if isinstance(mask, WindowMask) else mask
+    if persistent is not None:
+        k, v, dense = with_persistent(k, v, dense, persistent)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=dense, dropout_p=dropout_p)
+
+
+def with_persistent(
+    k: Tensor, v: Tensor, allowed: Tensor, persistent: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Prepend N persistent key/value slots (2, H, N, hd) to k, v (B, H, ..., L, hd), visible
+    to every query: the boolean mask (..., Tq, L) gets N leading True columns."""
+    H, N, hd = persistent.shape[1:]
+    lead = [1] * (k.dim() - 4)  # the blocked path's block dimension
+    pk, pv = (p.view(1, H, *lead, N, hd).to(k.dtype) for p in persistent)
+    k = torch.cat((pk.expand(*k.shape[:-2], N, hd), k), -2)
+    v = torch.cat((pv.expand(*v.shape[:-2], N, hd), v), -2)
+    allowed = torch.cat((allowed.new_ones(*allowed.shape[:-1], N), allowed), -1)
+    return k, v, allowed
+
+
+def local_window_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: WindowMask,
+    dropout_p: float = 0.0,
+    persistent: Tensor | None = None,
+) -> Tensor:
+    """Sliding-window attention in blocks, equal to SDPA over `mask.dense()`.
+
+    q: (B, H, T, hd) at key positions P..P+T-1; k, v: (B, H, P + T, hd). Query block j
+    (new tokens jW..jW+W-1, W = window) can only see keys from (jW - W, jW + W), i.e. its own
+    and the previous block: each block is one SDPA call of W queries over 2W keys (batched
+    over blocks), with the band, padding and diagonal rules of the dense mask.
+    """
+    B, H, T, hd = q.shape
+    W = mask.window
+    P = k.shape[-2] - T
+    drop = max(0, P - (W - 1))  # keys no new query can see
+    k, v = k[..., drop:, :], v[..., drop:, :]
+    n = -(-T // W)
+    left, right = W - (P - drop), n * W - T
+    qb = F.pad(q, (0, 0, 0, right)).unflatten(2, (n, W))  # (B, H, n, W, hd)
+    kb = _key_blocks(k, W, left, right, 2).transpose(-1, -2)  # (B, H, n, 2W, hd)
+    vb = _key_blocks(v, W, left, right, 2).transpose(-1, -2)
+    real = torch.ones(1, k.shape[-2], dtype=torch.bool, device=q.device)
+    if mask.key_real is not None:
+        real = mask.key_real[:, drop:].to(device=q.device, dtype=torch.bool)
+    flags = _key_blocks(real, W, left, right, 1)  # (B or 1, n, 2W); padded positions False
+    r = torch.arange(W, device=q.device)[:, None]
+    c = torch.arange(2 * W, device=q.device)[None, :]
+    band, diag = (c > r) & (c <= r + W), c == r + W  # key c sits at dist r + W - c
+    allowed = band & (flags[:, None, :, None, :] | diag)  # (B or 1, 1, n, W, 2W)
+    if persistent is not None:
+        kb, vb, allowed = with_persistent(kb, vb, allowed, persistent)
+    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=allowed, dropout_p=dropout_p)
+    return out.flatten(2, 3)[:, :, :T]
 
 
 def rotary_cos_sin(
@@ -91,15 +209,56 @@ class RMSNorm(nn.RMSNorm):
         return F.rms_norm(x.to(work), self.normalized_shape, weight, self.eps).to(x.dtype)
 
 
+@torch.no_grad()
+@torch.compiler.disable
+def max_logits_per_head(q: Tensor, k: Tensor, mask: Tensor | None, chunk: int = 64) -> Tensor:
+    """The largest pre-softmax logit per head, max over batch, queries and allowed keys: (H,).
+
+    logit[b, h, t, s] = q[b, h, t] . k[b, h, s] / sqrt(head_dim), SDPA's default scale, over
+    the (t, s) that `mask` (True = may attend; (1 | B, 1, T, S), or None for all) allows.
+    q: (B, H, T, hd), k: (B, H, S, hd). For QK-clip (MuonClip) and the `attn/max_logit`
+    diagnostic. Computed in float32 (or wider) a block of `chunk` queries at a time, and only
+    over the key columns that block may see, so a sliding window costs O(T * (window + chunk))
+    per head and the (T, S) score matrix is never held whole. Every query counts, a padding
+    query's allowed keys included: the mask alone decides, as in SDPA.
+    """
+    work = torch.promote_types(q.dtype, torch.float32)
+    scale = q.shape[-1] ** -0.5
+    best = torch.full((q.shape[1],), float("-inf"), device=q.device, dtype=work)
+    for i in range(0, q.shape[2], chunk):
+        m = None if mask is None else mask[..., i : i + chunk, :]  # (1|B, 1, c, S)
+        lo, hi = 0, k.shape[2]
+        if m is not None:
+            cols = m.flatten(0, -2).any(0).nonzero()  # key columns this block may see
+            if cols.numel() == 0:
+                continue
+            lo, hi = int(cols[0]), int(cols[-1]) + 1
+            m = m[..., lo:hi]
+        scores = q[:, :, i : i + chunk].to(work) @ k[:, :, lo:hi].to(work).transpose(-1, -2)
+        if m is not None:
+            scores = scores.masked_fill(~m, float("-inf"))
+        best = torch.maximum(best, (scores * scale).amax(dim=(0, 2, 3)))
+    return best
+
+
 class Attention(nn.Module):
     """Multi-head attention over the shared sliding-window mask, via SDPA.
 
     Used as self-attention in the backbone (`kv` from the same stream) and as the recursion's
     cross-attention (queries from the latent z, keys/values from the backbone features, which
     `project_kv` computes once per forward and every recursion step reuses).
+
+    QK-clip support: while `record_max_logits` is True, each forward folds its per-head max
+    pre-softmax logit (`max_logits_per_head`) into `max_logits` ((H,), a running max over the
+    calls since the last `reset_max_logits()`; the recursion calls its cross-attention several
+    times per forward). A diagnostic beside the computation: it never changes the output.
+    Logits are bilinear in the q/k projections (rotary is a rotation), so rescaling rows of
+    `q_proj.weight` / `k_proj.weight` per head rescales that head's logits.
     """
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
+    def __init__(
+        self, d_model: int, n_heads: int, dropout: float = 0.0, n_persistent: int = 0
+    ) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
@@ -109,6 +268,24 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(d_model, d_model, bias=False)
         self.o_proj.is_residual_output = True  # init scaled down, see _init_weights
         self.dropout = dropout
+        # Titans' persistent memory: learned keys/values (not rotated: they have no position)
+        # that every query sees besides its window; None when n_persistent is 0.
+        self.persistent = (
+            nn.Parameter(torch.zeros(2, n_heads, n_persistent, self.head_dim))
+            if n_persistent
+            else None
+        )
+        self.record_max_logits = False
+        self.max_logits: Tensor | None = None
+
+    def reset_max_logits(self) -> None:
+        self.max_logits = None
+
+    def _record(self, q: Tensor, k: Tensor, mask: Tensor | WindowMask | None) -> None:
+        # The window's logits only (persistent slots are not q_proj/k_proj products of tokens).
+        dense = mask.dense() if isinstance(mask, WindowMask) else mask
+        new = max_logits_per_head(q.detach(), k.detach(), dense)
+        self.max_logits = new if self.max_logits is None else torch.maximum(self.max_logits, new)
 
     def _heads(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape  # (B, T, D) -> (B, H, T, hd)
@@ -121,7 +298,7 @@ class Attention(nn.Module):
     def forward(
         self,
         x: Tensor,
-        mask: Tensor,
+        mask: Tensor | WindowMask,
         cos: Tensor,
         sin: Tensor,
         kv: tuple[Tensor, Tensor] | None = None,
@@ -129,6 +306,7 @@ class Attention(nn.Module):
     ) -> Tensor:
         """x: (B, T, D) queries; kv: precomputed keys/values, or None for self-attention.
 
+        mask: a `WindowMask` (blocked attention over long inputs) or a dense boolean mask.
         cache: this layer's window of past keys/values; the new ones are appended to it and
         the mask must then cover the cached keys too (`sliding_window_mask(..., past_len)`).
         """
@@ -137,9 +315,10 @@ class Attention(nn.Module):
         k, v = kv if kv is not None else self.project_kv(x, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, T, hd)
+        if self.record_max_logits:
+            self._record(q, k, mask)
+        dropout_p = self.dropout if self.training else 0.0
+        out = window_attention(q, k, v, mask, dropout_p, self.persistent)  # (B, H, T, hd)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, d))
 
 
@@ -164,16 +343,29 @@ class Block(GradientCheckpointingLayer):
     the backward pass (the model turns the cache off first: a replay would append twice).
     """
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, eps: float, dropout: float) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        eps: float,
+        dropout: float,
+        n_persistent: int = 0,
+    ) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(d_model, eps=eps)
-        self.attn = Attention(d_model, n_heads, dropout)
+        self.attn = Attention(d_model, n_heads, dropout, n_persistent)
         self.mlp_norm = RMSNorm(d_model, eps=eps)
         self.mlp = SwiGLU(d_model, d_ff)
         self.drop = nn.Dropout(dropout)
 
     def forward(
-        self, x: Tensor, mask: Tensor, cos: Tensor, sin: Tensor, cache: WindowKV | None = None
+        self,
+        x: Tensor,
+        mask: Tensor | WindowMask,
+        cos: Tensor,
+        sin: Tensor,
+        cache: WindowKV | None = None,
     ) -> Tensor:
         x = x + self.drop(self.attn(self.attn_norm(x), mask, cos, sin, cache=cache))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
@@ -184,7 +376,12 @@ __all__ = [
     "Block",
     "RMSNorm",
     "SwiGLU",
+    "WindowMask",
     "apply_rotary",
+    "local_window_attention",
+    "max_logits_per_head",
+    "window_attention",
+    "with_persistent",
     "rotary_cos_sin",
     "sliding_window_mask",
 ]

@@ -122,7 +122,10 @@ class CognateConfig(PretrainedConfig):
         titans: mag_layers (indices of the backbone layers with a memory branch; None: the
         last), ltm_chunk_size (tokens per memory update: each chunk is one gradient step, and
         the tokens of an incomplete chunk are read only once it completes, so it must not
-        exceed window_size).
+        exceed window_size), persistent_memory_tokens (the paper's persistent memory: that
+        many learned key/value slots per head in the attention of each MAG layer, seen by
+        every query besides its window; 0, the default, for none), ltm_conv_size (taps of the
+        depthwise causal convolution after the memory's q/k/v projections; 1 for none).
     TRM recursion:
         trm_cycles, trm_micro_steps, detach_between_cycles (True: every cycle runs with gradient
         from a detached (y, z), so each deep-supervision term trains its own cycle; False: TRM's
@@ -165,6 +168,8 @@ class CognateConfig(PretrainedConfig):
     use_ltm: bool = True
     ltm_type: str = "ema"
     mag_layers: list[int] | None = None
+    persistent_memory_tokens: int = 0
+    ltm_conv_size: int = 4
     d_memory: int = 160
     ltm_decay_min: float = 0.5
     ltm_decay_max: float = 0.999
@@ -209,6 +214,7 @@ class CognateConfig(PretrainedConfig):
             "window_size",
             "d_memory",
             "ltm_chunk_size",
+            "ltm_conv_size",
             "trm_cycles",
             "trm_micro_steps",
         )
@@ -285,6 +291,14 @@ class CognateConfig(PretrainedConfig):
                     f"or None, got {self.mag_layers!r}"
                 )
             self.mag_layers = sorted(layers)
+        n = self.persistent_memory_tokens
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"persistent_memory_tokens must be an integer >= 0, got {n!r}")
+        if n and not self.memory_layers():
+            raise ValueError(
+                f"persistent_memory_tokens ({n}) needs ltm_type='titans' with use_ltm: the "
+                "persistent slots live in the attention of the MAG layers"
+            )
         if self.use_ltm and self.ltm_type == "titans" and self.ltm_chunk_size > self.window_size:
             raise ValueError(
                 f"ltm_chunk_size ({self.ltm_chunk_size}) must not exceed window_size "
@@ -302,9 +316,16 @@ class CognateConfig(PretrainedConfig):
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
-    def supervision_weights(self) -> tuple[float, ...]:
-        """The weights of y0..y_cycles, normalised to sum to 1 (so the loss is a weighted CE)."""
-        w = self.deep_supervision_weights or _interpolated_supervision_weights(self.trm_cycles)
+    def supervision_weights(self, cycles: int | None = None) -> tuple[float, ...]:
+        """The weights of y0..y_cycles, normalised to sum to 1 (so the loss is a weighted CE).
+
+        cycles: the cycles run (default trm_cycles); when deep_supervision_weights does not have
+        cycles + 1 entries (test-time depth), the default curve sampled for that count.
+        """
+        cycles = self.trm_cycles if cycles is None else cycles
+        w = self.deep_supervision_weights
+        if w is None or len(w) != cycles + 1:
+            w = _interpolated_supervision_weights(cycles)
         total = float(sum(w))
         return tuple(float(x) / total for x in w)
 

@@ -39,7 +39,7 @@ from transformers import (
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
-from .attention import Block, RMSNorm, rotary_cos_sin, sliding_window_mask
+from .attention import Attention, Block, RMSNorm, WindowMask, rotary_cos_sin
 from .cache import CognateCache
 from .configuration_cognate import CognateConfig
 from .heads import (
@@ -100,6 +100,9 @@ class CognateCausalLMOutput(ModelOutput):
     of m_t (ema) or Frobenius norm of the memory weights read (titans). ltm_surprise (titans):
     the associative loss ||W k - v||^2, mean over tokens and MAG layers.
     memory_state: (B, Cm) final LTM state (ema), or one `TitansState` per MAG layer (titans).
+    recursion_state: the final (y_C, z_C), each (B, T, D), detached: pass it back as
+    `recursion_state` to continue refining the same positions (TRM's carry across deep-
+    supervision steps).
     metrics: floats keyed "act/...", "ltm/...", "trm/..." for the trainer's logs, copied from
     the device on first read (a plain forward that does not read them does not sync).
     """
@@ -120,6 +123,7 @@ class CognateCausalLMOutput(ModelOutput):
     memory_norm: Tensor | None = None
     ltm_surprise: Tensor | None = None
     memory_state: Tensor | tuple[TitansState, ...] | None = None
+    recursion_state: tuple[Tensor, Tensor] | None = None
     metrics: dict[str, float] | None = None
 
 
@@ -214,6 +218,9 @@ class CognatePreTrainedModel(PreTrainedModel):
         elif isinstance(module, NeuralMemory):  # an empty memory, rates at their start values
             init.zeros_(module.initial_memory)
             init.copy_(module.rates.bias, module.initial_rates_bias())
+            init.copy_(module.conv, module.initial_conv())
+        elif isinstance(module, Attention) and module.persistent is not None:
+            init.normal_(module.persistent, mean=0.0, std=std)
         elif isinstance(module, HaltingLinear):
             init.constant_(module.bias, HaltingLinear.INIT_BIAS)
         elif getattr(module, "is_residual_output", False):
@@ -225,12 +232,12 @@ class AttentionInputs:
     """What every attention layer of one forward shares: the sliding-window mask over
     (held + new) keys, the rotary tables of the new positions, and the new tokens' 0/1 mask."""
 
-    mask: Tensor
+    mask: WindowMask
     cos: Tensor
     sin: Tensor
     new_mask: Tensor | None
 
-    def __iter__(self) -> Iterator[Tensor]:  # `mask, cos, sin = attention_inputs`
+    def __iter__(self) -> Iterator[Tensor | WindowMask]:  # `mask, cos, sin = attention_inputs`
         return iter((self.mask, self.cos, self.sin))
 
 
@@ -243,7 +250,12 @@ class CognateModel(CognatePreTrainedModel):
         self.drop = nn.Dropout(config.dropout)
         block = (config.d_model, config.n_heads, config.d_ff, config.rms_norm_eps, config.dropout)
         self.layers = nn.ModuleList(
-            MAGBlock(*block, config.ltm_chunk_size)
+            MAGBlock(
+                *block,
+                config.ltm_chunk_size,
+                config.persistent_memory_tokens,
+                config.ltm_conv_size,
+            )
             if i in config.memory_layers()
             else Block(*block)
             for i in range(config.n_layers)
@@ -291,7 +303,7 @@ class CognateModel(CognatePreTrainedModel):
         start, held, key_mask = 0, 0, new_mask
         if cache is not None:
             start, held, key_mask = cache.step(new_mask, seq_len)
-        mask = sliding_window_mask(seq_len, self.config.window_size, key_mask, device, held)
+        mask = WindowMask(seq_len, self.config.window_size, key_mask, held, device)
         positions = position_ids
         if positions is None:
             positions = torch.arange(start, start + seq_len, device=device) if start else seq_len
@@ -438,6 +450,25 @@ def _check_source(
     return input_ids if input_ids is not None else inputs_embeds
 
 
+def _check_recursion(
+    state: tuple[Tensor, Tensor] | None, cycles: int | None, shape: tuple[int, int, int]
+) -> None:
+    if cycles is not None and (
+        isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 1
+    ):
+        raise ValueError(f"trm_cycles must be a positive integer, got {cycles!r}")
+    if state is None:
+        return
+    if not isinstance(state, (tuple, list)) or len(state) != 2:
+        raise ValueError(f"recursion_state must be a pair (y, z), got {type(state).__name__}")
+    for name, t in zip("yz", state, strict=True):
+        if not isinstance(t, Tensor) or tuple(t.shape) != shape:
+            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(
+                f"recursion_state {name} must be (batch, seq_len, d_model) = {shape}, got {got}"
+            )
+
+
 def _check_shapes(
     batch: int,
     seq_len: int,
@@ -509,6 +540,8 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
         memory_state: Tensor | tuple[TitansState, ...] | None = None,
+        recursion_state: tuple[Tensor, Tensor] | None = None,
+        trm_cycles: int | None = None,
         act_halting: bool | None = None,
         return_metrics: bool = True,
         output_hidden_states: bool | None = None,
@@ -528,6 +561,11 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         model shifts them; or `shift_labels`, already shifted). inputs_embeds: (B, T, D)
         instead of input_ids. memory_state: the LTM state to continue from ((B, d_memory)
         for ema, a tuple of `TitansState` per MAG layer for titans).
+        recursion_state: (y, z), each (B, T, D), to start the refinement from instead of
+        (x, x) (a previous output's `recursion_state`, for the same positions).
+        trm_cycles: refinement cycles for this call (default config.trm_cycles, read at each
+        call; more than trained at test time: the deep-supervision weights are then the default
+        curve for that count).
         past_key_values / use_cache: a `CognateCache` to continue from / to return (default:
         config.use_cache outside training and torch.export); a step then reads only its new
         tokens.
@@ -556,6 +594,7 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         source = _check_source(input_ids, inputs_embeds, cfg)
         seen = past_key_values.get_seq_length() if past_key_values is not None else 0
         _check_shapes(*source.shape[:2], seen, attention_mask, labels, position_ids)
+        _check_recursion(recursion_state, trm_cycles, (*source.shape[:2], cfg.d_model))
         if act_halting is None:
             act_halting = cfg.use_act and not self.training
         if output_hidden_states is None:
@@ -582,11 +621,13 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
             *attn,
             halt_threshold=cfg.act_threshold if (act_halting and cfg.use_act) else None,
             cache=None if past_key_values is None else past_key_values.recursion,
+            state=recursion_state,
+            cycles=trm_cycles if trm_cycles is not None else cfg.trm_cycles,
         )
         out, terms, real = self._outputs(
             base, rec, attn.new_mask, labels, shift_labels, num_items_in_batch, logits_to_keep
         )
-        out.past_key_values = past_key_values
+        out.past_key_values, out.recursion_state = past_key_values, rec.state
         if output_hidden_states:
             out.hidden_states, out.recursion_states = base.hidden_states, tuple(rec.ys)
         if return_metrics:
@@ -695,7 +736,7 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
             cycle_ce.append(token_cross_entropy(cycle_logits, targets, denom))
             if c > 0 and halt_logits is not None:
                 correct.append(cycle_logits.detach().argmax(-1) == targets)
-        weights = cfg.supervision_weights()
+        weights = cfg.supervision_weights(len(ys) - 1)
         loss = sum(w * ce for w, ce in zip(weights, cycle_ce, strict=True))
         terms = {"trm/deep_supervision": loss}
         if halt_logits is not None:

@@ -1,18 +1,26 @@
 """TRM recursive refinement on top of the backbone features.
 
-One tiny network (`RecursionBlock`: cross-attention to the features, then a SwiGLU MLP, both
-pre-norm residual) is reused for every update, as in TRM (Jolicoeur-Martineau 2025):
+One tiny network (`RecursionBlock`: cross-attention to the features, then a SwiGLU MLP, each a
+post-norm residual) is reused for every update, as in TRM (Jolicoeur-Martineau 2025):
 
-    y_0 = z_0 = x                                   x: the (gated) backbone features (B, T, D)
+    (y_0, z_0) = (x, x), or the `state` passed in     x: the (gated) backbone features (B, T, D)
     for cycle c = 1..C:
         repeat n times:  z = net(z + y, attend to x)     latent update, sees features <= t
         y = net(y + z)                                    answer update (no feature access)
         p_c = ACT(z);   score y_c through the LM head (deep supervision)
 
+Fixed scale: every residual add is followed by a weightless RMS norm, h = norm(h + f(h)), as
+in TRM's block, so y_c and z_c have RMS 1 at every cycle and an update is as large relative
+to the state at cycle 4 as at cycle 1. (With pre-norm residuals the state's RMS grew ~3.7x
+per cycle and each cycle's relative update shrank ~4x: later cycles stopped changing the
+answer; benchmarks/results/recursion.md has the measurement.)
+
 Causality: the cross-attention uses the same sliding-window causal mask as the backbone (query
 t sees features s with t - window < s <= t), and everything else is per position, so no
-refinement step sees a later token. Keys/values of x are projected once and reused by all
-C * n latent updates.
+refinement step sees a later token. Refined positions do not attend to each other's latents:
+a position's (y, z) after any cycle is a function of its own (y_0, z_0) and of the feature
+keys/values in its window. Keys/values of x are projected once and reused by all C * n
+latent updates (and, decoding, held in the cache's `recursion` window).
 
 Gradients (`detach_between_cycles`):
 - True (default): every cycle runs with gradient, starting from a detached (y, z) after the
@@ -21,9 +29,12 @@ Gradients (`detach_between_cycles`):
 - False: TRM's deep recursion: cycles 1..C-1 under `torch.no_grad`, only the last with
   gradient; the intermediate supervision terms are then measured but carry no gradient.
 
-ACT at inference (`halt=True`): a token whose halting probability exceeds the threshold keeps
-its y and z from then on, so later cycles do not change its prediction; when every token has
-halted the loop stops early.
+ACT at inference (`halt_threshold` set): a position whose halting probability exceeds the
+threshold keeps its y and z from then on and leaves the computation: each later cycle gathers
+the still-active positions (rows with any, then their active columns) and updates only them,
+so the cycles' cost falls with the number of active positions. Under torch.compile/export
+(no data-dependent shapes) every position is computed and the halted ones are frozen instead;
+the results are the same.
 """
 
 from __future__ import annotations
@@ -32,30 +43,37 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .attention import Attention, RMSNorm, SwiGLU
+from .attention import Attention, RMSNorm, SwiGLU, WindowMask
 from .cache import WindowKV
 from .heads import ACTHead
 
 
-class RecursionBlock(GradientCheckpointingLayer):
-    """net(h, x) = h' with h' = h + XAttn(norm h, x) (if x given), then h' + MLP(norm h').
+def fixed_scale(h: Tensor, eps: float) -> Tensor:
+    """h / rms(h) over the last dim (no weight: the scale stays 1), in float32 or wider."""
+    work = torch.promote_types(h.dtype, torch.float32)
+    return F.rms_norm(h.to(work), (h.shape[-1],), eps=eps).to(h.dtype)
 
-    A `GradientCheckpointingLayer` (each of the C * (n + 1) calls is recomputed in backward when
-    checkpointing is on); the feature keys/values come as separate positional tensors so that
-    reentrant checkpointing tracks their gradients.
+
+class RecursionBlock(GradientCheckpointingLayer):
+    """net(h, x): h = norm(h + XAttn(h, x)) (if x given), then h = norm(h + MLP(h)).
+
+    Post-norm residuals with a weightless RMS norm, as TRM's block: the output has RMS 1
+    whatever the input's scale. A `GradientCheckpointingLayer` (each of the C * (n + 1) calls
+    is recomputed in backward when checkpointing is on); the feature keys/values come as
+    separate positional tensors so that reentrant checkpointing tracks their gradients.
     """
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int, eps: float, dropout: float) -> None:
         super().__init__()
         self.kv_norm = RMSNorm(d_model, eps=eps)
-        self.attn_norm = RMSNorm(d_model, eps=eps)
         self.attn = Attention(d_model, n_heads, dropout)
-        self.mlp_norm = RMSNorm(d_model, eps=eps)
         self.mlp = SwiGLU(d_model, d_ff)
         self.drop = nn.Dropout(dropout)
+        self.eps = eps
 
     def project_features(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
         return self.attn.project_kv(self.kv_norm(x), cos, sin)
@@ -65,21 +83,52 @@ class RecursionBlock(GradientCheckpointingLayer):
         h: Tensor,
         k: Tensor | None = None,
         v: Tensor | None = None,
-        mask: Tensor | None = None,
+        mask: Tensor | WindowMask | None = None,
         cos: Tensor | None = None,
         sin: Tensor | None = None,
     ) -> Tensor:
         if k is not None:
-            h = h + self.drop(self.attn(self.attn_norm(h), mask, cos, sin, kv=(k, v)))
-        return h + self.drop(self.mlp(self.mlp_norm(h)))
+            h = fixed_scale(h + self.drop(self.attn(h, mask, cos, sin, kv=(k, v))), self.eps)
+        return fixed_scale(h + self.drop(self.mlp(h)), self.eps)
 
 
 @dataclass
 class RecursionOutput:
-    """ys: [y_0, ..., y_C] each (B, T, D); halt_logits: (C, B, T) or None without ACT."""
+    """ys: [y_0, ..., y_C] each (B, T, D); halt_logits: (C, B, T) or None without ACT;
+    state: the final (y_C, z_C), detached (what `recursion_state` continues from)."""
 
     ys: list[Tensor]
     halt_logits: Tensor | None
+    state: tuple[Tensor, Tensor]
+
+
+@dataclass
+class _Features:
+    """What a cycle reads besides (y, z): feature keys/values (B, H, S, hd), the mask
+    (B or 1, 1, T, S) and the queries' rotary tables."""
+
+    k: Tensor
+    v: Tensor
+    mask: Tensor | None
+    cos: Tensor
+    sin: Tensor
+
+    def gather(self, rows: Tensor, cols: Tensor) -> _Features:
+        """The features of the positions (rows[i], cols[i, j]): rows (R,), cols (R, Tq)."""
+        mask = self.mask
+        if mask is not None:  # (B or 1, 1, T, S) -> (R, 1, Tq, S)
+            mask = (mask if mask.shape[0] == 1 else mask[rows]).expand(rows.shape[0], -1, -1, -1)
+            mask = mask.gather(2, cols[:, None, :, None].expand(-1, 1, -1, mask.shape[-1]))
+        cos, sin = (_gather_rotary(t, rows, cols) for t in (self.cos, self.sin))
+        return _Features(self.k[rows], self.v[rows], mask, cos, sin)
+
+
+def _gather_rotary(table: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """(T, hd/2) or (B, 1, T, hd/2) rotary table -> (R, 1, Tq, hd/2) at the gathered positions."""
+    if table.dim() == 2:
+        return table[cols][:, None]
+    table = table[rows]
+    return table.gather(2, cols[:, None, :, None].expand(-1, 1, -1, table.shape[-1]))
 
 
 class TRMRecursion(nn.Module):
@@ -104,62 +153,115 @@ class TRMRecursion(nn.Module):
         self.micro_steps = micro_steps
         self.detach_between_cycles = detach_between_cycles
 
+    def cycle(self, y: Tensor, z: Tensor, f: _Features) -> tuple[Tensor, Tensor, Tensor | None]:
+        """One refinement cycle: n latent updates, one answer update, the halting logit."""
+        for _ in range(self.micro_steps):
+            z = self.block(z + y, f.k, f.v, f.mask, f.cos, f.sin)
+        y = self.block(y + z)
+        return y, z, self.act_head(z) if self.act_head is not None else None
+
     def forward(
         self,
         x: Tensor,
-        mask: Tensor,
+        mask: Tensor | WindowMask,
         cos: Tensor,
         sin: Tensor,
         halt_threshold: float | None = None,
         cache: WindowKV | None = None,
+        state: tuple[Tensor, Tensor] | None = None,
+        cycles: int | None = None,
     ) -> RecursionOutput:
-        """x: (B, T, D) features. `halt_threshold` set: freeze tokens once p > threshold.
+        """x: (B, T, D) features. `halt_threshold` set (and ACT on): halted positions freeze
+        and leave the computation. state: (y, z) to start from instead of (x, x).
+        cycles: how many cycles to run (default: the configured count; more at test time).
 
         cache: the window of past feature keys/values (decoding); the new ones are appended,
         and `mask` must cover the cached keys too. Per-position updates need nothing else.
         """
-        kv = self.block.project_features(x, cos, sin)
+        k, v = self.block.project_features(x, cos, sin)
         if cache is not None:
-            kv = cache.update(*kv)
-        y, z = x, x
+            k, v = cache.update(k, v)
+        f = _Features(k, v, mask, cos, sin)
+        y, z = (x, x) if state is None else state
+        cycles = self.cycles if cycles is None else cycles
+        if halt_threshold is not None and self.act_head is not None:
+            ys, logits, z = self._halting(y, z, f, cycles, halt_threshold)
+        else:
+            ys, logits, z = self._all_cycles(y, z, f, cycles)
+        halt_logits = torch.stack(logits) if logits else None
+        return RecursionOutput(ys, halt_logits, (ys[-1].detach(), z.detach()))
+
+    def _all_cycles(
+        self, y: Tensor, z: Tensor, f: _Features, cycles: int
+    ) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """Every position through every cycle (training, or inference without halting)."""
         ys, logits = [y], []
-        halted = None
-        for c in range(self.cycles):
-            last = c == self.cycles - 1
+        for c in range(cycles):
             if c > 0 and self.detach_between_cycles:
                 y, z = y.detach(), z.detach()
-            no_grad = not self.detach_between_cycles and not last
+            no_grad = not self.detach_between_cycles and c < cycles - 1
             with torch.no_grad() if no_grad else contextlib.nullcontext():
-                z_new = z
-                for _ in range(self.micro_steps):
-                    z_new = self.block(z_new + y, *kv, mask, cos, sin)
-                y_new = self.block(y + z_new)
-                logit = self.act_head(z_new) if self.act_head is not None else None
-            if halt_threshold is not None and logit is not None:
-                if halted is None:
-                    halted = torch.zeros_like(logit, dtype=torch.bool)
-                keep = halted[..., None]
-                y_new = torch.where(keep, y, y_new)
-                z_new = torch.where(keep, z, z_new)
-                logit = torch.where(halted, logits[-1], logit) if logits else logit
-                halted = halted | (torch.sigmoid(logit) > halt_threshold)
-            y, z = y_new, z_new
+                y, z, logit = self.cycle(y, z, f)
             ys.append(y)
             if logit is not None:
                 logits.append(logit)
-            if (
-                halted is not None
-                and not last
-                and not torch.compiler.is_compiling()
-                and bool(halted.all())
-            ):
-                # Every token has halted: the remaining cycles would change nothing.
-                remaining = self.cycles - 1 - c
-                ys.extend([y] * remaining)
-                logits.extend([logit] * remaining)
+        return ys, logits, z
+
+    def _halting(
+        self, y: Tensor, z: Tensor, f: _Features, cycles: int, threshold: float
+    ) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """ACT at inference: after each cycle, positions with p > threshold freeze (their later
+        halting logits repeat the halting one) and later cycles skip them."""
+        ys, logits = [y], []
+        active = torch.ones(y.shape[:2], dtype=torch.bool, device=y.device)
+        logit, n_active = None, active.numel()
+        compiling = torch.compiler.is_compiling()
+        for c in range(cycles):
+            if compiling:  # no data-dependent shapes: compute all, freeze the halted
+                y_new, z_new, new = self.cycle(y, z, f)
+                keep = ~active[..., None]
+                y_new, z_new = torch.where(keep, y, y_new), torch.where(keep, z, z_new)
+                new = new if logit is None else torch.where(active, new, logit)
+            elif n_active == active.numel():
+                y_new, z_new, new = self.cycle(y, z, f)
+            else:
+                y_new, z_new, new = self._active_cycle(y, z, f, active, logit)
+            y, z, logit = y_new, z_new, new
+            ys.append(y)
+            logits.append(logit)
+            if c == cycles - 1:
                 break
-        halt_logits = torch.stack(logits) if logits else None
-        return RecursionOutput(ys=ys, halt_logits=halt_logits)
+            active = active & ~(torch.sigmoid(logit) > threshold)
+            if not compiling:
+                n_active = int(active.sum())  # the one host sync per cycle
+            if n_active == 0:
+                # every position has halted: the remaining cycles would change nothing
+                ys.extend([y] * (cycles - 1 - c))
+                logits.extend([logit] * (cycles - 1 - c))
+                break
+        return ys, logits, z
+
+    def _active_cycle(
+        self, y: Tensor, z: Tensor, f: _Features, active: Tensor, logit: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One cycle over the active positions only: rows with any active position, and in
+        them the active columns (left-aligned, padded to the longest row with copies of an
+        inactive position, whose results are dropped); scattered back into y, z, logit."""
+        rows = active.any(1).nonzero().squeeze(1)  # (R,)
+        sub = active[rows]  # (R, T)
+        counts = sub.sum(1)
+        width = int(counts.max())
+        cols = torch.sort((~sub).to(torch.int8), dim=1, stable=True).indices[:, :width]
+        valid = torch.arange(width, device=y.device)[None] < counts[:, None]  # (R, width)
+        take = cols[..., None].expand(-1, -1, y.shape[-1])
+        y_a, z_a = y[rows].gather(1, take), z[rows].gather(1, take)
+        y_a, z_a, l_a = self.cycle(y_a, z_a, f.gather(rows, cols))
+        where = (rows[:, None].expand_as(cols)[valid], cols[valid])
+        return (
+            y.index_put(where, y_a[valid]),
+            z.index_put(where, z_a[valid]),
+            logit.index_put(where, l_a[valid]),
+        )
 
 
-__all__ = ["RecursionBlock", "RecursionOutput", "TRMRecursion"]
+__all__ = ["RecursionBlock", "RecursionOutput", "TRMRecursion", "fixed_scale"]

@@ -27,8 +27,10 @@ compose 2d x 2d matrices (O(d) more work than the update itself, times log(T/C) 
 benchmarks/titans_recurrence.py measures such a scan (it agrees to fp32 rounding) at 5x to 60x
 the forward + backward time of this loop on the CPU (16 to 512 chunks, head width 16 and
 32). Everything per token (projections, the chunks' sums of k k^T and v k^T, the rates,
-retrieval, the diagnostics) is computed for all positions at once; the loop body is five
-tensor operations per chunk.
+retrieval, the diagnostics) is computed for all positions at once. The loop itself runs
+outside autograd with a hand-written backward (`fused_chunk_recurrence`, five fused tensor
+operations per chunk each way; the gradients that need no loop are batched after it), equal
+to autograd through the plain loop (`chunk_recurrence`, the reference) in float64.
 
 Causality. Position t reads the memory after the last chunk that is complete at t (its own
 chunk included when t is that chunk's last token; lucidrains/titans-pytorch shifts retrieval
@@ -55,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import Block, RMSNorm
+from .attention import Block, RMSNorm, WindowMask
 from .cache import WindowKV
 
 
@@ -65,6 +67,8 @@ class TitansState(NamedTuple):
     weights, momentum: (B, H, d, d): W and S at the start of the pending chunk.
     pending_kk, pending_vk: (B, H, d, d): sum k k^T and sum v k^T over the pending chunk.
     pending_x: (B, D): sum of the pending chunk's inputs. pending_count: (B,) int64, 0..C-1.
+    conv_tail: (B, K-1, 3 H d): the q/k/v projections of the row's last K-1 real tokens (the
+    causal convolution's input history; zeros before the stream starts).
     """
 
     weights: Tensor
@@ -73,6 +77,7 @@ class TitansState(NamedTuple):
     pending_vk: Tensor
     pending_x: Tensor
     pending_count: Tensor
+    conv_tail: Tensor
 
 
 class _Slots(NamedTuple):
@@ -141,16 +146,20 @@ class NeuralMemory(nn.Module):
         init_lr: float = 0.5,
         init_momentum: float = 0.5,
         init_forget: float = 0.01,
+        conv_size: int = 4,
     ) -> None:
         super().__init__()
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if conv_size < 1:
+            raise ValueError(f"conv_size must be >= 1, got {conv_size}")
         for name, p in (("init_lr", init_lr), ("init_momentum", init_momentum)):
             if not 0.0 < p < 1.0:
                 raise ValueError(f"{name} must be in (0, 1), got {p}")
         if not 0.0 < init_forget < 1.0:
             raise ValueError(f"init_forget must be in (0, 1), got {init_forget}")
         self.n_heads, self.head_dim, self.chunk_size = n_heads, head_dim, chunk_size
+        self.conv_size = conv_size
         self.init_rates = (init_lr, init_momentum, init_forget)
         inner = n_heads * head_dim
         self.q_proj = nn.Linear(d_model, inner, bias=False)
@@ -159,7 +168,11 @@ class NeuralMemory(nn.Module):
         self.o_proj = nn.Linear(inner, d_model, bias=False)
         self.rates = nn.Linear(d_model, 3 * n_heads)  # logits of theta, eta, alpha per head
         self.initial_memory = nn.Parameter(torch.zeros(n_heads, head_dim, head_dim))
+        # depthwise causal convolution over time after the q/k/v projections (the paper's
+        # architectural detail): k and v of a token can carry the tokens just before it
+        self.conv = nn.Parameter(torch.empty(3 * inner, conv_size))
         self.reset_rates()
+        self.reset_conv()
 
     @torch.no_grad()
     def initial_rates_bias(self) -> Tensor:
@@ -170,6 +183,19 @@ class NeuralMemory(nn.Module):
     @torch.no_grad()
     def reset_rates(self) -> None:
         self.rates.bias.copy_(self.initial_rates_bias())
+
+    @torch.no_grad()
+    def initial_conv(self, generator: torch.Generator | None = None) -> Tensor:
+        """The identity filter (weight 1 on the token itself) plus N(0, 0.1) on every tap, so
+        the memory starts close to reading each token alone but the earlier taps get distinct
+        gradients from the start."""
+        w = 0.1 * torch.randn(self.conv.shape, generator=generator, dtype=self.conv.dtype)
+        w[:, -1] += 1.0
+        return w.to(self.conv.device)
+
+    @torch.no_grad()
+    def reset_conv(self) -> None:
+        self.conv.copy_(self.initial_conv())
 
     def initial_state(
         self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None
@@ -185,11 +211,13 @@ class NeuralMemory(nn.Module):
             zeros,
             torch.zeros(batch, self.rates.in_features, device=device, dtype=dtype),
             torch.zeros(batch, dtype=torch.long, device=device),
+            torch.zeros(batch, self.conv_size - 1, self.conv.shape[0], device=device, dtype=dtype),
         )
 
     def _check_state(self, state: TitansState, batch: int) -> None:
         H, d, D = self.n_heads, self.head_dim, self.rates.in_features
-        want = ((batch, H, d, d),) * 4 + ((batch, D), (batch,))
+        tail = (batch, self.conv_size - 1, 3 * H * d)
+        want = ((batch, H, d, d),) * 4 + ((batch, D), (batch,), tail)
         for name, t, shape in zip(TitansState._fields, state, want, strict=True):
             if tuple(t.shape) != shape:
                 raise ValueError(f"state.{name} must have shape {shape}, got {tuple(t.shape)}")
@@ -206,7 +234,7 @@ class NeuralMemory(nn.Module):
         state: TitansState | None = None,
     ) -> tuple[Tensor, TitansState, dict[str, Tensor]]:
         B, T, _ = x.shape
-        C, H, d = self.chunk_size, self.n_heads, self.head_dim
+        C, H = self.chunk_size, self.n_heads
         work = torch.promote_types(x.dtype, torch.float32)  # the updates need >= float32
         if state is not None:
             self._check_state(state, B)
@@ -215,11 +243,11 @@ class NeuralMemory(nn.Module):
             state = self.initial_state(B, x.device, work)
         state = TitansState(*(s.to(work) if s.is_floating_point() else s for s in state))
 
-        q = F.normalize(self._heads(self.q_proj(x)).to(work), dim=-1)
-        k = F.normalize(self._heads(self.k_proj(x)).to(work), dim=-1)
-        v = self._heads(self.v_proj(x)).to(work)
-        qkvx = _to_slots(torch.cat((q, k, v), -1).flatten(-2), slots).unflatten(-1, (H, 3 * d))
-        q, k, v = qkvx.split(d, dim=-1)  # (B, S, H, d), S = n_slots
+        proj = torch.cat((self.q_proj(x), self.k_proj(x), self.v_proj(x)), -1).to(work)
+        offset = state.pending_count.to(x.device)
+        qkv, conv_tail = self._causal_conv(_to_slots(proj, slots), state.conv_tail, offset, slots)
+        q, k, v = (self._heads(t) for t in qkv.chunk(3, dim=-1))  # (B, S, H, d), S = n_slots
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         xs = _to_slots(x.to(work), slots)  # (B, S, D)
         n = slots.n_slots // C
 
@@ -231,7 +259,7 @@ class NeuralMemory(nn.Module):
         rates = torch.sigmoid(self.rates(x_sum.to(x.dtype) / C).to(work))  # (B, n, 3H)
         theta, eta, alpha = rates.view(B, n, 3, H, 1, 1).permute(2, 0, 3, 1, 4, 5)  # (B,H,n,1,1)
         complete = torch.arange(1, n + 1, device=x.device) * C <= slots.end[:, None].to(x.device)
-        w, s = chunk_recurrence(
+        weights, s = fused_chunk_recurrence(  # weights: W_0..W_n (B, H, n+1, d, d)
             state.weights,
             state.momentum,
             kk,
@@ -239,20 +267,42 @@ class NeuralMemory(nn.Module):
             (2.0 / C) * theta,
             eta,
             1 - alpha,
-            complete.expand(B, n)[:, None, :, None, None],
-            slots.n_full,
+            None if slots.n_full == n else complete.expand(B, n)[:, None, :, None, None],
         )
-        weights = torch.stack(w, 2)  # (B, H, n+1, d, d)
 
         # retrieval: slot p reads W_{floor((p+1)/C)}: shift by one, group into chunks of C
         qg = F.pad(q, (0, 0, 0, 0, 1, C - 1)).unflatten(1, (n + 1, C))  # (B, n+1, C, H, d)
         o = torch.einsum("bhgij,bgchj->bgchi", weights, qg).flatten(1, 2)[:, 1 : n * C + 1]
         out = self.o_proj(_from_slots(o.flatten(-2), slots, T).to(x.dtype))
-        new_state = _final_state(w[-1], s, kk, vk, x_sum, slots.end.to(x.device), C)
+        end = slots.end.to(x.device)
+        new_state = _final_state(weights[:, :, -1], s, kk, vk, x_sum, end, C, conv_tail)
         with torch.no_grad():
             diag = _diagnostics(weights, kc, vc, C)  # (B, S, 2)
         surprise, norm = _from_slots(diag, slots, T).unbind(-1)
         return out, new_state, {"surprise": surprise, "memory_norm": norm}
+
+    def _causal_conv(
+        self, proj: Tensor, tail: Tensor, offset: Tensor, slots: _Slots
+    ) -> tuple[Tensor, Tensor]:
+        """Depthwise causal convolution along each row's stream of real tokens.
+
+        proj: (B, S, F) projections in slots (slot p holds stream position p; slots before
+        the row's `offset` and from its end on are empty); tail: (B, K-1, F) the stream's
+        K-1 inputs before `offset`. Returns (out (B, S, F), zero in empty slots; the new
+        tail, the inputs of stream positions end-K+1..end-1).
+        """
+        K, (B, S, width) = self.conv_size, proj.shape
+        offset = offset.expand(B)
+        lag = torch.arange(K - 1, device=proj.device)
+        padded = F.pad(proj, (0, 0, K - 1, 0))  # slot p at p + K - 1; empty slots are zero
+        padded = padded.scatter(1, (offset[:, None] + lag)[..., None].expand(-1, -1, width), tail)
+        weight = self.conv.to(proj.dtype)
+        out = sum(weight[:, i] * padded[:, i : i + S] for i in range(K))
+        p = torch.arange(S, device=proj.device)
+        end = slots.end.to(proj.device).expand(B)
+        real = (p >= offset[:, None]) & (p < end[:, None])
+        new_tail = padded.gather(1, (end[:, None] + lag)[..., None].expand(-1, -1, width))
+        return out * real[..., None], new_tail
 
 
 def chunk_recurrence(
@@ -293,6 +343,89 @@ def chunk_recurrence(
     return read, s
 
 
+class _FusedRecurrence(torch.autograd.Function):
+    """`chunk_recurrence` with a hand-written backward: the loop runs outside autograd, a few
+    fused ops per chunk each way, and everything that needs no loop (the rate gradients, the
+    k k^T and v k^T gradients) is one batched op after it. Tensors are chunk-major here:
+    w0, s0 (X, d, d) with X = B H; kk, vk (n, X, d, d); lr, eta, keep, add (n, X, 1, 1).
+
+        S_j = eta_j S_{j-1} + lr_j (vk_j - W_{j-1} kk_j),   W_j = keep_j W_{j-1} + add_j S_j
+    """
+
+    @staticmethod
+    def forward(ctx, w0, s0, kk, vk, lr, eta, keep, add):  # noqa: ANN001, ANN205
+        n = kk.shape[0]
+        ws = torch.cat((w0[None], w0.new_empty(n, *w0.shape)))
+        ss = torch.cat((s0[None], s0.new_empty(n, *s0.shape)))
+        w_l, s_l = ws.unbind(0), ss.unbind(0)  # views: the loop writes through them
+        per_chunk = zip(*(t.unbind(0) for t in (kk, vk, lr, eta, keep, add)), strict=True)
+        for j, (kk_j, vk_j, lr_j, eta_j, keep_j, add_j) in enumerate(per_chunk):
+            r = torch.baddbmm(vk_j, w_l[j], kk_j, alpha=-1)  # vk - W kk
+            torch.mul(eta_j, s_l[j], out=s_l[j + 1]).addcmul_(lr_j, r)
+            torch.mul(keep_j, w_l[j], out=w_l[j + 1]).addcmul_(add_j, s_l[j + 1])
+        ctx.save_for_backward(ws, ss, kk, vk, lr, eta, keep, add)
+        return ws, ss[n]
+
+    @staticmethod
+    def backward(ctx, g_ws, g_s):  # noqa: ANN001, ANN205
+        ws, ss, kk, vk, lr, eta, keep, add = ctx.saved_tensors
+        n = kk.shape[0]
+        g_ws = torch.zeros_like(ws) if g_ws is None else g_ws
+        d_s = torch.zeros_like(ss[0]) if g_s is None else g_s
+        d_wj = torch.empty_like(ws)  # d_wj[j]: total gradient of W_j
+        d_sj = torch.empty_like(ss[1:])  # d_sj[j]: total gradient of S_{j+1}
+        d_wj[n] = g_ws[n]
+        d_w_l, d_s_l, g_l = d_wj.unbind(0), d_sj.unbind(0), g_ws.unbind(0)
+        kk_t = kk.transpose(-1, -2).unbind(0)
+        lr_l, eta_l, keep_l, add_l = (t.unbind(0) for t in (lr, eta, keep, add))
+        for j in range(n - 1, -1, -1):  # step j maps (W_j, S_j) to (W_{j+1}, S_{j+1})
+            torch.addcmul(d_s, add_l[j], d_w_l[j + 1], out=d_s_l[j])
+            grad_r = lr_l[j] * d_s_l[j]
+            torch.baddbmm(g_l[j], grad_r, kk_t[j], alpha=-1, out=d_w_l[j])
+            d_w_l[j].addcmul_(keep_l[j], d_w_l[j + 1])
+            d_s = eta_l[j] * d_s_l[j]
+        prev_w = ws[:-1]
+        r = torch.baddbmm(vk.flatten(0, 1), prev_w.flatten(0, 1), kk.flatten(0, 1), alpha=-1)
+        grad_r = lr * d_sj
+        d_kk = -(prev_w.transpose(-1, -2) @ grad_r)
+
+        def dot(a: Tensor, b: Tensor) -> Tensor:
+            return (a * b).sum((-1, -2), keepdim=True)
+
+        d_lr, d_eta = dot(d_sj, r.view_as(vk)), dot(d_sj, ss[:-1])
+        d_keep = dot(d_wj[1:], prev_w)
+        return d_wj[0], d_s, d_kk, grad_r, d_lr, d_eta, d_keep, None
+
+
+def fused_chunk_recurrence(
+    w: Tensor,
+    s: Tensor,
+    kk: Tensor,
+    vk: Tensor,
+    lr: Tensor,
+    eta: Tensor,
+    keep: Tensor,
+    complete: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """`chunk_recurrence`'s results, (W_0..W_n stacked (B, H, n+1, d, d), S_n), by
+    `_FusedRecurrence`. An incomplete chunk j (complete False) leaves W and S as they are:
+    eta -> 1, lr -> 0, keep -> 1 and S not added, so one loop body serves every row."""
+    B, H, n, d, _ = kk.shape
+    if complete is not None:
+        m = complete.to(kk.dtype).expand(B, H, n, 1, 1)
+        lr, eta, keep = lr * m, eta * m + (1 - m), keep * m + (1 - m)
+        add = m
+    else:
+        add = kk.new_ones(B, H, n, 1, 1)
+
+    def chunk_major(t: Tensor) -> Tensor:  # (B, H, n, ...) -> (n, B H, ...)
+        return t.expand(B, H, n, *t.shape[3:]).permute(2, 0, 1, 3, 4).flatten(1, 2).contiguous()
+
+    args = [chunk_major(t) for t in (kk, vk, lr, eta, keep, add)]
+    ws, s_n = _FusedRecurrence.apply(w.reshape(B * H, d, d), s.reshape(B * H, d, d), *args)
+    return ws.view(n + 1, B, H, d, d).permute(1, 2, 0, 3, 4), s_n.view(B, H, d, d)
+
+
 def _add_pending(
     kk: Tensor, vk: Tensor, x_sum: Tensor, state: TitansState
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -304,7 +437,14 @@ def _add_pending(
 
 
 def _final_state(
-    w: Tensor, s: Tensor, kk: Tensor, vk: Tensor, x_sum: Tensor, end: Tensor, C: int
+    w: Tensor,
+    s: Tensor,
+    kk: Tensor,
+    vk: Tensor,
+    x_sum: Tensor,
+    end: Tensor,
+    C: int,
+    conv_tail: Tensor,
 ) -> TitansState:
     """W and S after the complete chunks, and the sums of each row's incomplete last chunk."""
     B, n = w.shape[0], kk.shape[2]
@@ -320,6 +460,7 @@ def _final_state(
         vk[rows, :, idx] * has[:, None, None, None],
         x_sum[rows, idx] * has[:, None],
         count,
+        conv_tail,
     )
 
 
@@ -342,9 +483,12 @@ class MemoryGate(nn.Module):
     norm, so the gate neither saturates as W grows nor vanishes while it is empty.
     """
 
-    def __init__(self, d_model: int, n_heads: int, chunk_size: int, eps: float) -> None:
+    def __init__(
+        self, d_model: int, n_heads: int, chunk_size: int, eps: float, conv_size: int = 4
+    ) -> None:
         super().__init__()
-        self.memory = NeuralMemory(d_model, n_heads, d_model // n_heads, chunk_size)
+        head_dim = d_model // n_heads
+        self.memory = NeuralMemory(d_model, n_heads, head_dim, chunk_size, conv_size=conv_size)
         self.norm = RMSNorm(d_model, eps=eps)
 
     def forward(
@@ -367,19 +511,30 @@ class MAGBlock(Block):
 
     Both branches read the same input h, as in the paper's MAG figure: sliding-window
     attention is the precise short-term memory, the neural memory the fading long-term one.
-    forward returns (x, the memory's new state, its diagnostics).
+    n_persistent > 0 adds the paper's persistent memory: that many learned key/value slots
+    per head which every query of this attention sees besides its window (data-independent,
+    so a cached step needs nothing more). forward returns (x, the memory's new state, its
+    diagnostics).
     """
 
     def __init__(
-        self, d_model: int, n_heads: int, d_ff: int, eps: float, dropout: float, chunk_size: int
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        eps: float,
+        dropout: float,
+        chunk_size: int,
+        n_persistent: int = 0,
+        conv_size: int = 4,
     ) -> None:
-        super().__init__(d_model, n_heads, d_ff, eps, dropout)
-        self.ltm = MemoryGate(d_model, n_heads, chunk_size, eps)
+        super().__init__(d_model, n_heads, d_ff, eps, dropout, n_persistent)
+        self.ltm = MemoryGate(d_model, n_heads, chunk_size, eps, conv_size)
 
     def forward(  # type: ignore[override]
         self,
         x: Tensor,
-        mask: Tensor,
+        mask: Tensor | WindowMask,
         cos: Tensor,
         sin: Tensor,
         cache: WindowKV | None = None,
@@ -394,4 +549,11 @@ class MAGBlock(Block):
         return x + self.drop(self.mlp(self.mlp_norm(x))), state, diag
 
 
-__all__ = ["MAGBlock", "MemoryGate", "NeuralMemory", "TitansState", "chunk_recurrence"]
+__all__ = [
+    "MAGBlock",
+    "MemoryGate",
+    "NeuralMemory",
+    "TitansState",
+    "chunk_recurrence",
+    "fused_chunk_recurrence",
+]

@@ -142,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-new-tokens", type=int, default=32, help="longest completion")
     gen.add_argument("--device", default="auto", help=DEVICE_HELP)
     gen.add_argument("--threads", type=int, help=THREADS_HELP)
+    for command in (e, gen):
+        command.add_argument(
+            "--trm-cycles",
+            type=int,
+            metavar="K",
+            help="refinement cycles at inference (default: as trained; more: test-time depth)",
+        )
     return parser
 
 

@@ -37,7 +37,9 @@ def load_checkpoint_dir(path: str) -> tuple[Path, dict[str, Any]]:
     return d, state
 
 
-def _load_hf(d: Path, device: str):
+def _load_hf(d: Path, device: str, trm_cycles: int | None = None):
+    """Model, tokenizer and device of a checkpoint; ``trm_cycles``: refinement cycles to run at
+    inference instead of the trained count (test-time depth; the model reads it each call)."""
     import cognate_model  # noqa: F401  (registers the model with the Auto classes)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -49,6 +51,12 @@ def _load_hf(d: Path, device: str):
         model = AutoModelForCausalLM.from_pretrained(d).to(dev).eval()
     except Exception as exc:  # json, tokenizers and transformers each raise their own kinds
         raise ConfigError(f"checkpoint: {d} does not load ({type(exc).__name__}: {exc})") from None
+    if trm_cycles is not None:
+        if trm_cycles < 1:
+            raise ConfigError(f"trm-cycles: must be >= 1, got {trm_cycles}")
+        if not hasattr(model.config, "trm_cycles"):
+            raise ConfigError(f"trm-cycles: the model in {d} has no recursion")
+        model.config.trm_cycles = trm_cycles
     return model, tok, dev
 
 
@@ -67,7 +75,9 @@ def _eval_grok(d: Path, ts: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _eval_curriculum(d: Path, ts: dict[str, Any], n_val: int | None, device: str):
+def _eval_curriculum(
+    d: Path, ts: dict[str, Any], n_val: int | None, device: str, trm_cycles: int | None
+):
     from .data import active_stages, families_for_stage, make_split
     from .evaluation import exact_match, val_loss
 
@@ -78,7 +88,7 @@ def _eval_curriculum(d: Path, ts: dict[str, Any], n_val: int | None, device: str
         raise ConfigError(
             f"n-val: must be in [1, {cfg['n_val']}] (the run's validation size), got {n_val}"
         )
-    model, tok, dev = _load_hf(d, device)
+    model, tok, dev = _load_hf(d, device, trm_cycles)
     families = families_for_stage(active_stages(cfg["stage_fractions"])[-1])
     _, val = make_split(
         families, cfg["n_train"], n_val or cfg["n_val"], cfg["seed"], cfg["max_len"]
@@ -87,6 +97,7 @@ def _eval_curriculum(d: Path, ts: dict[str, Any], n_val: int | None, device: str
     result = {
         "step": ts["step"],
         "specialization": ts.get("name", ts.get("specialization")),
+        "trm_cycles": getattr(model.config, "trm_cycles", None),
         "val/loss": val_loss(model, tok, val, bs, cfg["max_len"], dev),
     }
     em = exact_match(model, tok, val, bs, device=dev)
@@ -119,7 +130,7 @@ def _eval_real(d: Path, ts: dict[str, Any], ns: argparse.Namespace) -> dict[str,
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    model, tok, dev = _load_hf(d, ns.device)
+    model, tok, dev = _load_hf(d, ns.device, ns.trm_cycles)
     try:
         datasets = evaluate_checkpoint(
             model,
@@ -173,9 +184,11 @@ def _eval(ns: argparse.Namespace, d: Path, ts: dict[str, Any]) -> int:
             _print_real(result)
         return 0
     if "p" in ts["config"]:  # a grok checkpoint
+        if ns.trm_cycles is not None:
+            raise ConfigError("trm-cycles: a grok checkpoint has no recursion")
         result = _eval_grok(d, ts)
     else:
-        result = _eval_curriculum(d, ts, ns.n_val, ns.device)
+        result = _eval_curriculum(d, ts, ns.n_val, ns.device, ns.trm_cycles)
     if ns.json:
         print(json.dumps(result, indent=1))
         return 0
@@ -195,7 +208,7 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     if "p" in ts["config"]:
         raise ConfigError("checkpoint: generate needs a train checkpoint, not a grok one")
     with _threads(ns, ts):
-        model, tok, dev = _load_hf(d, ns.device)
+        model, tok, dev = _load_hf(d, ns.device, ns.trm_cycles)
         try:
             outs = generate_answers(
                 model, tok, ns.prompt, max_new_tokens=ns.max_new_tokens, device=dev

@@ -35,6 +35,10 @@ OPTIMIZERS: tuple[str, ...] = ("mugrokfast", "adamw", "muon", "grokfast-adamw")
 LOG_BACKENDS: tuple[str, ...] = ("wandb", "tensorboard")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 LOSS_ON: tuple[str, ...] = ("answers", "all")
+GROKFAST_FILTERS: tuple[str, ...] = ("ema", "ma", "dual", "none")
+# optimizers without a Grokfast filter: --grokfast / --grokfast-warmup-steps given with them
+# would be ignored, so build_config refuses them
+UNFILTERED: tuple[str, ...] = ("adamw", "muon")
 
 __all__ = ["GROK_PRESETS", "TRAIN_PRESETS", "ConfigError", "GrokConfig", "TrainConfig"]
 
@@ -73,8 +77,18 @@ class RunConfig:
     muon_lr: float = opt(0.02, "Muon learning rate (mugrokfast, muon)")
     weight_decay: float = opt(0.01, "decoupled weight decay")
     betas: list[float] = opt([0.9, 0.98], "Adam betas, two comma-separated numbers")
+    grokfast: str = opt(
+        "ema",
+        "Grokfast filter of mugrokfast and grokfast-adamw: ema (g + lambda ema(g)), ma "
+        "(g + 5 x the mean of the last 100 gradients, once 100 are in), dual (both terms) or "
+        "none (no filter: mugrokfast is then muon)",
+        choices=GROKFAST_FILTERS,
+    )
+    grokfast_warmup_steps: int = opt(
+        0, "steps during which the Grokfast filter state is updated but not applied"
+    )
     grokfast_alpha: float = opt(0.98, "EMA decay of the Grokfast filter")
-    grokfast_lambda: float = opt(0.1, "Grokfast amplification")
+    grokfast_lambda: float = opt(0.1, "Grokfast amplification (ema, dual: of the EMA term)")
     lambda_boost: float = opt(1.5, "lambda multiplier once grokking is detected")
     grad_clip: float = opt(1.0, "max grad norm (0: no clipping)")
     warmup_steps: int = opt(20, "linear warmup steps")
@@ -126,7 +140,17 @@ class TrainConfig(RunConfig):
     steps_per_batch: int = opt(
         1, "optimizer steps per batch (deep supervision)", aliases=("supervision_steps",)
     )
+    supervision_early_exit: bool = opt(
+        False, "deep supervision: leave a batch early once the halting head says it is done"
+    )
     precision: str = opt("auto", "auto (bf16 on CUDA), fp32 or bf16")
+    qk_clip: float = opt(
+        0.0,
+        "QK-clip (MuonClip): after each optimizer step, every attention head whose largest "
+        "pre-softmax logit S in that step exceeded TAU has its W_q and W_k rows multiplied by "
+        "sqrt(TAU / S), which caps its logits on those inputs at TAU (0: off)",
+        metavar="TAU",
+    )
     samples: int = opt(3, "sample generations per model in the report")
     eval_batch_size: int = opt(64, "batch size of evaluation")
     # real data (cognate_train.realdata): used when data is not "curriculum"
@@ -291,6 +315,7 @@ def build_config(
     _apply(cfg, toml_values, f"--config {toml_path}")
     flag_values = {k: v for k, v in flags.items() if v is not None}
     _apply(cfg, flag_values, "flag")
+    _check_filter_given(cfg, flag_values, toml_values, toml_path)
     if isinstance(cfg, TrainConfig):
         # the run's length is whichever of max_steps / epochs was set last (flags > file > preset)
         for level in (flag_values, toml_values):
@@ -306,6 +331,22 @@ def build_config(
             raise ConfigError(f"--config {toml_path}: {exc}", field=exc.field) from None
         raise
     return cfg
+
+
+def _check_filter_given(
+    cfg: RunConfig, flags: dict[str, Any], toml: dict[str, Any], toml_path: str | None
+) -> None:
+    """Refuse Grokfast filter settings given for an optimizer without a filter."""
+    if cfg.optimizer not in UNFILTERED:
+        return
+    for name, off in (("grokfast", "none"), ("grokfast_warmup_steps", 0)):
+        source = "flag" if name in flags else f"--config {toml_path}" if name in toml else None
+        if source is not None and getattr(cfg, name) != off:
+            raise ConfigError(
+                f"{flag_label(type(cfg), name)}: optimizer {cfg.optimizer} has no Grokfast "
+                f"filter ({source}); use --optimizer mugrokfast or grokfast-adamw",
+                field=name,
+            )
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:

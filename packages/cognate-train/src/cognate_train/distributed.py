@@ -15,15 +15,25 @@ other function here is a no-op in a single process. How the engine uses it:
   ``MuGrokfast`` splits its Newton-Schulz work across the ranks (``distributed=True``).
 * Outputs: only rank 0 writes (metrics, checkpoints, best/final, plots, summary, report) and
   holds the output-directory lock; the other ranks log nothing.
-* Evaluation runs on rank 0 and its result is broadcast, so every rank takes the same decisions
-  (early stopping, grokking boost); the other ranks wait meanwhile.
+* Evaluation is split too: each rank scores every ``world_size``-th example (:func:`shard`) and
+  keeps (sum, count) pairs (loss x tokens, correct answers, examples); :func:`reduce_sums` adds
+  them up over the ranks, in rank order on every rank, so all ranks hold the same figures (equal
+  to a single process's up to float rounding) and take the same decisions (early stopping,
+  grokking boost).
+* Random draws (dropout): the model is initialised from the run's seed on every rank (DDP
+  checks the ranks agree), then each rank other than 0 reseeds its RNGs with
+  :func:`rank_seed` (seed, rank), so the ranks draw different dropout masks; rank 0 keeps the
+  stream a single process has. Checkpoints hold every rank's RNG state (:func:`gather`).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
+import math
 import os
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -78,9 +88,47 @@ def micro_batches(grad_accum: int) -> int:
     return grad_accum * world_size()
 
 
-def shard(batches: list[Any]) -> list[Any]:
-    """This rank's micro-batches of a global step: every ``world_size``-th from its rank on."""
-    return batches[rank() :: world_size()]
+def shard(items: Any) -> Any:
+    """This rank's part of a sequence (a global step's micro-batches, evaluation examples, rows
+    of a tensor): every ``world_size``-th item from its rank on."""
+    return items[rank() :: world_size()]
+
+
+def rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """The RNG seed of ``rank`` in a run seeded with ``seed``: a 63-bit hash of (seed, rank,
+    step), distinct per rank and the same in every run with this seed. ``step`` > 0 reseeds a
+    rank that resumes a checkpoint holding no RNG state for it (written by fewer ranks)."""
+    digest = hashlib.sha256(f"cognate-train|{seed}|rank{rank}|step{step}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def seed_this_rank(seed: int, step: int = 0) -> None:
+    """Reseed torch's (CPU and CUDA) and Python's RNGs of a rank other than 0 with
+    :func:`rank_seed`, so the ranks do not draw the same dropout masks; rank 0 (and a single
+    process) keeps the stream that ``seed`` started."""
+    if rank() != 0:
+        s = rank_seed(seed, rank(), step)
+        torch.manual_seed(s)
+        random.seed(s)
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states (torch CPU, this rank's CUDA device, Python) for a checkpoint."""
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": [version, list(internal)]}
+    state["python"].append(gauss)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def barrier() -> None:
@@ -104,6 +152,39 @@ def agree_max(value: int, device: torch.device) -> int:
     t = torch.tensor([value], dtype=torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
+
+
+def max_tensor_(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise max across ranks, in place (every rank ends with the same tensor)."""
+    if active():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def gather(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` in a single process)."""
+    if not active():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def reduce_sums(sums: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Element-wise totals of every rank's named sums (e.g. ``{"val/loss": [loss x tokens,
+    tokens]}``; a name some ranks lack counts as zeros there), added in rank order, so every
+    rank gets the same floats."""
+    total: dict[str, list[float]] = {}
+    for part in gather(sums):
+        for key, values in part.items():
+            acc = total.setdefault(key, [0.0] * len(values))
+            total[key] = [a + float(v) for a, v in zip(acc, values, strict=True)]
+    return total
+
+
+def reduced_means(sums: dict[str, list[float]]) -> dict[str, float]:
+    """``sum / count`` of each ``[sum, count]`` pair after :func:`reduce_sums` (nan for 0)."""
+    return {k: s / c if c else math.nan for k, (s, c) in reduce_sums(sums).items()}
 
 
 def sum_floats(values: list[float], device: torch.device) -> list[float]:

@@ -45,6 +45,7 @@ from .optim import (
     grokfast_lambda,
 )
 from .progress import Progress
+from .qk_clip import QKClip
 from .runtime import cpu_threads, resolve_device, setup_device
 from .signals import Interrupted, StopSignals
 from .state import Checkpointer, TrainState
@@ -73,12 +74,16 @@ class Engine:
         self.log: Callable[[str], None] = log or (lambda m: print(m, file=sys.stderr, flush=True))
         if not dist.is_writer():  # under torchrun rank 0 speaks for the run
             self.log = lambda m: None
+        dist.seed_this_rank(cfg.seed)  # the model is built (same on all ranks); dropout differs
         self.ddp = dist.Ddp(task)
         self.optimizer = build_optimizer(cfg.optimizer, task.model, cfg)
         self.scheduler = build_scheduler(
             self.optimizer, cfg.warmup_steps, task.total_steps, cfg.min_lr_ratio
         )
         self.ema = WeightEMA(task.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        # train runs have --qk-clip; grok's decoder has fused q/k/v and records nothing
+        self.qk_clip = QKClip(task.model, getattr(cfg, "qk_clip", 0.0))
+        self.max_logit: float | None = None
         self.detector = GrokkingDetector(
             cfg.grok_window, cfg.grok_gap_threshold, cfg.grok_jump_threshold, cfg.grok_patience
         )
@@ -165,8 +170,8 @@ class Engine:
         # a run that stopped early (and was killed before final/) stays stopped on resume
         return self.state.step < self.task.total_steps and self.state.stop_reason is None
 
-    def should_log(self) -> bool:
-        step = self.state.step
+    def should_log(self, step: int | None = None) -> bool:
+        step = self.state.step if step is None else step
         return step % self.cfg.log_every == 0 or step == self.task.total_steps
 
     def should_eval(self) -> bool:
@@ -186,6 +191,7 @@ class Engine:
         batches = dist.shard(batches)  # this rank's micro-batches of the global step
         loss_sum, tokens, finite = 0.0, 0, True
         aux: dict[str, float] = {}
+        self.qk_clip.begin(log_step=self.should_log(self.state.step + 1))
         with self.ddp.training():
             for k, mb in enumerate(batches):
                 with self.ddp.micro_step(last=k == len(batches) - 1):
@@ -213,6 +219,8 @@ class Engine:
         skipped = not (finite and math.isfinite(grad_norm))
         if not skipped:  # never let a nan/inf reach the optimizer, the filter or the EMA
             self.optimizer.step()
+        self.max_logit = self.qk_clip.end(stepped=not skipped)  # QK-clip after the step
+        if not skipped:
             if self.ema is not None:
                 self.ema.update(model)
         self.state.nonfinite_streak = self.state.nonfinite_streak + 1 if skipped else 0
@@ -270,6 +278,8 @@ class Engine:
             lam = grokfast_lambda(self.optimizer)
             if lam is not None:
                 record["grokfast/lambda"] = lam
+            if self.max_logit is not None:  # the window's last step, before its clip
+                record["attn/max_logit"] = self.max_logit
             self.metrics.log(record)
             self.progress.post(record)
         self.window.reset()
@@ -278,11 +288,10 @@ class Engine:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        result = None
-        if dist.is_writer():  # rank 0 evaluates; the others take its figures
-            with maybe_swapped_in(self.ema, self.task.model):
-                result = self.task.evaluate()
-        return dist.broadcast(result)
+        """The task's evaluation on the EMA weights; under torchrun every rank scores its shard
+        and gets the reduced (identical) figures."""
+        with maybe_swapped_in(self.ema, self.task.model):
+            return self.task.evaluate()
 
     def evaluate_and_react(self) -> bool:
         """Evaluate, then best/, early stopping and grokking detection; True to stop."""

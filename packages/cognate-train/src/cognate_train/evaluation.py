@@ -22,7 +22,14 @@ import torch.nn.functional as F
 from .data import IGNORE_INDEX, Example, encode
 from .progress import eval_bar
 
-__all__ = ["exact_match", "generate_answers", "logits_of", "val_loss"]
+__all__ = [
+    "exact_match",
+    "exact_match_counts",
+    "generate_answers",
+    "logits_of",
+    "val_loss",
+    "val_loss_sums",
+]
 
 
 def logits_of(output: Any) -> torch.Tensor:
@@ -147,25 +154,41 @@ def exact_match(
     """
     if not examples:
         raise ValueError("examples must not be empty")
+    counts = exact_match_counts(model, tokenizer, examples, batch_size, max_new_tokens, device)
+    result: dict[str, float] = {k: c / n for k, (c, n) in counts.items()}
+    result["n"] = len(examples)
+    return result
+
+
+@torch.no_grad()
+def exact_match_counts(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    batch_size: int = 64,
+    max_new_tokens: int | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, list[float]]:
+    """The [correct, examples] pairs behind :func:`exact_match` ("accuracy" and
+    "accuracy/<family>"): sums, so the counts of disjoint shards (data-parallel ranks) add up
+    to the whole set's. No examples: {}."""
     _check_positive("batch_size", batch_size)
     if max_new_tokens is None:
-        answer_ids = tokenizer([ex.answer for ex in examples], add_special_tokens=False)[
-            "input_ids"
-        ]
+        answers = [ex.answer for ex in examples]
+        answer_ids = tokenizer(answers, add_special_tokens=False)["input_ids"] if answers else []
         budgets = [len(a) + 1 for a in answer_ids]
     else:
         budgets = [_check_positive("max_new_tokens", max_new_tokens)] * len(examples)
     outputs = _greedy(model, tokenizer, [ex.prompt for ex in examples], budgets, batch_size, device)
-    tallies: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    tallies: dict[str, list[float]] = defaultdict(lambda: [0, 0])
     for ex, (ids, stopped) in zip(examples, outputs, strict=True):
         tally = tallies[ex.family]
         tally[0] += int(stopped and tokenizer.decode(ids, skip_special_tokens=False) == ex.answer)
         tally[1] += 1
-    result: dict[str, float] = {"accuracy": sum(c for c, _ in tallies.values()) / len(examples)}
-    for family, (c, n) in tallies.items():
-        result[f"accuracy/{family}"] = c / n
-    result["n"] = len(examples)
-    return result
+    if not examples:
+        return {}
+    total = [sum(c for c, _ in tallies.values()), len(examples)]
+    return {"accuracy": total, **{f"accuracy/{f}": t for f, t in tallies.items()}}
 
 
 @torch.no_grad()
@@ -185,6 +208,21 @@ def val_loss(
     """
     if not examples:
         raise ValueError("examples must not be empty")
+    total, count = val_loss_sums(model, tokenizer, examples, batch_size, max_len, device)
+    return total / count
+
+
+@torch.no_grad()
+def val_loss_sums(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    batch_size: int = 64,
+    max_len: int = 128,
+    device: str | torch.device = "cpu",
+) -> list[float]:
+    """[summed cross-entropy, answer tokens] behind :func:`val_loss` ([0, 0] for no examples):
+    the sums of disjoint shards add up to the whole set's."""
     _check_positive("batch_size", batch_size)
     total, count = 0.0, 0
     with EvalMode(model), eval_bar(len(examples), "val loss") as bar:
@@ -203,4 +241,4 @@ def val_loss(
             ).item()
             count += int((shift_labels != IGNORE_INDEX).sum())
             bar.update(len(ids))
-    return total / count
+    return [total, count]

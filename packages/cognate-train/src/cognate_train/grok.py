@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoints as ck
+from . import distributed as dist
 from .config import GrokConfig, compat_fingerprint
-from .distributed import micro_batches
 from .engine import Engine, run
 from .grok_data import modular_dataset, vocab_size
 from .grok_model import GrokDecoder, score
@@ -60,7 +60,7 @@ class GrokTask:
         # micro-batches of all ranks (the engine shards them) cut from one permutation, so
         # they are disjoint when they fit in the training set (a new permutation when not)
         n = self.train_rows.shape[0]
-        size, m = min(self.cfg.batch_size, n), micro_batches(self.cfg.grad_accum)
+        size, m = min(self.cfg.batch_size, n), dist.micro_batches(self.cfg.grad_accum)
         perms = [torch.randperm(n, generator=self.generator) for _ in range(-(-size * m // n))]
         order = torch.cat(perms)
         draws = [order[k * size : (k + 1) * size] for k in range(m)]
@@ -74,13 +74,20 @@ class GrokTask:
         return {}
 
     def evaluate(self) -> dict[str, float]:
-        tr_loss, tr_acc = score(self.model, self.train_rows)
-        va_loss, va_acc = score(self.model, self.val_rows)
+        """Loss and accuracy on the full train and val sets; under torchrun each rank scores
+        every ``world_size``-th equation and the sums are reduced."""
+        sums = {}
+        for split, rows in (("train", self.train_rows), ("val", self.val_rows)):
+            part = dist.shard(rows)
+            loss, acc = score(self.model, part) if len(part) else (0.0, 0.0)
+            sums[f"{split}/accuracy"] = [acc * len(part), len(part)]
+            sums[f"{split}/loss"] = [loss * len(part), len(part)]
+        means = dist.reduced_means(sums)
         return {
-            "train/accuracy": tr_acc,
-            "val/accuracy": va_acc,
-            "train/eval_loss": tr_loss,
-            "val/loss": va_loss,
+            "train/accuracy": means["train/accuracy"],
+            "val/accuracy": means["val/accuracy"],
+            "train/eval_loss": means["train/loss"],
+            "val/loss": means["val/loss"],
         }
 
     def save_weights(self, directory: Path) -> None:

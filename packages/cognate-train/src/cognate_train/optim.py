@@ -3,10 +3,11 @@
 ``--optimizer`` choices (for comparisons on the same run):
 
 * ``mugrokfast``: ``mugrokfast.MuGrokfast`` over ``mugrokfast.param_groups(model)``: the Grokfast
-  EMA filter on the raw gradients, then Muon for hidden matrices and AdamW for embeddings, the
-  head, norms and biases.
+  filter (``--grokfast``, EMA by default) on the raw gradients, then Muon for hidden matrices
+  and AdamW for embeddings, the head, norms and biases.
 * ``muon``: the same routing with the filter off (``grokfast=None``).
-* ``grokfast-adamw``: ``mugrokfast.Grokfast`` (EMA filter) in front of ``torch.optim.AdamW``.
+* ``grokfast-adamw``: ``mugrokfast.Grokfast`` (the ``--grokfast`` filter) in front of
+  ``torch.optim.AdamW``.
 * ``adamw``: plain ``torch.optim.AdamW``.
 
 The schedule is linear warmup then cosine decay, as a multiplier of each group's base lr (so
@@ -74,12 +75,17 @@ def build_optimizer(name: str, model: torch.nn.Module, cfg: Any) -> torch.optim.
         )
     import mugrokfast
 
+    flt = None if cfg.grokfast == "none" else cfg.grokfast
     if name == "grokfast-adamw":
         base = torch.optim.AdamW(
             model.parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay
         )
         return mugrokfast.Grokfast(
-            base, filter="ema", alpha=cfg.grokfast_alpha, lamb=cfg.grokfast_lambda
+            base,
+            filter=flt,
+            alpha=cfg.grokfast_alpha,
+            lamb=cfg.grokfast_lambda,
+            warmup_steps=cfg.grokfast_warmup_steps,
         )
     if name in ("mugrokfast", "muon"):
         return mugrokfast.MuGrokfast(
@@ -88,9 +94,10 @@ def build_optimizer(name: str, model: torch.nn.Module, cfg: Any) -> torch.optim.
             betas=betas,
             weight_decay=cfg.weight_decay,
             muon_lr=cfg.muon_lr,
-            grokfast="ema" if name == "mugrokfast" else None,
+            grokfast=flt if name == "mugrokfast" else None,
             grokfast_alpha=cfg.grokfast_alpha,
             grokfast_lambda=cfg.grokfast_lambda,
+            grokfast_warmup_steps=cfg.grokfast_warmup_steps,
             distributed=True,  # under torchrun: Newton-Schulz split across ranks
         )
     raise ValueError(
@@ -99,12 +106,16 @@ def build_optimizer(name: str, model: torch.nn.Module, cfg: Any) -> torch.optim.
 
 
 def grokfast_lambda(optimizer: Any) -> float | None:
-    """The current Grokfast amplification, or None when the optimizer has no filter."""
+    """The current Grokfast amplification, or None when the optimizer has no filter: the EMA
+    term's lambda (ema, dual), or the MA term's (ma, its only one; what
+    ``set_grokfast_lambda`` sets for "ma" groups)."""
     if hasattr(optimizer, "set_grokfast_lambda"):
         group = optimizer.param_groups[0]
-        if group.get("grokfast", "ema") is None:
+        kind = group.get("grokfast", "ema")
+        if kind is None:
             return None
-        return float(group.get("grokfast_lambda", 0.0))
+        key = "grokfast_ma_lambda" if kind == "ma" else "grokfast_lambda"
+        return float(group.get(key, 0.0))
     if hasattr(optimizer, "lamb"):
         return float(optimizer.lamb)
     return None
@@ -115,7 +126,11 @@ def set_grokfast_lambda(optimizer: Any, value: float) -> bool:
     if grokfast_lambda(optimizer) is None:
         return False
     if hasattr(optimizer, "set_grokfast_lambda"):
-        optimizer.set_grokfast_lambda(value)
+        group = optimizer.param_groups[0]
+        if group.get("grokfast") == "ma":  # its amplification is the MA term's alone
+            optimizer.set_grokfast_lambda(group["grokfast_lambda"], ma_lamb=value)
+        else:
+            optimizer.set_grokfast_lambda(value)
     else:
         optimizer.lamb = value
     return True

@@ -40,7 +40,8 @@ def model_table(summary: dict[str, Any]) -> str:
     for key in sorted(k for k in final if k.startswith("val/accuracy/")):
         rows.append((f"  {key.split('/', 2)[2]}", _fmt(final[key])))
     rows += [
-        ("avg ACT cycles", _fmt(summary.get("act_cycles_mean"), ".2f")),
+        # training batches, where every cycle is computed: the depth ACT would stop at
+        ("ACT halting cycle (train)", _fmt(summary.get("act_cycles_mean"), ".2f")),
         ("steps", f"{summary['steps']} ({summary['stop_reason']})"),
         ("time", f"{summary['time_s']:.1f} s"),
         ("params", f"{summary['n_params'] / 1e6:.2f}M"),
@@ -78,7 +79,7 @@ def render(summaries: list[dict[str, Any]], root: str | Path) -> str:
         out.append(f"Plots: {Path(s['output_dir']) / 'plots'}/{{loss,accuracy,lr}}.png")
         out.append("")
     if len(summaries) > 1:
-        out.append("| model | val loss | exact match | avg ACT cycles | time (s) |")
+        out.append("| model | val loss | exact match | ACT halting cycle (train) | time (s) |")
         out.append("|---|---|---|---|---|")
         for s in summaries:
             f = s.get("final", {})

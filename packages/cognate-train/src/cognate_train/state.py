@@ -126,9 +126,11 @@ class Checkpointer:
         """``checkpoints/step-N`` with everything a resume needs; None when refused."""
         if not self._finite("checkpoint"):
             return None
-        if not dist.is_writer():  # rank 0 writes; the state is the same on every rank
+        rngs = dist.gather(dist.rng_state())  # every rank's RNGs (a collective: all ranks save)
+        if not dist.is_writer():  # rank 0 writes; the rest of the state is the same everywhere
             return self.manager.root
-        return self.manager.save(self.engine.state.step, lambda d: self._write(d, full=True))
+        step = self.engine.state.step
+        return self.manager.save(step, lambda d: self._write(d, full=True, rngs=rngs))
 
     def save_named(self, name: str) -> Path | None:
         """``best/`` or ``final/``: the (EMA) weights and trainer state, no optimizer."""
@@ -141,7 +143,9 @@ class Checkpointer:
         )
 
     def has(self, step: int) -> bool:
-        return any(s == step for s, _ in self.manager.step_dirs())
+        """Whether ``checkpoints/step-<step>`` exists: rank 0's view on every rank (the others
+        must not look while rank 0 may still be writing it; they would then save alone)."""
+        return dist.broadcast(any(s == step for s, _ in self.manager.step_dirs()))
 
     def trainer_state(self) -> dict[str, Any]:
         e = self.engine
@@ -158,7 +162,7 @@ class Checkpointer:
             "world_size": dist.world_size(),
         }
 
-    def _write(self, directory: Path, full: bool) -> None:
+    def _write(self, directory: Path, full: bool, rngs: list[dict[str, Any]] | None = None) -> None:
         e = self.engine
         if full:
             e.task.save_weights(directory)
@@ -178,6 +182,8 @@ class Checkpointer:
         }
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        if rngs is not None and len(rngs) > 1:
+            state["rank_rngs"] = rngs  # under torchrun: each rank's own, in rank order
         if e.ema is not None:
             state["ema"] = e.ema.shadow
         ck.save_torch_state(directory, state)
@@ -221,11 +227,23 @@ class Checkpointer:
         e.detector.load_state_dict(ts["detector"])
         e.state = TrainState.from_dict(ts)
         e.task.load_state_dict(state["task"], e.state.step)
-        version, internal, gauss = ts["python_rng"]
-        random.setstate((version, tuple(internal), gauss))
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self._restore_rng(state, ts)
+
+    def _restore_rng(self, state: dict[str, Any], ts: dict[str, Any]) -> None:
+        """This rank's RNG states from the checkpoint: its own when the writing run had this
+        rank, rank 0's on rank 0 (a single-process checkpoint), else a fresh per-rank seed
+        derived from (seed, rank, step) (a run resumed on more ranks than wrote it)."""
+        rank, saved = dist.rank(), state.get("rank_rngs") or []
+        if rank < len(saved):
+            dist.set_rng_state(saved[rank])
+        elif rank == 0:
+            version, internal, gauss = ts["python_rng"]
+            random.setstate((version, tuple(internal), gauss))
+            torch.set_rng_state(state["torch_rng"])
+            if "cuda_rng" in state and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+        else:
+            dist.seed_this_rank(self.engine.cfg.seed, self.engine.state.step)
 
     def apply_overrides(self, changed: dict[str, list[Any]]) -> None:
         """After a resume with ``--override``: the optimizer and schedule take this run's
@@ -239,7 +257,8 @@ class Checkpointer:
         fresh = build_optimizer(e.cfg.optimizer, e.task.model, e.cfg)
         base = build_scheduler(fresh, e.cfg.warmup_steps, e.task.total_steps, 1.0).base_lrs
         for group, new in zip(e.optimizer.param_groups, fresh.param_groups, strict=True):
-            keep = {"params", "lr"} | ({"grokfast_lambda"} - set(changed))  # a boost survives
+            boosted = {"grokfast_lambda", "grokfast_ma_lambda"}
+            keep = {"params", "lr"} | (boosted - set(changed))  # a boost survives
             group.update({k: v for k, v in new.items() if k not in keep})
         e.scheduler.base_lrs = list(base)
         for group, lr0, fn in zip(
@@ -247,7 +266,7 @@ class Checkpointer:
         ):
             group["initial_lr"] = lr0
             group["lr"] = lr0 * fn(e.scheduler.last_epoch)
-        if "grokfast_lambda" in changed:
+        if "grokfast_lambda" in changed and e.cfg.grokfast != "ma":  # ma: not its lambda
             set_grokfast_lambda(e.optimizer, e.cfg.grokfast_lambda)
         e.state.events.append(event)
         listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())

@@ -6,12 +6,15 @@ curriculum stage of each step, the model's own loss, and an evaluation of answer
 and exact-match accuracy per family (plus train accuracy for grokking detection).
 :class:`Trainer` runs it.
 
-Deep supervision (``steps_per_batch`` N > 1): TRM trains each batch with up to 16 consecutive
-optimizer steps, carrying its detached answer/latent (y, z) from one to the next. The Cognate
-model's forward is pure (it carries no state between calls, by design), so here each batch is
-used for N consecutive optimizer steps, each with a fresh forward through all of the model's
-recursion cycles (which already carry (y, z) internally with their own deep-supervision loss
-terms). A new batch is drawn every N steps; ``max_steps`` counts optimizer steps.
+Deep supervision (``steps_per_batch`` N > 1), as TRM: each batch is used for up to N
+consecutive optimizer steps, each its own forward, backward and optimizer step, and each
+forward continues from the detached (y, z) that the previous step on the same batch returned
+(``recursion_state`` in and out: the model itself stays pure). A new batch starts again from
+(x, x). With ``supervision_early_exit`` the batch is also left early, once the halting head
+says every sequence in it is done (TRM's training-time halting, per sequence: every answer
+token's final halting probability over ``act_threshold``). ``max_steps`` counts optimizer
+steps. The carried (y, z), the step within the batch and the halting votes are in the task's
+checkpoint state, so a run resumed mid-batch continues exactly.
 
 Determinism: the model is initialised from ``seed``; batches are a pure function of (seed,
 stage, epoch, position); dropout draws from the torch RNG, which is checkpointed.
@@ -26,9 +29,9 @@ from typing import Any
 import torch
 
 from . import checkpoints as ck
+from . import distributed as dist
 from .config import ConfigError, TrainConfig, compat_fingerprint
 from .data import STAGES, CurriculumDataset, active_stages, families_for_stage, stage_at
-from .distributed import micro_batches
 from .engine import Engine, TrainingStopped, run
 from .runtime import autocast, seed_everything
 
@@ -67,6 +70,20 @@ def model_aux_metrics(output: Any) -> dict[str, float]:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[key if "/" in key else f"model/{key}"] = float(value)
     return out
+
+
+def _sequences_halted(output: Any, batch: dict[str, torch.Tensor], model: Any) -> bool | None:
+    """Does the halting head say every sequence of the micro-batch is done? A sequence is when
+    each of its answer tokens (label not -100) has a final-cycle halting probability over the
+    model's ``act_threshold`` (TRM halts a sequence on q_halt > 0). None without a head."""
+    probs = getattr(output, "halt_probs", None)
+    if probs is None:
+        return None
+    from cognate_model.heads import shift_labels
+
+    answer = shift_labels(batch["labels"]) != -100  # (B, T): positions predicting an answer
+    over = probs[-1].detach() > model.config.act_threshold
+    return bool((over | ~answer).all())
 
 
 def _probe(train: list, n_per_family: int) -> list:
@@ -113,6 +130,24 @@ class StagedTask:
         self.current: list[dict[str, torch.Tensor]] = []
         self.data_at_draw: dict[str, Any] = self.stream.state_dict()
         self.draw_stage = STAGES[0]
+        self._new_batch()
+
+    def _new_batch(self) -> None:
+        """Per micro-batch of ``current``: carried (y, z) and halting vote; no steps done yet."""
+        self.supervision_step = 0
+        self.carry: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.current)
+        self.halt_votes: list[bool | None] = [None] * len(self.current)
+
+    def _batch_done(self) -> bool:
+        """The current batch has had its N steps, or (early exit) every rank's micro-batches
+        voted halt on the last step."""
+        if not self.current or self.supervision_step >= self.cfg.steps_per_batch:
+            return True
+        if not self.cfg.supervision_early_exit:
+            return False
+        mine = [v for v in self.halt_votes if v is not None]
+        going_on = int(not mine or not all(mine))
+        return dist.agree_max(going_on, self.device) == 0
 
     def _stream_stage(self, stage: str) -> str:
         """The stream's stage that curriculum stage `stage` trains on."""
@@ -123,30 +158,45 @@ class StagedTask:
         cfg = self.cfg
         if cfg.epochs <= 0:
             return cfg.max_steps
-        per_epoch = self.stream.steps_per_epoch(last_stage) // micro_batches(cfg.grad_accum)
+        per_epoch = self.stream.steps_per_epoch(last_stage) // dist.micro_batches(cfg.grad_accum)
         per_epoch *= cfg.steps_per_batch
         return max(1, int(round(cfg.epochs * max(1, per_epoch))))
 
     def _draw(self, stage: str) -> list[dict[str, torch.Tensor]]:
-        n = micro_batches(self.cfg.grad_accum)  # all ranks' (the engine shards them)
+        n = dist.micro_batches(self.cfg.grad_accum)  # all ranks' (the engine shards them)
         return [self.stream.next_batch(self._stream_stage(stage)) for _ in range(n)]
 
     def batches(self, step: int) -> list[dict[str, torch.Tensor]]:
-        """A new draw every ``steps_per_batch`` steps, in the curriculum stage of ``step``."""
-        if step % self.cfg.steps_per_batch == 0 or not self.current:
+        """A new draw (in the curriculum stage of ``step``) once the current batch is done."""
+        if self._batch_done():
             self.data_at_draw = self.stream.state_dict()
             self.draw_stage = stage_at(step, self.total_steps, self.cfg.stage_fractions)
             self.current = self._draw(self.draw_stage)
+            self._new_batch()
+        self.supervision_step += 1
         return self.current
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, dict[str, float]]:
+        """The model's loss on one micro-batch, continuing from the (y, z) this micro-batch's
+        previous supervision step returned (deep supervision; none on a batch's first step)."""
+        i = next((k for k, mb in enumerate(self.current) if mb is batch), None)
+        carried = None if i is None else self.carry[i]
         mb = {k: v.to(self.device) for k, v in batch.items()}
+        extra = {"recursion_state": carried} if carried is not None else {}
         with autocast(self.device, self.amp):
             out = self.model(
-                input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], labels=mb["labels"]
+                input_ids=mb["input_ids"],
+                attention_mask=mb["attention_mask"],
+                labels=mb["labels"],
+                **extra,
             )
+        if self.cfg.steps_per_batch > 1 and i is not None:
+            self.carry[i] = getattr(out, "recursion_state", None)
+            self.halt_votes[i] = _sequences_halted(out, mb, self.model)
+        metrics = model_aux_metrics(out)
+        metrics["trm/supervision_step"] = float(self.supervision_step)
         # real tokens: packed rows (all ones) count every position
-        return out.loss, int(mb["attention_mask"].sum()), model_aux_metrics(out)
+        return out.loss, int(mb["attention_mask"].sum()), metrics
 
     def log_extras(self, step: int) -> dict[str, float]:
         stage = stage_at(step, self.total_steps, self.cfg.stage_fractions)
@@ -157,15 +207,24 @@ class StagedTask:
             "data": self.stream.state_dict(),
             "data_at_draw": self.data_at_draw,
             "draw_stage": self.draw_stage,
+            "supervision_step": self.supervision_step,
+            "carry": [None if c is None else tuple(t.cpu() for t in c) for c in self.carry],
+            "halt_votes": list(self.halt_votes),
         }
 
     def load_state_dict(self, state: dict[str, Any], step: int) -> None:
         self.data_at_draw = state["data_at_draw"]
-        if step % self.cfg.steps_per_batch != 0:
-            # mid-way through a batch's supervision steps: redraw that batch
+        done = state.get("supervision_step", step % self.cfg.steps_per_batch or None)
+        if done is not None and 0 < done < self.cfg.steps_per_batch:
+            # mid-way through a batch's supervision steps: redraw that batch, carry its state
             self.stream.load_state_dict(state["data_at_draw"])
             self.draw_stage = state["draw_stage"]
             self.current = self._draw(self.draw_stage)
+            self._new_batch()
+            self.supervision_step = done
+            carry = state.get("carry") or self.carry
+            self.carry = [None if c is None else tuple(t.to(self.device) for t in c) for c in carry]
+            self.halt_votes = list(state.get("halt_votes") or self.halt_votes)
         self.stream.load_state_dict(state["data"])
 
     def save_weights(self, directory: Path) -> None:
@@ -215,18 +274,21 @@ class CurriculumTask(StagedTask):
     # -- evaluation and outputs ----------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float]:
-        from .evaluation import exact_match, val_loss
+        """Val loss and exact match (and train-probe accuracy); under torchrun each rank scores
+        its shard of the examples and the sums are reduced (:func:`distributed.reduce_sums`)."""
+        from .evaluation import exact_match_counts, val_loss_sums
 
         cfg, model, tok, dev = self.cfg, self.model, self.tokenizer, self.device
-        bs, val = cfg.eval_batch_size, self.val_examples
+        bs, val = cfg.eval_batch_size, dist.shard(self.val_examples)
         with autocast(dev, self.amp):
-            result = {"val/loss": val_loss(model, tok, val, bs, cfg.max_len, dev)}
-            em = exact_match(model, tok, val, bs, device=dev)
-            result.update({f"val/{k}": v for k, v in em.items() if k != "n"})
+            sums = {"val/loss": val_loss_sums(model, tok, val, bs, cfg.max_len, dev)}
+            em = exact_match_counts(model, tok, val, bs, device=dev)
+            sums.update({f"val/{k}": v for k, v in em.items()})
             if cfg.grokking_aware:
-                tr = exact_match(model, tok, self.train_probe, bs, device=dev)
-                result["train/accuracy"] = tr["accuracy"]
-        return result
+                probe = dist.shard(self.train_probe)
+                tr = exact_match_counts(model, tok, probe, bs, device=dev)
+                sums["train/accuracy"] = tr.get("accuracy", [0, 0])
+        return dist.reduced_means(sums)
 
     def samples(self, engine: Engine) -> list[dict[str, str]]:
         """Greedy answers of the final (EMA) model to one val prompt per family."""

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from .config import (
+    GROKFAST_FILTERS,
     LOG_BACKENDS,
     OPTIMIZERS,
     PRECISIONS,
@@ -59,6 +60,12 @@ def _validate_run(cfg: RunConfig) -> None:
         f"must be two numbers in [0, 1), got {cfg.betas}",
     )
     c(0 <= cfg.grokfast_alpha < 1, "grokfast_alpha", "must be in [0, 1)")
+    c(
+        cfg.grokfast in GROKFAST_FILTERS,
+        "grokfast",
+        f"must be one of {', '.join(GROKFAST_FILTERS)}, got {cfg.grokfast!r}",
+    )
+    c(cfg.grokfast_warmup_steps >= 0, "grokfast_warmup_steps", "must be >= 0")
     c(1 <= cfg.lambda_boost < math.inf, "lambda_boost", "must be >= 1 (1 disables the boost)")
     c(cfg.warmup_steps >= 0, "warmup_steps", "must be >= 0")
     c(0 <= cfg.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]")
@@ -134,6 +141,11 @@ def _validate_train(cfg: TrainConfig) -> None:
         "must be three non-negative numbers (foundation, reasoning, advanced) with a positive sum",
     )
     c(cfg.steps_per_batch >= 1, "steps_per_batch", "must be >= 1")
+    c(
+        math.isfinite(cfg.qk_clip) and cfg.qk_clip >= 0,
+        "qk_clip",
+        f"must be a finite logit cap > 0 (0: off), got {cfg.qk_clip}",
+    )
     c(cfg.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
     c(cfg.samples >= 0, "samples", "must be >= 0")
     c(cfg.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")

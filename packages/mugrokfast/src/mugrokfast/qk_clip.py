@@ -4,7 +4,11 @@ For head h the pre-softmax logits are ``s_ij = (W_q^h x_i) . (W_k^h x_j) * scale
 (W_q^h, W_k^h). If the largest logit seen in the last forward pass, ``S_h``, exceeds ``tau``,
 multiplying both W_q^h and W_k^h by ``sqrt(tau / S_h)`` multiplies every logit of that head by
 ``tau / S_h``: the same inputs now give at most ``tau``. Heads under the bound are untouched.
-Call it after ``optimizer.step()`` with the per-head max logits your attention recorded.
+Call it after ``optimizer.step()`` with the per-head max logits your attention recorded in that
+step's forward pass (Kimi K2's order): the bound is then exact for the weights the logits were
+measured with and holds up to the optimizer step's own change. A per-head linear map applied to q
+and k after the projections (rotary embeddings) keeps the logits bilinear, so the rescale still
+works; ``S_h`` must include the attention's scale (``1/sqrt(head_dim)`` for SDPA's default).
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ def qk_clip_(
         k_weight: ``(n_kv_heads * head_dim, d_model)``. With grouped-query attention
             (``n_kv_heads < n_heads``) a K head is shared by several query heads, so it is left
             alone and each clipped query head takes the whole factor ``tau / S_h``.
-        max_logits: ``(n_heads,)`` largest pre-softmax logit per head (positive values).
+        max_logits: ``(n_heads,)`` largest pre-softmax logit per head, scale included; a
+            value <= ``tau`` (a negative one too) leaves its head untouched.
         n_heads: number of query heads.
         tau: the logit cap (K2: 100).
 

@@ -42,6 +42,7 @@ from .templates import TEMPLATES, Record
 
 __all__ = [
     "answer_loss",
+    "answer_loss_sums",
     "choice_loglikelihoods",
     "choice_metrics",
     "choice_requests",
@@ -53,6 +54,7 @@ __all__ = [
     "numbers_equal",
     "run_program",
     "split_answer_loss",
+    "split_examples",
 ]
 
 _NUMBER = re.compile(r"-?[\d,]*\.?\d+")
@@ -196,7 +198,8 @@ def answer_loss(
         ([bos, *p, *a, eos], [False] * (1 + len(p)) + [True] * (len(a) + 1))
         for p, a in zip(prompts, answers, strict=True)
     ]
-    return _pooled_answer_loss(model, examples, pad_id(tokenizer), batch_size, device, max_len)
+    total, count = answer_loss_sums(model, examples, pad_id(tokenizer), batch_size, device, max_len)
+    return total / count
 
 
 def split_answer_loss(
@@ -208,23 +211,31 @@ def split_answer_loss(
     max_len: int = 1024,
 ) -> float:
     """`answer_loss` of a tokenised split (the trainer's held-back validation examples)."""
+    examples = split_examples(split)
+    total, count = answer_loss_sums(model, examples, pad_id, batch_size, device, max_len)
+    return total / count
+
+
+def split_examples(split: TokenizedSplit) -> list[tuple[list[int], list[bool]]]:
+    """(token ids, answer mask) of each example of a tokenised split."""
     bounds = split.offsets.tolist()
-    examples = [
+    return [
         (split.ids[a:b].tolist(), split.answer[a:b].tolist())
         for a, b in zip(bounds[:-1], bounds[1:], strict=True)
     ]
-    return _pooled_answer_loss(model, examples, pad_id, batch_size, device, max_len)
 
 
 @torch.no_grad()
-def _pooled_answer_loss(
+def answer_loss_sums(
     model: Any,
     examples: Sequence[tuple[list[int], list[bool]]],
     pad: int,
     batch_size: int,
     device: Any,
     max_len: int,
-) -> float:
+) -> list[float]:
+    """[summed cross-entropy, answer tokens] of (ids, answer mask) examples ([0, 0] for none):
+    the sums of disjoint shards (data-parallel ranks) add up to the whole set's."""
     rows, labels = [], []
     for ids, mask in examples:
         lab = [t if m else IGNORE_INDEX for t, m in zip(ids, mask, strict=True)]
@@ -246,7 +257,7 @@ def _pooled_answer_loss(
                 reduction="sum",
             ).item()
             count += int((lab[:, 1:] != IGNORE_INDEX).sum())
-    return total / count
+    return [total, count]
 
 
 def code_pass_at_1(

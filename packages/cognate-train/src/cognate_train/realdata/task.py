@@ -28,17 +28,19 @@ from typing import Any
 import torch
 
 from .. import checkpoints as ck
+from .. import distributed as dist
 from ..config import ConfigError, TrainConfig
 from ..data import active_stages
 from ..runtime import autocast
 from ..trainer import StagedTask
 from .cache import PreprocessCache
 from .metrics import (
+    answer_loss_sums,
     choice_loglikelihoods,
     choice_metrics,
     greedy_generate,
     number_exact_match,
-    split_answer_loss,
+    split_examples,
 )
 from .pipeline import holdout_indices, load_records
 from .setup import build_real_data, parse_data
@@ -143,22 +145,26 @@ class RealDataTask(StagedTask):
             self._val_records = out
         return self._val_records
 
-    def _accuracy(self, name: str, records: list[Record]) -> float | None:
+    def _accuracy_counts(self, name: str, records: list[Record]) -> list[float] | None:
+        """[correct, records] of this rank's shard of ``records`` (None: no accuracy metric).
+        A generation budget comes from all of ``records``, so a shard decodes as the whole."""
         cfg, model, tok, dev = self.cfg, self.model, self.tokenizer, self.device
-        kind = TEMPLATES[name].kind
+        kind, part = TEMPLATES[name].kind, dist.shard(records)
+        if kind not in ("choice", "number"):
+            return None
+        if not part:
+            return [0, 0]
         if kind == "choice":
             lls = choice_loglikelihoods(
-                model, tok, records, cfg.eval_batch_size, dev, self._model_len()
+                model, tok, part, cfg.eval_batch_size, dev, self._model_len()
             )
-            return choice_metrics(records, lls)["acc"]
-        if kind == "number":
-            answers = tok([r.answer for r in records], add_special_tokens=False)["input_ids"]
-            budget = max(len(a) for a in answers) + 8
-            em = number_exact_match(
-                model, tok, records, budget, cfg.eval_batch_size, dev, self._model_len()
-            )
-            return em["exact_match"]
-        return None
+            return [round(choice_metrics(part, lls)["acc"] * len(part)), len(part)]
+        answers = tok([r.answer for r in records], add_special_tokens=False)["input_ids"]
+        budget = max(len(a) for a in answers) + 8
+        em = number_exact_match(
+            model, tok, part, budget, cfg.eval_batch_size, dev, self._model_len()
+        )
+        return [round(em["exact_match"] * len(part)), len(part)]
 
     def _model_len(self) -> int:
         from .evaluate import model_max_len
@@ -166,25 +172,27 @@ class RealDataTask(StagedTask):
         return model_max_len(self.model, self.cfg.max_len)
 
     def evaluate(self) -> dict[str, float]:
+        """Answer loss per dataset and pooled, accuracy per dataset and their mean; under
+        torchrun each rank scores its shard of every dataset and the sums are reduced."""
         cfg, model, tok, dev = self.cfg, self.model, self.tokenizer, self.device
-        result: dict[str, float] = {}
-        total = count = 0.0
+        sums: dict[str, list[float]] = {}
         with autocast(dev, self.amp):
             for name, split in self.real.val.items():
-                loss = split_answer_loss(
-                    model, split, tok.pad_token_id, cfg.eval_batch_size, dev, self._model_len()
+                part = dist.shard(split_examples(split))
+                sums[f"val/loss/{name}"] = answer_loss_sums(
+                    model, part, tok.pad_token_id, cfg.eval_batch_size, dev, self._model_len()
                 )
-                n = float(split.answer.sum())  # answer tokens, for the pooled mean
-                result[f"val/loss/{name}"] = loss
-                total, count = total + loss * n, count + n
-            accs = {}
             for name, records in self.val_records().items():
-                acc = self._accuracy(name, records)
-                if acc is not None:
-                    accs[name] = acc
-        result = {"val/loss": total / count, **result}
+                counts = self._accuracy_counts(name, records)
+                if counts is not None:
+                    sums[f"val/accuracy/{name}"] = counts
+        total = dist.reduce_sums(sums)
+        losses = [v for k, v in total.items() if k.startswith("val/loss/")]
+        result = {"val/loss": sum(s for s, _ in losses) / sum(c for _, c in losses)}
+        result.update({k: s / c for k, (s, c) in total.items() if k.startswith("val/loss/")})
+        accs = {k: s / c for k, (s, c) in total.items() if k.startswith("val/accuracy/")}
         result["val/accuracy"] = sum(accs.values()) / len(accs) if accs else 0.0
-        result.update({f"val/accuracy/{k}": v for k, v in accs.items()})
+        result.update(accs)
         return result
 
     def samples(self, engine: Any) -> list[dict[str, str]]:

@@ -1,0 +1,558 @@
+"""Does the TRM recursion refine, and does ACT halting save compute? (issue 10)
+
+Trains Cognate models with the `quick` recipe (cognate-tiny, MuGrokfast lr 3e-3 / muon_lr 0.01,
+batch 32, warmup + cosine, grad clip 1) on the curriculum's task families, mixed (no stage
+schedule), then measures on the validation split:
+
+- per cycle c = 0..K (K = trm_cycles + extra, test-time depth): answer-token CE and exact match,
+  overall and on the families that need several steps (multi-digit addition, sorting, chains);
+  the per-cycle state RMS of y and z, the relative update ||y_c - y_{c-1}|| / ||y_{c-1}||, and
+  the share of answer predictions that change at cycle c;
+- ACT (with `--act`): halting on vs off at inference, batch 1 and 32: mean cycles, wall time
+  of the forward and of the recursion alone (interleaved, repeated), exact match.
+
+Exact match here is teacher-forced: every answer token and the final <eos> are the argmax given
+the true prefix. That is the same verdict as greedy decoding (if every step's argmax is right,
+greedy reproduces the answer; if greedy is right, each step saw the true prefix), and the script
+checks it against `cognate_train.evaluation.exact_match` for the final cycle of each model.
+
+Variants (`--variants`): reasoning, speed, memory (the specializations), no_recursion (the
+reasoning config with 1 cycle x 1 micro step: the same parameters, no recursion), and two
+design probes on the reasoning config: reasoning_prenorm (the earlier pre-norm recursion
+block, h + f(norm h), for the before/after scale figures) and reasoning_latent_attn (the latent
+update also attends causally to the other positions' latents: does it help?).
+
+    uv run python benchmarks/recursion.py --steps 900 --extra-cycles 4 \\
+        --variants reasoning,no_recursion,reasoning_prenorm,reasoning_latent_attn,speed \\
+        --act speed --out benchmarks/results/recursion.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cognate_model import CognateConfig, CognateForCausalLM  # noqa: E402
+from cognate_model.attention import Attention, RMSNorm  # noqa: E402
+from cognate_model.recursion import RecursionBlock, fixed_scale  # noqa: E402
+from grokking import machine_info  # noqa: E402
+
+MULTI_STEP = ("arith_add_long", "sort", "arith_chain")
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "reasoning": ("reasoning", {}),
+    "speed": ("speed", {}),
+    "memory": ("memory", {}),
+    "no_recursion": ("reasoning", {"trm_cycles": 1, "trm_micro_steps": 1}),
+    "reasoning_prenorm": ("reasoning", {}),
+    "reasoning_latent_attn": ("reasoning", {}),
+}
+
+
+class PreNormBlock(RecursionBlock):
+    """The recursion block before issue 10: pre-norm residuals, h + f(norm h), no output norm."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, eps: float) -> None:
+        super().__init__(d_model, n_heads, d_ff, eps, 0.0)
+        self.attn_norm = RMSNorm(d_model, eps=eps)
+        self.mlp_norm = RMSNorm(d_model, eps=eps)
+
+    def forward(self, h, k=None, v=None, mask=None, cos=None, sin=None):  # noqa: ANN001, ANN201
+        if k is not None:
+            h = h + self.attn(self.attn_norm(h), mask, cos, sin, kv=(k, v))
+        return h + self.mlp(self.mlp_norm(h))
+
+
+class LatentAttnBlock(RecursionBlock):
+    """The latent update also attends causally (same window) to the other positions' latents:
+    h = norm(h + SelfAttn(h)) first. Not cacheable as is (a cached step would need every cycle's
+    latent keys/values): a probe of whether it is worth that."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, eps: float) -> None:
+        super().__init__(d_model, n_heads, d_ff, eps, 0.0)
+        self.self_attn = Attention(d_model, n_heads)
+
+    def forward(self, h, k=None, v=None, mask=None, cos=None, sin=None):  # noqa: ANN001, ANN201
+        if k is not None:
+            h = fixed_scale(h + self.self_attn(h, mask, cos, sin), self.eps)
+        return super().forward(h, k, v, mask, cos, sin)
+
+
+def build(variant: str, vocab: int, tokenizer: Any, seed: int) -> CognateForCausalLM:
+    spec, overrides = VARIANTS[variant]
+    torch.manual_seed(seed)
+    cfg = CognateConfig.from_preset(
+        "cognate-tiny",
+        spec,
+        vocab_size=vocab,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **overrides,
+    )
+    model = CognateForCausalLM(cfg)
+    dims = (cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.rms_norm_eps)
+    if variant == "reasoning_prenorm":
+        model.recursion.block = PreNormBlock(*dims)
+    elif variant == "reasoning_latent_attn":
+        model.recursion.block = LatentAttnBlock(*dims)
+    return model
+
+
+def train_config() -> Any:
+    from cognate_train.config import TrainConfig
+    from cognate_train.presets import TRAIN_PRESETS
+
+    cfg = TrainConfig()
+    for key, value in TRAIN_PRESETS["quick"].items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def train(model: CognateForCausalLM, tokenizer: Any, train_ex: list, steps: int, seed: int):
+    """The quick recipe on shuffled mixed-family batches; returns the wall time in seconds."""
+    from cognate_train.data import encode
+    from cognate_train.optim import build_optimizer, build_scheduler
+
+    cfg = train_config()
+    opt = build_optimizer(cfg.optimizer, model, cfg)
+    sched = build_scheduler(opt, cfg.warmup_steps, steps, cfg.min_lr_ratio)
+    rng = random.Random(seed)
+    order: list = []
+    model.train()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        if len(order) < cfg.batch_size:
+            order = list(train_ex)
+            rng.shuffle(order)
+        batch = encode(tokenizer, order[: cfg.batch_size], cfg.max_len)
+        order = order[cfg.batch_size :]
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+    model.eval()
+    return time.perf_counter() - t0
+
+
+def val_batches(tokenizer: Any, val: list, max_len: int, size: int = 64) -> list[dict]:
+    from cognate_train.data import encode
+
+    out = []
+    for i in range(0, len(val), size):
+        chunk = val[i : i + size]
+        out.append({"families": [e.family for e in chunk], **encode(tokenizer, chunk, max_len)})
+    return out
+
+
+def _record_z(model: CognateForCausalLM) -> tuple[list, Any]:
+    """Wrap the recursion's cycle to record each cycle's z; returns (list, undo)."""
+    zs: list = []
+    rec = model.recursion
+    original = rec.cycle
+
+    def cycle(y, z, f):  # noqa: ANN001, ANN202
+        y, z, logit = original(y, z, f)
+        zs.append(z)
+        return y, z, logit
+
+    rec.cycle = cycle
+    return zs, lambda: setattr(rec, "cycle", original)
+
+
+def _targets(batch: dict) -> torch.Tensor:
+    from cognate_model.heads import shift_labels
+
+    return shift_labels(batch["labels"])
+
+
+def _batch_cycle_stats(model: CognateForCausalLM, batch: dict, cycles: int) -> list[dict]:
+    """Per cycle c = 0..cycles: sums over this batch (CE, answer tokens, exact matches per family,
+    state RMS, relative update, changed predictions)."""
+    import torch.nn.functional as F
+
+    zs, undo = _record_z(model)
+    try:
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            act_halting=False,
+            trm_cycles=cycles,
+            output_hidden_states=True,
+            use_cache=False,
+        )
+    finally:
+        undo()
+    targets = _targets(batch)
+    valid, real = targets != -100, batch["attention_mask"].bool()
+    stats, prev_y, prev_pred = [], None, None
+    for c, y in enumerate(out.recursion_states):
+        logits = model.lm_logits(y).float()
+        ce = F.cross_entropy(logits.transpose(1, 2), targets.clamp_min(0), reduction="none")
+        pred = logits.argmax(-1)
+        ok = ((pred == targets) | ~valid).all(1)
+        z = y if c == 0 else zs[c - 1]
+        s = {
+            "ce_sum": float(ce[valid].sum()),
+            "tokens": int(valid.sum()),
+            "ok": ok.tolist(),
+            "families": batch["families"],
+            "ce_rows": (ce * valid).sum(1).tolist(),
+            "tok_rows": valid.sum(1).tolist(),
+            "rms_y": float(y[real].pow(2).mean(-1).sqrt().sum()),
+            "rms_z": float(z[real].pow(2).mean(-1).sqrt().sum()),
+            "positions": int(real.sum()),
+            "rel_update": 0.0,
+            "changed": 0,
+        }
+        if prev_y is not None:
+            rel = (y - prev_y).norm(dim=-1) / prev_y.norm(dim=-1).clamp_min(1e-12)
+            s["rel_update"] = float(rel[real].sum())
+            s["changed"] = int((pred != prev_pred)[valid].sum())
+        stats.append(s)
+        prev_y, prev_pred = y, pred
+    return stats
+
+
+def _aggregate(per_batch: list[list[dict]], trained: int) -> list[dict]:
+    rows = []
+    for c in range(len(per_batch[0])):
+        parts = [b[c] for b in per_batch]
+        tokens = sum(p["tokens"] for p in parts)
+        positions = sum(p["positions"] for p in parts)
+        fam_ok: dict[str, list[int]] = {}
+        fam_ce: dict[str, list[float]] = {}
+        for p in parts:
+            for f, ok, ce, n in zip(
+                p["families"], p["ok"], p["ce_rows"], p["tok_rows"], strict=True
+            ):
+                fam_ok.setdefault(f, []).append(int(ok))
+                fam_ce.setdefault(f, [0.0, 0])
+                fam_ce[f][0] += ce
+                fam_ce[f][1] += n
+        ms = [f for f in MULTI_STEP if f in fam_ok]
+        ms_ok = [o for f in ms for o in fam_ok[f]]
+        rows.append(
+            {
+                "cycle": c,
+                "test_time_extra": c > trained,
+                "val_ce": round(sum(p["ce_sum"] for p in parts) / tokens, 5),
+                "exact_match": round(
+                    sum(sum(v) for v in fam_ok.values()) / sum(len(v) for v in fam_ok.values()), 4
+                ),
+                "multi_step_ce": round(
+                    sum(fam_ce[f][0] for f in ms) / max(1, sum(fam_ce[f][1] for f in ms)), 5
+                ),
+                "multi_step_exact_match": round(sum(ms_ok) / max(1, len(ms_ok)), 4),
+                "family_exact_match": {f: round(sum(v) / len(v), 4) for f, v in fam_ok.items()},
+                "rms_y": round(sum(p["rms_y"] for p in parts) / positions, 4),
+                "rms_z": round(sum(p["rms_z"] for p in parts) / positions, 4),
+                "rel_update": round(sum(p["rel_update"] for p in parts) / positions, 5),
+                "changed_predictions": round(sum(p["changed"] for p in parts) / tokens, 5),
+            }
+        )
+    return rows
+
+
+@torch.no_grad()
+def cycle_metrics(model: CognateForCausalLM, batches: list[dict], extra: int) -> list[dict]:
+    trained = model.config.trm_cycles
+    per_batch = [_batch_cycle_stats(model, b, trained + extra) for b in batches]
+    return _aggregate(per_batch, trained)
+
+
+@torch.no_grad()
+def teacher_forced_em(model: CognateForCausalLM, batches: list[dict], **kwargs: Any) -> dict:
+    """Exact match (= greedy's verdict) and mean cycles per real token of the default forward."""
+    ok, steps, positions = [], 0.0, 0
+    for b in batches:
+        out = model(
+            input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False, **kwargs
+        )
+        targets = _targets(b)
+        valid = targets != -100
+        ok += ((out.logits.argmax(-1) == targets) | ~valid).all(1).tolist()
+        if out.act_steps is not None:
+            real = b["attention_mask"].bool()
+            steps += float(out.act_steps[real].float().sum())
+            positions += int(real.sum())
+    return {
+        "exact_match": round(sum(ok) / len(ok), 4),
+        "mean_cycles": round(steps / max(1, positions), 4),
+    }
+
+
+def _chunks(tokenizer: Any, val: list, max_len: int, size: int) -> list[dict]:
+    return val_batches(tokenizer, val, max_len, size)
+
+
+def _time_forward(model: CognateForCausalLM, chunks: list[dict], halting: bool) -> float:
+    t0 = time.perf_counter()
+    for b in chunks:
+        model(
+            input_ids=b["input_ids"],
+            attention_mask=b["attention_mask"],
+            act_halting=halting,
+            use_cache=False,
+            return_metrics=False,
+        )
+    return time.perf_counter() - t0
+
+
+def _time_recursion(model: CognateForCausalLM, inputs: list[tuple], halting: bool) -> float:
+    threshold = model.config.act_threshold if halting else None
+    t0 = time.perf_counter()
+    for x, attn in inputs:
+        model.recursion(x, *attn, halt_threshold=threshold)
+    return time.perf_counter() - t0
+
+
+def _time_decode(model: CognateForCausalLM, chunks: list[dict], halting: bool) -> float:
+    """Cached decoding through each chunk: a prefill of the first PREFILL tokens, then one token
+    a step (what generation computes, teacher-forced)."""
+    from cognate_model import CognateCache
+
+    t0 = time.perf_counter()
+    for b in chunks:
+        ids, mask = b["input_ids"], b["attention_mask"]
+        cache = CognateCache(model.config)
+        for a, z in [(0, PREFILL), *((t, t + 1) for t in range(PREFILL, ids.shape[1]))]:
+            model(
+                input_ids=ids[:, a:z],
+                attention_mask=mask[:, :z],
+                past_key_values=cache,
+                act_halting=halting,
+                return_metrics=False,
+            )
+    return time.perf_counter() - t0
+
+
+PREFILL = 8
+TIMERS = {"forward": _time_forward, "recursion": _time_recursion, "decode": _time_decode}
+
+
+def _timings(model: CognateForCausalLM, chunks: list[dict], reps: int) -> dict[str, dict]:
+    """Median wall time over `reps` interleaved repetitions, halting on and off, of: the full
+    forward, the recursion alone (on precomputed features), cached decoding (the first 64
+    examples only at batch 1)."""
+    inputs = []
+    for b in chunks:
+        ids, mask = b["input_ids"], b["attention_mask"]
+        attn = model.model.attention_inputs(ids.shape[1], mask, ids.device, torch.float32)
+        x = model.model(ids, mask, attention_inputs=attn).last_hidden_state
+        inputs.append((x, attn))
+    data = {
+        "forward": chunks,
+        "recursion": inputs,
+        "decode": chunks[: max(2, 64 // len(chunks[0]["input_ids"]))],
+    }
+    times: dict[str, dict[bool, list[float]]] = {k: {True: [], False: []} for k in TIMERS}
+    for r in range(reps):
+        for halting in (True, False) if r % 2 == 0 else (False, True):
+            for name, fn in TIMERS.items():
+                times[name][halting].append(fn(model, data[name], halting))
+    return {k: {h: sorted(v)[len(v) // 2] for h, v in per.items()} for k, per in times.items()}
+
+
+@torch.no_grad()
+def act_timing(model: CognateForCausalLM, chunks: list[dict], reps: int) -> dict:
+    """Halting on vs off at one batch size: mean cycles, exact match, wall times and the goal:
+    time(halting) <= 1.15 x (mean cycles / max cycles) x time(all cycles)."""
+    med = _timings(model, chunks, reps)
+    on = teacher_forced_em(model, chunks, act_halting=True)
+    off = teacher_forced_em(model, chunks, act_halting=False)
+    cycles = model.config.trm_cycles
+    ideal = on["mean_cycles"] / cycles
+    out = {
+        "mean_cycles": on["mean_cycles"],
+        "max_cycles": cycles,
+        "ideal_ratio": round(ideal, 4),
+        "exact_match_halting": on["exact_match"],
+        "exact_match_all_cycles": off["exact_match"],
+        "goal_accuracy_met": abs(on["exact_match"] - off["exact_match"]) <= 0.01,
+    }
+    for name, t in med.items():
+        ratio = t[True] / t[False]
+        out[f"{name}_s"] = {"halting": round(t[True], 4), "all_cycles": round(t[False], 4)}
+        out[f"{name}_ratio"] = round(ratio, 4)
+        out[f"goal_{name}_met"] = ratio <= 1.15 * ideal
+    return out
+
+
+def greedy_check(model: CognateForCausalLM, tokenizer: Any, val: list, batches: list) -> dict:
+    """The teacher-forced exact match of the default forward vs cognate_train's greedy one."""
+    from cognate_train.evaluation import exact_match
+
+    greedy = exact_match(model, tokenizer, val, batch_size=64)["accuracy"]
+    forced = teacher_forced_em(model, batches)["exact_match"]
+    return {
+        "greedy": round(greedy, 4),
+        "teacher_forced": forced,
+        "equal": abs(greedy - forced) < 1e-9,
+    }
+
+
+def run_variant(name: str, args: argparse.Namespace, data: dict) -> dict:
+    tok = data["tokenizer"]
+    model = build(name, len(tok), tok, args.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    wall = train(model, tok, data["train"], args.steps, args.seed)
+    result = {
+        "variant": name,
+        "config": {
+            k: getattr(model.config, k)
+            for k in ("trm_cycles", "trm_micro_steps", "act_threshold", "ltm_type")
+        },
+        "n_params": n_params,
+        "train_wall_s": round(wall, 1),
+        "cycles": cycle_metrics(model, data["val_batches"], args.extra_cycles),
+        "greedy_check": greedy_check(model, tok, data["val"], data["val_batches"]),
+    }
+    if name in args.act:
+        result["act"] = {
+            str(bs): act_timing(model, _chunks(tok, data["val"], 64, bs), args.reps)
+            for bs in (1, 32)
+        }
+    print(json.dumps({k: v for k, v in result.items() if k != "cycles"}), flush=True)
+    return result
+
+
+def goals(results: dict[str, dict]) -> dict[str, Any]:
+    """The issue's goals, read off the per-cycle rows (None where a variant was not run)."""
+    out: dict[str, Any] = {}
+    r = results.get("reasoning")
+    if r is not None:
+        c = r["config"]["trm_cycles"]
+        ce = [row["val_ce"] for row in r["cycles"]]
+        out["reasoning_each_cycle_lowers_ce"] = all(ce[i + 1] < ce[i] for i in range(c))
+        out["reasoning_cycle_C_vs_1"] = round(ce[c] / ce[1] - 1, 4)
+        out["reasoning_cycle_C_5pct_below_1"] = ce[c] <= 0.95 * ce[1]
+        extra = r["cycles"][c + 1 :]
+        if extra:
+            best = min(extra, key=lambda row: row["val_ce"])
+            out["test_time_best_extra"] = {
+                "cycle": best["cycle"],
+                "val_ce_delta": round(best["val_ce"] - ce[c], 5),
+                "exact_match_delta": round(best["exact_match"] - r["cycles"][c]["exact_match"], 4),
+            }
+    base = results.get("no_recursion")
+    if r is not None and base is not None:
+        a, b = r["cycles"][r["config"]["trm_cycles"]], base["cycles"][1]
+        out["reasoning_vs_no_recursion_multi_step"] = {
+            "ce": [a["multi_step_ce"], b["multi_step_ce"]],
+            "exact_match": [a["multi_step_exact_match"], b["multi_step_exact_match"]],
+            "beats": a["multi_step_ce"] < b["multi_step_ce"]
+            and a["multi_step_exact_match"] >= b["multi_step_exact_match"],
+        }
+    return out
+
+
+def write_markdown(payload: dict, path: Path) -> None:
+    lines = [
+        "# Recursion and halting (issue 10)",
+        "",
+        f"Command: `{payload['command']}`  ",
+        f"Date: {payload['date']}; load average at start {payload['loadavg_start']}, "
+        f"at end {payload['loadavg_end']}; torch {payload['torch']}, 1 thread.  ",
+        f"Settings: {json.dumps(payload['settings'])}",
+        "",
+        "## Goals",
+        "",
+        "```",
+        json.dumps(payload["goals"], indent=1),
+        "```",
+    ]
+    for name, r in payload["results"].items():
+        lines += ["", f"## {name} ({r['n_params']} parameters, {json.dumps(r['config'])})", ""]
+        lines += [
+            "| cycle | val CE | exact match | multi-step CE | multi-step EM | RMS y | RMS z "
+            "| rel. update | changed preds |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in r["cycles"]:
+            mark = " (test-time)" if row["test_time_extra"] else ""
+            lines.append(
+                f"| {row['cycle']}{mark} | {row['val_ce']} | {row['exact_match']} | "
+                f"{row['multi_step_ce']} | {row['multi_step_exact_match']} | {row['rms_y']} | "
+                f"{row['rms_z']} | {row['rel_update']} | {row['changed_predictions']} |"
+            )
+        lines += ["", f"Greedy check: {json.dumps(r['greedy_check'])}"]
+        for bs, a in r.get("act", {}).items():
+            lines += ["", f"ACT at batch {bs}: `{json.dumps(a)}`"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--variants", default="reasoning,no_recursion")
+    p.add_argument("--act", default="", help="variants to time with halting on/off")
+    p.add_argument("--steps", type=int, default=900)
+    p.add_argument("--extra-cycles", type=int, default=4)
+    p.add_argument("--n-train", type=int, default=400)
+    p.add_argument("--n-val", type=int, default=32)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="benchmarks/results/recursion.json")
+    args = p.parse_args(argv)
+    args.variants = [v for v in args.variants.split(",") if v]
+    args.act = [v for v in args.act.split(",") if v]
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"--variants: unknown {unknown}; known: {list(VARIANTS)}")
+    torch.set_num_threads(1)
+    from cognate_train.data import all_families, make_split
+    from cognate_train.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    load0 = os.getloadavg()
+    train_ex, val = make_split(all_families(), args.n_train, args.n_val, args.seed, 64)
+    data = {
+        "tokenizer": tok,
+        "train": train_ex,
+        "val": val,
+        "val_batches": val_batches(tok, val, 64),
+    }
+    results = {v: run_variant(v, args, data) for v in args.variants}
+    payload = {
+        "command": "uv run python benchmarks/recursion.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "loadavg_start": [round(x, 2) for x in load0],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        "torch": torch.__version__,
+        "machine": machine_info(1, "cpu"),
+        "settings": {
+            "model_preset": "cognate-tiny",
+            "recipe": "quick (mugrokfast lr 3e-3 muon_lr 0.01, batch 32, max_len 64), mixed families",
+            "steps": args.steps,
+            "n_train_per_family": args.n_train,
+            "n_val_per_family": args.n_val,
+            "extra_cycles": args.extra_cycles,
+            "multi_step_families": list(MULTI_STEP),
+            "seed": args.seed,
+            "reps": args.reps,
+        },
+        "goals": goals(results),
+        "results": results,
+    }
+    out = Path(args.out)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    tmp.replace(out)
+    write_markdown(payload, out.with_suffix(".md"))
+    print(json.dumps(payload["goals"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Fixed-scale recursion, the explicit recursion state, test-time depth and compute-saving halting,
+each against an independent reference (float64 RMS, a deeper run, the all-positions run)."""
+
+import pytest
+import torch
+from cognate_model.heads import halting_steps
+from cognate_model.recursion import TRMRecursion
+
+
+def _ids(batch=3, seq=30):
+    return torch.randint(0, 256, (batch, seq))
+
+
+def _spread_halting(model):
+    """Halting probabilities spread over (0, 1)."""
+    with torch.no_grad():
+        model.recursion.act_head.proj.bias.fill_(0.0)
+        model.recursion.act_head.proj.weight.mul_(30.0)
+
+
+def test_every_cycle_state_has_rms_one_whatever_the_input_scale():
+    """TRM's post-norm residuals: y_c and z_c have RMS 1 per position at every cycle, even when
+    the features come in 100x too large (pre-norm residual sums grew ~3.7x per cycle)."""
+    torch.manual_seed(0)
+    rec = TRMRecursion(32, 4, 64, 1e-6, 0.0, 4, 2, True, True).double()
+    x = 100 * torch.randn(2, 10, 32, dtype=torch.float64)
+    mask = torch.ones(1, 1, 10, 10, dtype=torch.bool).tril()
+    cos, sin = torch.ones(10, 4, dtype=torch.float64), torch.zeros(10, 4, dtype=torch.float64)
+    out = rec(x, mask, cos, sin)
+    for y in out.ys[1:]:
+        rms = y.pow(2).mean(-1).sqrt()
+        torch.testing.assert_close(rms, torch.ones_like(rms), rtol=0, atol=1e-6)
+    z = out.state[1]
+    rms = z.pow(2).mean(-1).sqrt()  # 1 / sqrt(1 + eps): atol 1e-6 with eps 1e-6
+    torch.testing.assert_close(rms, torch.ones_like(rms), rtol=0, atol=1e-6)
+
+
+def test_recursion_state_is_the_detached_final_pair(make_tiny):
+    model = make_tiny().train()
+    out = model(_ids(), output_hidden_states=True)
+    y, z = out.recursion_state
+    assert not y.requires_grad and not z.requires_grad
+    torch.testing.assert_close(y, out.recursion_states[-1].detach(), rtol=0, atol=0)
+    assert z.shape == y.shape == (3, 30, model.config.d_model)
+
+
+@pytest.mark.parametrize("cycles", [1, 3])
+def test_continuing_from_the_state_equals_a_deeper_run(make_tiny, cycles):
+    """Carrying (y, z) into a second call = one call with twice the cycles (no halting)."""
+    model = make_tiny(trm_cycles=cycles).double()
+    ids = _ids()
+    first = model(ids, act_halting=False)
+    second = model(ids, act_halting=False, recursion_state=first.recursion_state)
+    deep = model(ids, act_halting=False, trm_cycles=2 * cycles, output_hidden_states=True)
+    torch.testing.assert_close(second.logits, deep.logits, rtol=0, atol=1e-10)
+    torch.testing.assert_close(second.recursion_state[1], deep.recursion_state[1])
+    mid = model.lm_logits(deep.recursion_states[cycles])
+    torch.testing.assert_close(first.logits, mid, rtol=0, atol=1e-10)
+
+
+def test_test_time_depth_extends_the_trained_cycles(make_tiny):
+    """trm_cycles=C+3 runs C+3 cycles whose first C answers are the default run's."""
+    model = make_tiny().double()
+    ids = _ids()
+    c = model.config.trm_cycles
+    base = model(ids, act_halting=False, output_hidden_states=True, labels=ids)
+    deep = model(ids, act_halting=False, output_hidden_states=True, labels=ids, trm_cycles=c + 3)
+    assert len(deep.recursion_states) == c + 4 and deep.cycle_losses.shape == (c + 4,)
+    assert deep.halt_probs.shape[0] == c + 3
+    for a, b in zip(base.recursion_states, deep.recursion_states, strict=False):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    torch.testing.assert_close(deep.cycle_losses[: c + 1], base.cycle_losses)
+    torch.testing.assert_close(deep.lm_loss, deep.cycle_losses[-1])
+
+
+def test_bad_recursion_arguments_raise(make_tiny):
+    model = make_tiny()
+    ids = _ids()
+    with pytest.raises(ValueError, match="trm_cycles must be a positive integer"):
+        model(ids, trm_cycles=0)
+    y = torch.zeros(3, 29, model.config.d_model)
+    with pytest.raises(ValueError, match=r"recursion_state y must be \(batch, seq_len, d_model\)"):
+        model(ids, recursion_state=(y, y))
+    with pytest.raises(ValueError, match="recursion_state must be a pair"):
+        model(ids, recursion_state=y)
+
+
+def _halting_setup(make_tiny, **overrides):
+    """A model whose tokens halt at several different cycles, and the free run's reference."""
+    model = make_tiny(trm_cycles=4, **overrides).double()
+    _spread_halting(model)
+    return model
+
+
+def _active_reference(free, steps, model):
+    """Logits of each token at its halting cycle, from the run without halting."""
+    per_cycle = torch.stack([model.lm_logits(y) for y in free.recursion_states[1:]])
+    index = (steps - 1)[None, ..., None].expand(1, -1, -1, per_cycle.shape[-1])
+    return per_cycle.gather(0, index)[0]
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_gathered_active_update_equals_the_full_update(make_tiny, padded):
+    """Halted positions leave the computation; the active ones get exactly the update the
+    all-positions run gives them (left padding, per-row rotary positions included)."""
+    model = _halting_setup(make_tiny)
+    ids = _ids(4, 40)
+    kwargs = {}
+    if padded:
+        mask = torch.ones(4, 40, dtype=torch.long)
+        mask[1, :9], mask[3, :17] = 0, 0
+        kwargs = {"attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp_min(0)}
+    free = model(ids, act_halting=False, output_hidden_states=True, **kwargs)
+    threshold = free.halt_probs.flatten().quantile(0.6).item()
+    model.config.act_threshold = threshold
+    halting = model(ids, act_halting=True, **kwargs)
+    steps = halting_steps(free.halt_probs.logit(), threshold)
+    assert len(steps.unique()) >= 3, "need tokens halting at several cycles"
+    assert torch.equal(halting.act_steps, steps)
+    torch.testing.assert_close(
+        halting.logits, _active_reference(free, steps, model), rtol=0, atol=1e-10
+    )
+
+
+def test_each_cycle_computes_only_the_active_positions(make_tiny):
+    """The latent update of cycle c sees (rows with an active position) x (their longest
+    active count) positions, counted from the free run's halting steps."""
+    model = _halting_setup(make_tiny)
+    ids = _ids(4, 40)
+    free = model(ids, act_halting=False)
+    threshold = free.halt_probs.flatten().quantile(0.5).item()
+    model.config.act_threshold = threshold
+    steps = halting_steps(free.halt_probs.logit(), threshold)
+    shapes = []
+    hook = model.recursion.block.register_forward_pre_hook(
+        lambda m, args: shapes.append(tuple(args[0].shape[:2])) if len(args) > 1 else None
+    )
+    try:
+        model(ids, act_halting=True)
+    finally:
+        hook.remove()
+    micro = model.config.trm_micro_steps
+    expected = []
+    for c in range(4):
+        active = steps > c  # not halted before cycle c + 1
+        if not active.any():
+            break
+        rows = active.any(1)
+        expected += [(int(rows.sum()), int(active.sum(1).max()))] * micro
+    assert shapes == expected
+    assert shapes[-1][0] * shapes[-1][1] < 4 * 40
+
+
+def test_compiled_path_freezes_instead_and_agrees(make_tiny, monkeypatch):
+    """Under torch.compile/export (no data-dependent shapes) halted positions are computed and
+    frozen: the same logits and halting as the gathering path."""
+    model = _halting_setup(make_tiny)
+    ids = _ids(2, 40)
+    model.config.act_threshold = 0.5
+    gathered = model(ids)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    frozen = model(ids)
+    torch.testing.assert_close(frozen.logits, gathered.logits, rtol=0, atol=1e-10)
+    assert torch.equal(frozen.act_steps, gathered.act_steps)
+    torch.testing.assert_close(frozen.halt_probs, gathered.halt_probs, rtol=0, atol=1e-12)
+
+
+def test_cached_decoding_at_test_time_depth_equals_a_full_forward(make_tiny):
+    """trm_cycles beyond training through the cache (prefill + one token a step, halting on
+    with tokens halting at several cycles) = the full forward at that depth; generate() takes
+    it as a model kwarg."""
+    from cognate_model import CognateCache
+
+    model = _halting_setup(make_tiny)
+    model.config.act_threshold = 0.5
+    ids = _ids(2, 30)
+    full = model(ids, use_cache=False, trm_cycles=7)
+    cache, logits = CognateCache(model.config), []
+    for t0, t1 in [(0, 12), *((t, t + 1) for t in range(12, 30))]:
+        logits.append(model(ids[:, t0:t1], past_key_values=cache, trm_cycles=7).logits)
+    torch.testing.assert_close(torch.cat(logits, 1), full.logits, rtol=0, atol=1e-10)
+    assert full.halt_probs.shape[0] == 7 and len(full.act_steps.unique()) >= 2
+    out = model.generate(ids[:, :5], max_new_tokens=4, do_sample=False, trm_cycles=7)
+    ref = ids[:, :5]
+    for _ in range(4):
+        nxt = model(ref, use_cache=False, trm_cycles=7).logits[:, -1].argmax(-1, keepdim=True)
+        ref = torch.cat((ref, nxt), 1)
+    assert torch.equal(out, ref)
