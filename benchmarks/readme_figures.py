@@ -14,7 +14,7 @@ the same losses, accuracies, ACT cycles and samples on every run.
 Two kinds of marks in a README tie its text to these files:
 
 * a generated block, ``<!-- generated: NAME -->`` ... ``<!-- /generated -->``: the text between
-  is exactly ``BLOCKS[NAME](results)``, rewritten by ``write``;
+  is exactly ``render_block(NAME)`` (``BLOCKS`` names its result file), rewritten by ``write``;
 * an inline figure, ``<!--fig readme_train:speed.val_loss:.2f-->0.87<!--/fig-->``: the text
   between is ``format(figures(results)[key], spec)``, also rewritten by ``write``.
 
@@ -225,11 +225,17 @@ def _first_hour_block(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-BLOCKS: dict[str, Callable[[dict[str, Any]], str]] = {
-    "readme_train": _train_block,
-    "readme_grok": _grok_block,
-    "readme_first_hour": _first_hour_block,
+# block name -> (the result file it is rendered from, its renderer)
+BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
+    "readme_train": ("readme_train", _train_block),
+    "readme_grok": ("readme_grok", _grok_block),
+    "readme_first_hour": ("readme_train", _first_hour_block),
 }
+
+
+def render_block(name: str) -> str:
+    source, renderer = BLOCKS[name]
+    return renderer(load_result(source))
 
 
 def load_result(name: str) -> dict[str, Any]:
@@ -243,7 +249,7 @@ def _figure(name: str, key: str, spec: str) -> str | None:
 
 def rewrite(text: str) -> str:
     """``text`` with every generated block and inline figure re-rendered from its results."""
-    text = BLOCK.sub(lambda m: m[1] + BLOCKS[m[2]](load_result(m[2])) + m[4], text)
+    text = BLOCK.sub(lambda m: m[1] + render_block(m[2]) + m[4], text)
     return FIG.sub(lambda m: m[1] + (_figure(m[2], m[3], m[4]) or m[5]) + m[6], text)
 
 
@@ -251,8 +257,7 @@ def mismatches(text: str) -> list[str]:
     """What in ``text`` disagrees with the committed results (empty: all figures match)."""
     problems = []
     for m in BLOCK.finditer(text):
-        want = BLOCKS[m[2]](load_result(m[2]))
-        if m[3] != want:
+        if m[3] != render_block(m[2]):
             problems.append(f"generated block {m[2]} is stale (run: readme_figures.py write)")
     for m in FIG.finditer(text):
         want = _figure(m[2], m[3], m[4])

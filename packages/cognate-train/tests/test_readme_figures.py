@@ -48,7 +48,7 @@ def test_a_drifted_figure_or_block_is_reported(tmp_path, monkeypatch):
     bad = good.replace(f"-->{steps}<", f"-->{steps + 1}<")
     assert len(figs.mismatches(bad)) == 1
     assert figs.rewrite(bad) == good  # `write` puts the committed figure back
-    block = "<!-- generated: readme_grok -->\n" + figs.BLOCKS["readme_grok"](result)
+    block = "<!-- generated: readme_grok -->\n" + figs.render_block("readme_grok")
     assert figs.mismatches(block + "<!-- /generated -->") == []
     stale = block.replace(f" {steps} steps", f" {steps + 1} steps")
     assert len(figs.mismatches(stale + "<!-- /generated -->")) == 1
