@@ -233,8 +233,11 @@ BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
 }
 
 
-def render_block(name: str) -> str:
+def render_block(name: str) -> str | None:
+    """The text of block ``name``; None while its result file does not exist."""
     source, renderer = BLOCKS[name]
+    if not (RESULTS / f"{source}.json").is_file():
+        return None
     return renderer(load_result(source))
 
 
@@ -243,13 +246,15 @@ def load_result(name: str) -> dict[str, Any]:
 
 
 def _figure(name: str, key: str, spec: str) -> str | None:
+    if not (RESULTS / f"{name}.json").is_file():
+        return None
     value = figures(load_result(name)).get(key)
     return None if value is None else format(value, spec)
 
 
 def rewrite(text: str) -> str:
     """``text`` with every generated block and inline figure re-rendered from its results."""
-    text = BLOCK.sub(lambda m: m[1] + render_block(m[2]) + m[4], text)
+    text = BLOCK.sub(lambda m: m[1] + (render_block(m[2]) or m[3]) + m[4], text)
     return FIG.sub(lambda m: m[1] + (_figure(m[2], m[3], m[4]) or m[5]) + m[6], text)
 
 
@@ -257,12 +262,15 @@ def mismatches(text: str) -> list[str]:
     """What in ``text`` disagrees with the committed results (empty: all figures match)."""
     problems = []
     for m in BLOCK.finditer(text):
-        if m[3] != render_block(m[2]):
+        want = render_block(m[2])
+        if want is None:
+            problems.append(f"generated block {m[2]}: no result file {BLOCKS[m[2]][0]}.json")
+        elif m[3] != want:
             problems.append(f"generated block {m[2]} is stale (run: readme_figures.py write)")
     for m in FIG.finditer(text):
         want = _figure(m[2], m[3], m[4])
         if want is None:
-            problems.append(f"{m[2]}:{m[3]}: no such figure")
+            problems.append(f"{m[2]}:{m[3]}: no such figure (or no result file)")
         elif m[5] != want:
             problems.append(f"{m[2]}:{m[3]} is {want}, the README says {m[5]!r}")
     return problems
