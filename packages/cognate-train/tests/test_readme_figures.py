@@ -35,11 +35,17 @@ def test_quoted_figures_match_the_committed_results(readme):
 
 def test_the_readmes_hold_marks_at_all():
     text = "".join((ROOT / r).read_text() for r in figs.READMES)
-    assert len(figs.BLOCK.findall(text)) >= 2 and len(figs.FIG.findall(text)) >= 5
+    names = {m[1] for m in figs.BLOCK.findall(text)}
+    assert names == {"readme_train", "readme_grok", "readme_first_hour"}
 
 
 def test_a_drifted_figure_or_block_is_reported(tmp_path, monkeypatch):
-    result = json.loads((ROOT / "benchmarks/results/readme_grok.json").read_text())
+    summary = {"task": "x*y mod 97", "optimizer": "mugrokfast", "steps": 300, "time_s": 90.0}
+    summary.update(stop_reason="grokking_converged", grokking_step=150, converged_step=300)
+    summary.update(steps_to_95_val_acc=250, final={"train/accuracy": 1.0, "val/accuracy": 0.99})
+    result = {"command": "uv run cognate-train grok  (x)", "date": "2026-11-30 12:00 UTC"}
+    result.update(git_commit="0123456789ab", wall_s=95.0, summary=summary)
+    result.update(machine={"cpu_count": 2}, load_average_before_after=[1.0, 1.0])
     monkeypatch.setattr(figs, "RESULTS", tmp_path)
     (tmp_path / "readme_grok.json").write_text(json.dumps(result))
     steps = result["summary"]["steps"]
