@@ -33,7 +33,7 @@ def test_outputs_and_metrics(grok_run):
     for r in evals:
         assert {"train/accuracy", "grokking/gap", "grokking/detected"} <= set(r)
         assert r["grokking/gap"] == pytest.approx(r["train/accuracy"] - r["val/accuracy"])
-    assert all(r["grokfast/lambda"] == 2.0 for r in records if "grokfast/lambda" in r)
+    assert all(r["grokfast/lambda"] == 1.0 for r in records if "grokfast/lambda" in r)
     for png in ("loss.png", "accuracy.png", "lr.png"):
         assert (grok_run / "plots" / png).is_file()
 
@@ -100,12 +100,32 @@ def test_detector_events_boost_lambda_stop_the_run_and_reach_metrics(tmp_path, m
     assert summary["steps"] == 20 and summary["stop_reason"] == "grokking_converged"
     records = read_metrics(out / "metrics.jsonl")
     lam = {r["step"]: r["grokfast/lambda"] for r in records if "grokfast/lambda" in r}
-    assert lam[5] == lam[10] == 2.0  # logged before the eval at step 10 boosted it
-    assert lam[15] == lam[20] == pytest.approx(2.0 * 1.5)  # lambda_boost 1.5
+    assert lam[5] == lam[10] == 1.0  # logged before the eval at step 10 boosted it
+    assert lam[15] == lam[20] == pytest.approx(1.0 * 1.5)  # lambda_boost 1.5
     assert any(r.get("grokking/event/grokking") == 1.0 and r["step"] == 10 for r in records)
     assert any(r.get("grokking/event/converged") == 1.0 and r["step"] == 20 for r in records)
     # the boosted lambda is in the optimizer state of the last checkpoint, so a resume keeps it
     state = ck.load_torch_state(out / "checkpoints" / "step-000020")
     assert all(
-        g["grokfast_lambda"] == pytest.approx(3.0) for g in state["optimizer"]["param_groups"]
+        g["grokfast_lambda"] == pytest.approx(1.5) for g in state["optimizer"]["param_groups"]
     )
+
+
+def test_grok_defaults_are_mugrokfasts_tuned_grokking_preset():
+    from cognate_train.config import GrokConfig
+    from mugrokfast import PRESETS
+
+    preset, cfg = PRESETS["grokking"], GrokConfig()
+    kw = preset.kwargs
+    assert kw["grokfast"] == "ema" and cfg.optimizer == "mugrokfast"
+    assert (cfg.lr, tuple(cfg.betas), cfg.weight_decay) == (
+        kw["lr"],
+        tuple(kw["betas"]),
+        kw["weight_decay"],
+    )
+    assert (cfg.muon_lr, cfg.grokfast_alpha, cfg.grokfast_lambda) == (
+        kw["muon_lr"],
+        kw["grokfast_alpha"],
+        kw["grokfast_lambda"],
+    )
+    assert cfg.grad_clip == (preset.grad_clip or 0.0)

@@ -155,7 +155,8 @@ def test_eval_and_generate_commands(smoke_run, capsys):
         )
         == 0
     )
-    assert capsys.readouterr().out == sample["prompt"] + sample["generated"] + "\n"
+    shown = json.dumps(sample["prompt"]) + " -> " + json.dumps(sample["generated"]) + "\n"
+    assert capsys.readouterr().out == shown  # the completion apart from its prompt
 
 
 def test_resume_after_crash_equals_uninterrupted(smoke_run, tmp_path, monkeypatch, same_weights):

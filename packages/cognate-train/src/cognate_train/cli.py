@@ -32,18 +32,44 @@ from .signals import Interrupted, StopSignals
 PROG = "cognate-train"
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to a flag's help where the flag has a default worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS)
+        if shown and action.option_strings and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage dump) and exit status 2."""
+    """argparse with a one-line error (no usage dump) and exit status 2; help shows defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise ConfigError(message)
 
 
-def add_config_flags(p: argparse.ArgumentParser, cls: type[RunConfig]) -> None:
-    """One flag per config field, named after it (old names as aliases), typed by it."""
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "none"
+    return repr(value) if value == "" else str(value)
+
+
+def add_config_flags(p: argparse.ArgumentParser, cls: type[RunConfig], preset: str) -> None:
+    """One flag per config field, named after it (old names as aliases), typed by it; the help
+    shows the value the default ``preset`` gives (the flag's own default stays None, so that
+    only flags actually given override the preset and the TOML file)."""
     p.add_argument(
         "--config", metavar="FILE.toml", help="TOML file (top-level keys = config fields)"
     )
+    defaults = cls()
+    for key, value in (TRAIN_PRESETS if cls is TrainConfig else GROK_PRESETS)[preset].items():
+        setattr(defaults, key, value)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         meta = field_meta(cls, f.name)
@@ -51,7 +77,8 @@ def add_config_flags(p: argparse.ArgumentParser, cls: type[RunConfig]) -> None:
             continue
         flag = meta["flag"] if isinstance(meta["flag"], str) else "--" + f.name.replace("_", "-")
         names = [flag, *("--" + a.replace("_", "-") for a in meta["aliases"])]
-        kw: dict[str, Any] = {"dest": f.name, "help": meta["help"] or None}
+        shown = "" if hints[f.name] is bool else f" (default: {_shown(getattr(defaults, f.name))})"
+        kw: dict[str, Any] = {"dest": f.name, "help": (meta["help"] + shown).replace("%", "%%")}
         if hints[f.name] is bool:
             kw.update(action="store_const", const=not f.default)
         elif hints[f.name] in (int, float):
@@ -60,22 +87,37 @@ def add_config_flags(p: argparse.ArgumentParser, cls: type[RunConfig]) -> None:
         p.add_argument(*names, **kw)
 
 
+DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N"
+THREADS_HELP = "CPU intra-op threads (0: torch's default; default: the checkpoint run's)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Phase 1 training of Cognate models with MuGrokfast.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train on the built-in curriculum (default: the quick preset)")
-    t.add_argument("--preset", help=f"one of {', '.join(TRAIN_PRESETS)} (default quick)")
-    add_config_flags(t, TrainConfig)
+    t.add_argument("--preset", help=f"one of {', '.join(TRAIN_PRESETS)} (default: quick)")
+    t.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="time a few steps and print the estimated time of the whole run (training and "
+        "evaluations); writes nothing",
+    )
+    add_config_flags(t, TrainConfig, "quick")
 
     g = sub.add_parser("grok", help="modular arithmetic until grokking (x*y mod 97 by default)")
-    g.add_argument("--preset", help=f"one of {', '.join(GROK_PRESETS)} (default grok)")
-    add_config_flags(g, GrokConfig)
+    g.add_argument("--preset", help=f"one of {', '.join(GROK_PRESETS)} (default: grok)")
+    add_config_flags(g, GrokConfig, "grok")
 
     e = sub.add_parser("eval", help="val loss and exact-match accuracy of a checkpoint")
-    e.add_argument("--checkpoint", required=True, metavar="DIR")
-    e.add_argument("--n-val", type=int, help="validation examples per family (at most the run's)")
-    e.add_argument("--device", default="auto")
+    e.add_argument("--checkpoint", required=True, metavar="DIR", help="final/, best/ or a step")
+    e.add_argument(
+        "--n-val",
+        type=int,
+        help="score only the first N validation prompts per family (default: all of the run's)",
+    )
+    e.add_argument("--device", default="auto", help=DEVICE_HELP)
+    e.add_argument("--threads", type=int, help=THREADS_HELP)
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.add_argument(
         "--data",
@@ -95,10 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--skip-bad-rows", action="store_true", help="skip rows that do not fit")
 
     gen = sub.add_parser("generate", help="greedy completion of prompts by a checkpoint")
-    gen.add_argument("--checkpoint", required=True, metavar="DIR")
+    gen.add_argument("--checkpoint", required=True, metavar="DIR", help="final/, best/ or a step")
     gen.add_argument("--prompt", required=True, action="append", help="may be repeated")
-    gen.add_argument("--max-new-tokens", type=int, default=32)
-    gen.add_argument("--device", default="auto")
+    gen.add_argument("--max-new-tokens", type=int, default=32, help="longest completion")
+    gen.add_argument("--device", default="auto", help=DEVICE_HELP)
+    gen.add_argument("--threads", type=int, help=THREADS_HELP)
     for command in (e, gen):
         command.add_argument(
             "--trm-cycles",
@@ -136,6 +179,11 @@ def cmd_train(ns: argparse.Namespace) -> int:
     from .validation import preflight
 
     cfg = _config("train", ns)
+    if ns.dry_run:
+        from .dryrun import dry_run
+
+        print(dry_run(cfg))
+        return 0
     preflight(cfg)
     root = Path(cfg.output_dir)
     with output_lock(root):
@@ -185,10 +233,9 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def _dispatch(args: list[str]) -> int:
+def _dispatch(ns: argparse.Namespace) -> int:
     from .commands import cmd_eval, cmd_generate
 
-    ns = build_parser().parse_args(args)
     handler = {"train": cmd_train, "grok": cmd_grok, "eval": cmd_eval, "generate": cmd_generate}
     return handler[ns.command](ns)
 
@@ -207,13 +254,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_command(args: list[str], signals: StopSignals) -> int:
-    """Run one command; every error it can end with becomes one line and an exit status."""
+    """Run one command; every error it can end with becomes one line and an exit status.
+
+    The arguments are parsed before torch and transformers are imported, so ``--help`` and a
+    bad flag answer at once (the imports take seconds)."""
+    try:
+        ns = build_parser().parse_args(args)
+    except ConfigError as exc:
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
     try:
         from .checkpoints import CheckpointError, StorageError
         from .engine import TrainingStopped
 
         signals.check()  # a signal while importing: stop here, before any work
-        return _dispatch(args)
+        return _dispatch(ns)
     except (ConfigError, CheckpointError) as exc:
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return 2

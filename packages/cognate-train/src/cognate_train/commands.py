@@ -160,8 +160,22 @@ def _print_real(result: dict[str, Any]) -> None:
         print(f"  {name:14s} {shown}")
 
 
+def _threads(ns: argparse.Namespace, ts: dict[str, Any]):
+    """``--threads`` (else the checkpoint run's own setting) for the rest of the command."""
+    from .runtime import cpu_threads
+
+    if ns.threads is not None and ns.threads < 0:
+        raise ConfigError(f"threads: must be >= 0 (0: torch's default), got {ns.threads}")
+    return cpu_threads(ns.threads if ns.threads is not None else ts["config"].get("threads", 0))
+
+
 def cmd_eval(ns: argparse.Namespace) -> int:
     d, ts = load_checkpoint_dir(ns.checkpoint)
+    with _threads(ns, ts):
+        return _eval(ns, d, ts)
+
+
+def _eval(ns: argparse.Namespace, d: Path, ts: dict[str, Any]) -> int:
     if ns.data:
         result = _eval_real(d, ts, ns)
         if ns.json:
@@ -193,13 +207,24 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     d, ts = load_checkpoint_dir(ns.checkpoint)
     if "p" in ts["config"]:
         raise ConfigError("checkpoint: generate needs a train checkpoint, not a grok one")
-    model, tok, dev = _load_hf(d, ns.device, ns.trm_cycles)
-    try:
-        outs = generate_answers(model, tok, ns.prompt, max_new_tokens=ns.max_new_tokens, device=dev)
-    except ValueError as exc:  # the model refuses rows longer than its max_seq_len
-        raise ConfigError(
-            f"prompt: {exc}; use a shorter --prompt or fewer --max-new-tokens"
-        ) from None
+    with _threads(ns, ts):
+        model, tok, dev = _load_hf(d, ns.device, ns.trm_cycles)
+        try:
+            outs = generate_answers(
+                model, tok, ns.prompt, max_new_tokens=ns.max_new_tokens, device=dev
+            )
+        except ValueError as exc:  # the model refuses rows longer than its max_seq_len
+            raise ConfigError(
+                f"prompt: {exc}; use a shorter --prompt or fewer --max-new-tokens"
+            ) from None
     for prompt, out in zip(ns.prompt, outs, strict=True):
-        print(f"{prompt}{out}")
+        print(format_generation(prompt, out))
     return 0
+
+
+def format_generation(prompt: str, completion: str) -> str:
+    """One printed line per prompt: both quoted as JSON strings (so a completion that starts
+    with a space or holds a newline stays visible), the completion after `` -> ``."""
+    return (
+        f"{json.dumps(prompt, ensure_ascii=False)} -> {json.dumps(completion, ensure_ascii=False)}"
+    )

@@ -190,10 +190,11 @@ class GrokConfig(RunConfig):
     """``cognate-train grok``: modular arithmetic until grokking is detected and converged.
 
     Task and model follow the Grokfast reference: p 97, x*y, 50 % train, a 2-layer width-128
-    decoder, lr 1e-3, betas (0.9, 0.98), batch 512, 10-step warmup then a constant lr,
-    Grokfast-EMA alpha 0.98 lambda 2.0, no clipping. The optimizer is MuGrokfast with weight
-    decay 1.0 (Power et al.'s decay); the reference's own recipe (Adam with coupled L2 decay
-    0.005) has no equivalent among the decoupled-decay choices.
+    decoder, batch 512, 10-step warmup then a constant lr, no clipping. The optimizer settings
+    are mugrokfast's tuned ``grokking`` preset (``mugrokfast.PRESETS["grokking"]``: AdamW lr
+    1e-3, betas (0.9, 0.98), weight decay 1.0, Muon lr 0.03, Grokfast-EMA alpha 0.98 lambda
+    1.0; a test keeps the two equal). The reference's own recipe (Adam with coupled L2 decay
+    0.005, lambda 2.0) has no equivalent among the decoupled-decay choices.
     """
 
     p: int = opt(97, "the prime modulus")
@@ -208,7 +209,8 @@ class GrokConfig(RunConfig):
     max_steps: int = 3000
     batch_size: int = 512
     weight_decay: float = 1.0
-    grokfast_lambda: float = 2.0
+    muon_lr: float = 0.03
+    grokfast_lambda: float = 1.0
     warmup_steps: int = 10
     min_lr_ratio: float = 1.0
     grad_clip: float = 0.0

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import IGNORE_INDEX, Example, encode
+from .progress import eval_bar
 
 __all__ = [
     "exact_match",
@@ -87,7 +88,7 @@ def _greedy(
     for i, ids in enumerate(encoded):
         groups[len(ids)].append(i)
     results: list[tuple[list[int], bool]] = [([], False)] * len(encoded)
-    with EvalMode(model):
+    with EvalMode(model), eval_bar(len(encoded), "generate") as bar:
         for indices in groups.values():
             indices = sorted(indices, key=lambda i: budgets[i])
             for start in range(0, len(indices), batch_size):
@@ -108,6 +109,7 @@ def _greedy(
                     new = ids[row, prompt_len:].tolist()
                     stopped = eos in new
                     results[i] = (new[: new.index(eos)] if stopped else new, stopped)
+                bar.update(len(chunk))
     return results
 
 
@@ -223,7 +225,7 @@ def val_loss_sums(
     the sums of disjoint shards add up to the whole set's."""
     _check_positive("batch_size", batch_size)
     total, count = 0.0, 0
-    with EvalMode(model):
+    with EvalMode(model), eval_bar(len(examples), "val loss") as bar:
         for start in range(0, len(examples), batch_size):
             batch = encode(tokenizer, examples[start : start + batch_size], max_len)
             ids = batch["input_ids"].to(device)
@@ -238,4 +240,5 @@ def val_loss_sums(
                 reduction="sum",
             ).item()
             count += int((shift_labels != IGNORE_INDEX).sum())
+            bar.update(len(ids))
     return [total, count]

@@ -16,7 +16,14 @@ Muon's and AdamW's learning rates follow the same shape)::
     f(s) = (s + 1) / W                                   for s < W
     f(s) = r + (1 - r) * (1 + cos(pi * (s - W) / (S - W))) / 2   otherwise
 
-with W warmup steps, S total steps and r the final ratio ``min_lr_ratio``.
+with W warmup steps, S total steps and r the final ratio ``min_lr_ratio``. A run whose length
+is changed on resume (``--override`` with a new ``--max-steps``/``--epochs``) continues from the
+multiplier m0 it had reached at the resume step s0 instead of re-laying warmup and decay over
+the new length (which would raise the lr of a finished run again)::
+
+    f(s) = r + (m0 - r) * (1 + cos(pi * (s - s0) / (S - s0))) / 2    for s >= s0
+
+so a finished run (m0 = r) goes on at the final lr.
 """
 
 from __future__ import annotations
@@ -27,7 +34,17 @@ from typing import Any
 import torch
 
 
-def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+def lr_multiplier(
+    step: int,
+    warmup_steps: int,
+    total_steps: int,
+    min_ratio: float,
+    anchor: tuple[int, float] | None = None,
+) -> float:
+    if anchor is not None and step >= anchor[0]:  # (s0, m0): continue from a resume
+        s0, m0 = anchor
+        progress = min(1.0, (step - s0) / max(1, total_steps - s0))
+        return min_ratio + (m0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     span = max(1, total_steps - warmup_steps)
@@ -36,11 +53,15 @@ def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
 
 
 def build_scheduler(
-    optimizer: Any, warmup_steps: int, total_steps: int, min_ratio: float
+    optimizer: Any,
+    warmup_steps: int,
+    total_steps: int,
+    min_ratio: float,
+    anchor: tuple[int, float] | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     # a plain closure: LambdaLR's state_dict then stores no function state, only counters
     def fn(step: int) -> float:
-        return lr_multiplier(step, warmup_steps, total_steps, min_ratio)
+        return lr_multiplier(step, warmup_steps, total_steps, min_ratio, anchor)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
 

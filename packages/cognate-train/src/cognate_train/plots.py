@@ -22,11 +22,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
-    """Lay out, write and close one figure; return its path."""
+    """Lay out, write and close one figure (a legend outside the axes included); return it."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def family_colors(n: int) -> list[Any]:
+    """``n`` distinct colours for per-family lines: tab20 without the two blues and oranges of
+    the overall train and val lines (18 colours), then tab20b for any beyond."""
+    cmap = plt.get_cmap("tab20")
+    pool = [cmap(i) for i in range(20) if i not in (0, 1, 2, 3)]
+    pool += [plt.get_cmap("tab20b")(i) for i in range(20)]
+    if n > len(pool):
+        raise ValueError(f"at most {len(pool)} families can be told apart, got {n}")
+    return pool[:n]
 
 
 def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
@@ -107,7 +118,7 @@ def _plot_loss(records: list[dict[str, Any]], path: Path, grokking_step, title: 
 def _plot_accuracy(
     records: list[dict[str, Any]], path: Path, grokking_step, converged_step, title: str
 ) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4))
     few = False
     for key, color, size in (("train", "tab:blue", 3), ("val", "tab:orange", 4)):
         xs, ys = _series(records, f"{key}/accuracy")
@@ -117,10 +128,10 @@ def _plot_accuracy(
             ax.plot(xs, ys, label=f"{key} accuracy", color=color, linewidth=2, marker=marker,
                     markersize=size)  # fmt: skip
     families = sorted({k for r in records for k in r if k.startswith("val/accuracy/")})
-    for key in families:
+    for key, color in zip(families, family_colors(len(families)), strict=True):
         fx, fy = _series(records, key)
         label = key.split("/", 2)[2]
-        ax.plot(fx, fy, label=label, linewidth=0.8, alpha=0.6, marker="." if few else None)
+        ax.plot(fx, fy, label=label, color=color, linewidth=0.9, marker="." if few else None)
     _mark_grokking(ax, grokking_step)
     if converged_step is not None:
         ax.axvline(
@@ -135,7 +146,8 @@ def _plot_accuracy(
     ax.set_ylabel("exact-match accuracy")
     ax.set_title(f"{title}: accuracy" if title else "accuracy")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2 if len(families) > 4 else 1)
+    # beside the axes, not over the lines
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _save(fig, path)
 
 
@@ -154,7 +166,10 @@ def _plot_lr(records: list[dict[str, Any]], path: Path, grokking_step, title: st
     lx, ly = _series(records, "grokfast/lambda")
     if lx:
         ax2 = ax.twinx()
-        ax2.plot(lx, ly, color="tab:red", label="Grokfast lambda", drawstyle="steps-post")
+        # a record at step s holds the lambda of steps (previous record, s], so the value is
+        # drawn back to the previous record ("steps-pre"): a boost at the evaluation of step g
+        # (after g's record was logged) then rises at g, not at the next record
+        ax2.plot(lx, ly, color="tab:red", label="Grokfast lambda", drawstyle="steps-pre")
         ax2.set_ylabel("Grokfast lambda", color="tab:red")
         ax2.set_ylim(0, max(ly) * 1.2 if max(ly) > 0 else 1)
     _mark_grokking(ax, grokking_step)

@@ -20,6 +20,21 @@ def format_eval(name: str, step: int, result: dict[str, float]) -> str:
     )
 
 
+def eval_bar(total: int, desc: str) -> Any:
+    """A tqdm bar with rate and ETA over the ``total`` prompts of one evaluation, shown on a
+    terminal only (the engine's log line reports the result either way)."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="prompt",
+        leave=False,
+        dynamic_ncols=True,
+        disable=not sys.stderr.isatty(),
+    )
+
+
 class Progress:
     """tqdm bar (steps, loss, tokens/s) on a terminal; otherwise one log line per record whose
     step is a multiple of ``every`` (every record when 1)."""

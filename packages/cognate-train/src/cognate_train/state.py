@@ -32,6 +32,8 @@ from . import distributed as dist
 from .config import ConfigError, to_dict
 from .optim import build_optimizer, build_scheduler, grokfast_lambda, set_grokfast_lambda
 
+RUN_LENGTH = frozenset({"max_steps", "epochs"})  # settings that change the schedule's length
+
 if TYPE_CHECKING:
     from .engine import Engine
 
@@ -205,6 +207,7 @@ class Checkpointer:
             raise ck.CheckpointError(f"checkpoint {path} cannot be resumed here ({why})") from None
         if changed:
             self.apply_overrides(changed)
+        self.anchor_schedule()
         e.log(f"[{e.task.name}] resumed from {path} (step {e.state.step})")
         return e.state.step
 
@@ -247,6 +250,10 @@ class Checkpointer:
         hyperparameters (the checkpoint's were loaded with its state), and the change is
         recorded as an ``override`` event."""
         e = self.engine
+        event: dict[str, Any] = {"event": "override", "step": e.state.step, "changed": changed}
+        if RUN_LENGTH & set(changed):  # continue the schedule from where it was, see optim
+            group = e.optimizer.param_groups[0]
+            event["lr_multiplier"] = group["lr"] / group["initial_lr"]
         fresh = build_optimizer(e.cfg.optimizer, e.task.model, e.cfg)
         base = build_scheduler(fresh, e.cfg.warmup_steps, e.task.total_steps, 1.0).base_lrs
         for group, new in zip(e.optimizer.param_groups, fresh.param_groups, strict=True):
@@ -261,7 +268,29 @@ class Checkpointer:
             group["lr"] = lr0 * fn(e.scheduler.last_epoch)
         if "grokfast_lambda" in changed and e.cfg.grokfast != "ma":  # ma: not its lambda
             set_grokfast_lambda(e.optimizer, e.cfg.grokfast_lambda)
-        event = {"event": "override", "step": e.state.step, "changed": changed}
         e.state.events.append(event)
         listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
         e.log(f"[{e.task.name}] --override: continuing with {listed}")
+
+    def anchor_schedule(self) -> None:
+        """Where the run's length was changed on resume: the lr continues from the multiplier
+        it had then (recorded in the override event), not from a re-laid warmup and decay."""
+        e = self.engine
+        marks = [ev for ev in e.state.events if "lr_multiplier" in ev]
+        if not marks:
+            return
+        anchor = (int(marks[-1]["step"]), float(marks[-1]["lr_multiplier"]))
+        sched = build_scheduler(
+            e.optimizer, e.cfg.warmup_steps, e.task.total_steps, e.cfg.min_lr_ratio, anchor
+        )
+        e.scheduler.lr_lambdas = sched.lr_lambdas
+        for group, lr0, fn in zip(
+            e.optimizer.param_groups, e.scheduler.base_lrs, e.scheduler.lr_lambdas, strict=True
+        ):
+            group["lr"] = lr0 * fn(e.scheduler.last_epoch)
+        m = e.scheduler.lr_lambdas[0](e.scheduler.last_epoch)
+        e.log(
+            f"[{e.task.name}] lr schedule continues from step {anchor[0]} at {anchor[1]:.3g}x "
+            f"the peak lr (now {m:.3g}x), decaying to {e.cfg.min_lr_ratio:g}x at step "
+            f"{e.task.total_steps}; warmup is not repeated"
+        )
