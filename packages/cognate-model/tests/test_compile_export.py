@@ -68,8 +68,8 @@ def test_compiled_cached_decoding_equals_eager(make_tiny):
     """A prefill then one-token steps through `torch.compile(model)` with one `CognateCache`
     give the eager model's logits (eager, under no_grad, appends the window in place; the
     compiled graph concatenates), past the window so the held keys slide."""
-    model = make_tiny()
-    compiled = torch.compile(model)
+    model = make_tiny(window_size=4)
+    compiled = torch.compile(model, dynamic=True)
     ids = torch.randint(0, 256, (2, 12 + 2 * model.config.window_size))
 
     @torch.no_grad()
