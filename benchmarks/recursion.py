@@ -399,7 +399,7 @@ def greedy_check(model: CognateForCausalLM, tokenizer: Any, val: list, batches: 
     return {
         "greedy": round(greedy, 4),
         "teacher_forced": forced,
-        "equal": abs(greedy - forced) < 1e-9,
+        "equal": round(greedy, 4) == forced,
     }
 
 
@@ -568,6 +568,9 @@ def combine(paths: list[str], out: Path) -> None:
     payload["loadavg_start"] = [part["loadavg_start"] for part in parts]
     payload["loadavg_end"] = [part["loadavg_end"] for part in parts]
     payload["settings"] = {**parts[0]["settings"], "reps": [p["settings"]["reps"] for p in parts]}
+    for r in results.values():  # runs before the fix compared a rounded with an unrounded value
+        check = r["greedy_check"]
+        check["equal"] = check["greedy"] == check["teacher_forced"]
     payload["results"], payload["goals"] = results, goals(results)
     save(payload, out)
 
