@@ -105,6 +105,10 @@ def build(variant: str, vocab: int, tokenizer: Any, seed: int) -> CognateForCaus
         model.recursion.block = PreNormBlock(*dims)
     elif variant == "reasoning_latent_attn":
         model.recursion.block = LatentAttnBlock(*dims)
+        # halted positions cannot leave the computation when the others attend to them:
+        # inference halting runs every cycle for every position in this probe
+        rec = model.recursion
+        rec._halting = lambda y, z, f, cycles, threshold: rec._all_cycles(y, z, f, cycles)
     return model
 
 
