@@ -10,10 +10,10 @@ post-norm residual) is reused for every update, as in TRM (Jolicoeur-Martineau 2
         p_c = ACT(z);   score y_c through the LM head (deep supervision)
 
 Fixed scale: every residual add is followed by a weightless RMS norm, h = norm(h + f(h)), as
-in TRM's block, so y_c and z_c have RMS 1 at every cycle and an update is as large relative
-to the state at cycle 4 as at cycle 1. (With pre-norm residuals the state's RMS grew ~3.7x
+in TRM's block, so y_c and z_c have RMS 1 at every cycle: the state cannot outgrow the
+updates from cycle to cycle. (With pre-norm residuals the state's RMS grew ~3.7x
 per cycle and each cycle's relative update shrank ~4x: later cycles stopped changing the
-answer; benchmarks/results/recursion.md has the measurement.)
+answer: the audit of the trained quick models in issue 10.)
 
 Causality: the cross-attention uses the same sliding-window causal mask as the backbone (query
 t sees features s with t - window < s <= t), and everything else is per position, so no
