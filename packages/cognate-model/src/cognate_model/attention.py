@@ -73,9 +73,10 @@ class WindowMask:
 
     @property
     def blocked(self) -> bool:
-        # Under torch.export always blocked (exact for any length): a branch on a dynamic
-        # length would pin the exported program to one side of it.
-        return torch.compiler.is_exporting() or self.seq_len > self.window
+        # Never under torch.export: a branch on a dynamic length would pin the exported
+        # program to one side of it, and the blocked reshapes tie the length to the window
+        # (the exported program runs the dense mask, exact for every length).
+        return not torch.compiler.is_exporting() and self.seq_len > self.window
 
     def dense(self) -> Tensor:
         if self._dense is None:
