@@ -267,7 +267,8 @@ def test_inf_hyperparameters_are_refused(capsys, tmp_path):
 
 def test_resume_with_changed_settings_is_refused_or_applied_with_override(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main([*GROK, "--lr", "0.001", "--max-steps", "20", "--output-dir", str(out)]) == 0
+    first = [*GROK, "--lr", "0.001", "--muon-lr", "0.02", "--max-steps", "20"]
+    assert main([*first, "--output-dir", str(out)]) == 0
     (out / "final").rename(tmp_path / "final-20")
     before = sorted(p.name for p in out.rglob("*"))
     changed = [*GROK, "--lr", "0.009", "--muon-lr", "0.05", "--max-steps", "40"]
@@ -287,6 +288,7 @@ def test_resume_with_changed_settings_is_refused_or_applied_with_override(tmp_pa
             "event": "override",
             "step": 20,
             "changed": {"lr": [0.001, 0.009], "muon_lr": [0.02, 0.05], "max_steps": [20, 40]},
+            "lr_multiplier": 1.0,  # the schedule continues: no second warmup
         }
     ]
     groups = ck.load_torch_state(out / "checkpoints" / "step-000040")["optimizer"]["param_groups"]

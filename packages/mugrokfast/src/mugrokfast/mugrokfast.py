@@ -387,7 +387,9 @@ class MuGrokfast(Optimizer):
         fused = [
             i
             for i, t in enumerate(terms)
-            if grads[i].device.type == "cpu" and (t or (foreach is None and not compiling))
+            if grads[i].device.type == "cpu"
+            and type(grads[i]) is Tensor  # plain tensors only (a DTensor keeps torch's AdamW)
+            and (t or (foreach is None and not compiling))
         ]
         if fused:
             _adamw_cpu(
