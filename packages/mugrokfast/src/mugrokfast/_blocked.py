@@ -28,11 +28,9 @@ BLOCK = 1 << 17
 
 
 def blockable(tensors: Sequence[Tensor]) -> bool:
-    """Whether :func:`blocks` may split ``tensors``: plain contiguous CPU tensors (no tensor
-    subclass such as DTensor), not compiling."""
+    """Whether :func:`blocks` may split ``tensors``: contiguous CPU tensors, not compiling."""
     return not torch.compiler.is_compiling() and all(
-        type(t) in (Tensor, torch.nn.Parameter) and t.device.type == "cpu" and t.is_contiguous()
-        for t in tensors
+        t.device.type == "cpu" and t.is_contiguous() for t in tensors
     )
 
 
