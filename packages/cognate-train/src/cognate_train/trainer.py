@@ -176,6 +176,17 @@ class StagedTask:
         self.supervision_step += 1
         return self.current
 
+    def _summary_head(self, title: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """The summary keys both LM tasks report: title, specialization, model preset and the ACT
+        halting cycle (mean of the last 5 logged training values; None without ACT)."""
+        act = [r["act/steps_mean"] for r in records if "act/steps_mean" in r]
+        return {
+            "title": title,
+            "specialization": self.name,
+            "model_preset": self.cfg.model_preset,
+            "act_cycles_mean": (sum(act[-5:]) / len(act[-5:])) if act else None,
+        }
+
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, dict[str, float]]:
         """The model's loss on one micro-batch, continuing from the (y, z) this micro-batch's
         previous supervision step returned (deep supervision; none on a batch's first step)."""
@@ -315,14 +326,8 @@ class CurriculumTask(StagedTask):
         ]
 
     def summary(self, engine: Engine, records: list[dict[str, Any]]) -> dict[str, Any]:
-        act = [r["act/steps_mean"] for r in records if "act/steps_mean" in r]
-        return {
-            "title": f"{self.cfg.preset} / {self.name}",
-            "specialization": self.name,
-            "model_preset": self.cfg.model_preset,
-            "act_cycles_mean": (sum(act[-5:]) / len(act[-5:])) if act else None,
-            "samples": self.samples(engine),
-        }
+        head = self._summary_head(f"{self.cfg.preset} / {self.name}", records)
+        return {**head, "samples": self.samples(engine)}
 
 
 class Trainer:

@@ -217,14 +217,8 @@ class RealDataTask(StagedTask):
         ]
 
     def summary(self, engine: Any, records: list[dict[str, Any]]) -> dict[str, Any]:
-        act = [r["act/steps_mean"] for r in records if "act/steps_mean" in r]
         info = dict(self.real.summary)
         info["skipped_rows"] = len(info.pop("skipped", []))
-        return {
-            "title": f"{self.cfg.preset} / {self.name} / data {self.cfg.data}",
-            "specialization": self.name,
-            "model_preset": self.cfg.model_preset,
-            "act_cycles_mean": (sum(act[-5:]) / len(act[-5:])) if act else None,
-            "data": info,
-            "samples": self.samples(engine),
-        }
+        title = f"{self.cfg.preset} / {self.name} / data {self.cfg.data}"
+        head = self._summary_head(title, records)
+        return {**head, "data": info, "samples": self.samples(engine)}
