@@ -180,3 +180,19 @@ def test_titans_memory_layers():
 def test_titans_fields_are_validated(overrides, match):
     with pytest.raises(ValueError, match=match):
         CognateConfig.from_preset("cognate-tiny", **overrides)
+
+
+def test_readme_preset_table_matches_the_models():
+    """The parameter counts quoted in the package README are the models' own (meta device)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    rows = dict(
+        re.findall(r"^\| `(cognate-[\w-]+)`[^|]*\|(?:[^|]*\|){7} ([\d, /]+) \|$", readme, re.M)
+    )
+    assert set(rows) == set(PRESETS)
+    for name, cell in rows.items():
+        quoted = [int(x.replace(",", "")) for x in cell.split(" / ")]
+        actual = [count(CognateConfig.from_preset(name, s)) for s in (None, *SPECIALIZATIONS)]
+        assert quoted == actual, name

@@ -174,6 +174,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
     from .config import compat_fingerprint
     from .distributed import is_writer
     from .lock import output_lock
+    from .progress import RunPlan
     from .report import render
     from .trainer import Trainer
     from .validation import preflight
@@ -189,7 +190,9 @@ def cmd_train(ns: argparse.Namespace) -> int:
     with output_lock(root):
         for spec in specializations(cfg):
             _check_resume(cfg, _spec_dir(cfg, spec), compat_fingerprint(cfg, spec))
-        summaries = [Trainer(cfg, s, _spec_dir(cfg, s)).run() for s in specializations(cfg)]
+        specs = specializations(cfg)
+        plan = RunPlan(len(specs))  # an ETA over all the models in the progress lines
+        summaries = [Trainer(cfg, s, _spec_dir(cfg, s), plan=plan).run() for s in specs]
         if not is_writer():  # under torchrun rank 0 writes the report
             return 0
         text = render(summaries, root)

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from .config import TrainConfig, specializations
+from .progress import hms
 from .runtime import cpu_threads, resolve_device, setup_device
 
 
@@ -103,20 +104,11 @@ def dry_run(cfg: TrainConfig, steps: int = 3, probe: int = 2) -> str:
             print(f"[{spec}] timing {steps} steps ...", file=sys.stderr, flush=True)
             total, step_s, train_s, eval_s = estimate_model(cfg, spec, device, steps, probe)
             grand += train_s + (eval_s or 0.0)
-            ev = "not estimated" if eval_s is None else f"{_hms(eval_s)}"
+            ev = "not estimated" if eval_s is None else f"{hms(eval_s)}"
             lines.append(
-                f"  {spec:10s} {total} steps x {step_s:.3f} s = {_hms(train_s)} training, "
+                f"  {spec:10s} {total} steps x {step_s:.3f} s = {hms(train_s)} training, "
                 f"evaluations {ev}"
             )
     head = f"dry run: preset {cfg.preset}, {cfg.model_preset}, device {device} (nothing written)"
-    tail = f"  estimated total: {_hms(grand)}; peak memory {_peak_memory(device)}"
+    tail = f"  estimated total: {hms(grand)}; peak memory {_peak_memory(device)}"
     return "\n".join([head, *lines, tail])
-
-
-def _hms(seconds: float) -> str:
-    s = int(round(seconds))
-    return (
-        f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s"
-        if s >= 3600
-        else f"{s // 60}m{s % 60:02d}s"
-    )

@@ -44,7 +44,7 @@ from .optim import (
     current_lrs,
     grokfast_lambda,
 )
-from .progress import Progress
+from .progress import Progress, RunPlan
 from .qk_clip import QKClip
 from .runtime import cpu_threads, resolve_device, setup_device
 from .signals import Interrupted, StopSignals
@@ -57,20 +57,26 @@ class TrainingStopped(RuntimeError):
 
 
 def run(
-    cfg: RunConfig, out_dir: str | Path, make_task: Callable[[torch.device], Task], log=None
+    cfg: RunConfig,
+    out_dir: str | Path,
+    make_task: Callable[[torch.device], Task],
+    log=None,
+    plan: RunPlan | None = None,
 ) -> dict[str, Any]:
     """Build the task on the configured device and train it; returns the run's summary."""
     with cpu_threads(cfg.threads):
         device = dist.init(resolve_device(cfg.device))
         setup_device(device)
-        return Engine(make_task(device), cfg, out_dir, log).train()
+        return Engine(make_task(device), cfg, out_dir, log, plan).train()
 
 
 class Engine:
     """Trains one task into ``out_dir``: the loop, its bookkeeping and its outputs."""
 
-    def __init__(self, task: Task, cfg: RunConfig, out_dir: str | Path, log=None) -> None:
-        self.task, self.cfg, self.out = task, cfg, Path(out_dir)
+    def __init__(
+        self, task: Task, cfg: RunConfig, out_dir: str | Path, log=None, plan: RunPlan | None = None
+    ) -> None:
+        self.task, self.cfg, self.out, self.plan = task, cfg, Path(out_dir), plan
         self.log: Callable[[str], None] = log or (lambda m: print(m, file=sys.stderr, flush=True))
         if not dist.is_writer():  # under torchrun rank 0 speaks for the run
             self.log = lambda m: None
@@ -122,6 +128,8 @@ class Engine:
                 if received:
                     self.stop_on_signal(received)
                 self.finish()
+                if self.plan is not None:
+                    self.plan.finished.append(time.perf_counter() - self.t0)
             finally:
                 self.progress.close()
                 self.metrics.close()
@@ -163,6 +171,7 @@ class Engine:
             self.task.name,
             self.log,
             self.task.console_every,
+            self.plan,
         )
         self.window.reset()
 
@@ -352,6 +361,7 @@ class Engine:
         self.progress.close()
         evaluated = st.last_eval_step != st.step
         if evaluated:
+            self.log(f"[{self.task.name}] final evaluation at step {st.step} ...")
             self.evaluate_and_react()
         if evaluated or not self.checkpointer.has(st.step):
             self.checkpointer.save()

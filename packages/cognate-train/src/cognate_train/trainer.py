@@ -33,6 +33,7 @@ from . import distributed as dist
 from .config import ConfigError, TrainConfig, compat_fingerprint
 from .data import STAGES, CurriculumDataset, active_stages, families_for_stage, stage_at
 from .engine import Engine, TrainingStopped, run
+from .progress import RunPlan
 from .runtime import autocast, seed_everything
 
 __all__ = ["CurriculumTask", "Trainer", "TrainingStopped", "build_model", "stage_at"]
@@ -341,9 +342,10 @@ class Trainer:
         *,
         model_factory: Callable[[Any], torch.nn.Module] | None = None,
         log: Callable[[str], None] | None = None,
+        plan: RunPlan | None = None,
     ) -> None:
         self.cfg, self.spec, self.out = cfg, specialization, Path(out_dir)
-        self.model_factory, self.log = model_factory, log
+        self.model_factory, self.log, self.plan = model_factory, log, plan
 
     def make_task(self, device: torch.device) -> Any:
         if self.cfg.data == "curriculum":
@@ -369,4 +371,4 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         """Train (resuming if asked), evaluate, checkpoint, plot; returns the summary."""
-        return run(self.cfg, self.out, self.make_task, self.log)
+        return run(self.cfg, self.out, self.make_task, self.log, self.plan)
