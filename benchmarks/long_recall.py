@@ -20,7 +20,7 @@ the backbone (`ltm_type="ema"`) and (c) Titans' neural memory in MAG form in the
 wider memory stream, chosen to land closest to (c)'s count.
 
 Cost: forward + backward time of the three at seq 512, 1024, 2048 and 4096 (interleaved,
-median of --reps), the memory branch alone, and the activation memory saved for backward
+median of --reps; the ratios are medians of per-repetition ratios), the memory branch alone, and the activation memory saved for backward
 (bytes of the distinct tensors autograd keeps; deterministic, unlike RSS on a shared machine).
 
     OMP_NUM_THREADS=1 uv run python benchmarks/long_recall.py --out benchmarks/results/long_recall.json
@@ -46,7 +46,7 @@ from cognate_model.memory import MemoryAsGate
 from cognate_model.titans import NeuralMemory
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model_speed import interleaved, machine, train_step_fn  # noqa: E402
+from model_speed import interleaved_runs, machine, paired_ratio, train_step_fn  # noqa: E402
 
 KINDS = ("none", "ema", "titans", "titans_noconv")  # the last: an ablation, not run by default
 DEFAULT_KINDS = KINDS[:3]
@@ -221,31 +221,38 @@ def saved_bytes(model: CognateForCausalLM, ids: torch.Tensor) -> int:
 
 
 def cost(cfgs: dict[str, CognateConfig], task: RecallTask, args: argparse.Namespace) -> list[dict]:
-    rows = []
+    """Every (model, sequence length) timed in one interleaved loop, so the ratios between
+    models and between lengths are both paired per repetition (neighbours in time)."""
+    models = {}
+    for kind, config in cfgs.items():
+        torch.manual_seed(0)
+        models[kind] = CognateForCausalLM(config).train()
+    inputs, fns = {}, {}
     for seq in args.cost_seqs:
         ids = torch.randint(0, task.vocab_size, (args.cost_batch, seq))
         feats = torch.randn(args.cost_batch, seq, cfgs["titans"].d_model, requires_grad=True)
-        models = {}
-        for kind, config in cfgs.items():
-            torch.manual_seed(0)
-            models[kind] = CognateForCausalLM(config).train()
-        fns = {kind: train_step_fn(model, ids) for kind, model in models.items()}
-        fns.update({f"branch_{k}": memory_branch(models[k], feats) for k in ("ema", "titans")})
-        times = interleaved(fns, args.reps)
+        inputs[seq] = ids
+        fns.update({f"{kind}@{seq}": train_step_fn(m, ids) for kind, m in models.items()})
+        for k in ("ema", "titans"):
+            fns[f"{k}_branch@{seq}"] = memory_branch(models[k], feats)
+    runs = interleaved_runs(fns, args.reps)
+    names = [*cfgs, "ema_branch", "titans_branch"]
+    rows = []
+    for n, seq in enumerate(args.cost_seqs):
         row: dict[str, Any] = {"seq": seq, "batch": args.cost_batch}
+        for name in names:
+            row[f"{name}_fwd_bwd_s"] = statistics.median(runs[f"{name}@{seq}"])
         for kind, model in models.items():
-            row[f"{kind}_fwd_bwd_s"] = times[kind]
-            row[f"{kind}_saved_bytes"] = saved_bytes(model, ids)
-        for kind in ("ema", "titans"):
-            row[f"{kind}_branch_fwd_bwd_s"] = times[f"branch_{kind}"]
-        row["titans_over_none"] = times["titans"] / times["none"]
-        row["ema_over_none"] = times["ema"] / times["none"]
+            row[f"{kind}_saved_bytes"] = saved_bytes(model, inputs[seq])
+        for kind in ("titans", "ema"):
+            row[f"{kind}_over_none"] = paired_ratio(runs, f"{kind}@{seq}", f"none@{seq}")
+        if n:  # time ratio to the previous length, paired per repetition
+            prev = args.cost_seqs[n - 1]
+            for name in names:
+                ratio = paired_ratio(runs, f"{name}@{seq}", f"{name}@{prev}")
+                row[f"{name}_fwd_bwd_ratio_vs_prev_seq"] = ratio
         print(f"cost seq {seq}: {row}", flush=True)
         rows.append(row)
-    keys = [f"{k}_fwd_bwd_s" for k in cfgs] + [f"{k}_branch_fwd_bwd_s" for k in ("ema", "titans")]
-    for prev, cur in zip(rows, rows[1:], strict=False):
-        for key in keys:
-            cur[key.replace("_s", "_ratio_vs_prev_seq")] = cur[key] / prev[key]
     return rows
 
 
@@ -320,7 +327,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             "",
             f"## Cost: forward + backward, batch {result['cost'][0]['batch']}, median of "
-            f"{s['reps']} interleaved repetitions",
+            f"{s['reps']} interleaved repetitions (ratios: the median of the per-repetition "
+            "ratios)",
             "",
             "| seq | none (s) | ema (s) | titans (s) | titans / none | ema / none | titans "
             "branch (s) | ema branch (s) | saved for backward none / ema / titans (MiB) |",
@@ -336,7 +344,8 @@ def markdown(result: dict[str, Any]) -> str:
             )
         lines += [
             "",
-            "Time ratio from the previous row to this one (linear: the sequence ratio):",
+            "Time ratio from the previous row to this one, paired per repetition (linear: the "
+            "sequence ratio):",
             "",
             "| seq | x seq | none | ema | titans | ema branch | titans branch |",
             "|---|---|---|---|---|---|---|",
@@ -367,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-size", type=int, default=256)
     p.add_argument("--cost-seqs", default="512,1024,2048,4096")
     p.add_argument("--cost-batch", type=int, default=1)
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--reps", type=int, default=9)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-cost", action="store_true")
     p.add_argument("--skip-train", action="store_true", help="the cost measurement only")

@@ -42,15 +42,26 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, float]:
-    """Median seconds of each fn, warm-up once, then run A, B, A, B, ... `reps` times."""
+def interleaved_runs(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, list[float]]:
+    """Seconds of every run of each fn: warm-up once, then A, B, A, B, ... `reps` times (run i
+    of A and run i of B are neighbours in time: their ratio is a paired measurement)."""
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(reps):
         for k, fn in fns.items():
             times[k].append(_timed(fn))
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, float]:
+    """Median seconds of each fn, warm-up once, then run A, B, A, B, ... `reps` times."""
+    return {k: statistics.median(v) for k, v in interleaved_runs(fns, reps).items()}
+
+
+def paired_ratio(times: dict[str, list[float]], num: str, den: str) -> float:
+    """Median over repetitions of num's time / den's time in the same repetition."""
+    return statistics.median(a / b for a, b in zip(times[num], times[den], strict=True))
 
 
 def train_step_fn(model: CognateForCausalLM, ids: torch.Tensor) -> Callable[[], None]:

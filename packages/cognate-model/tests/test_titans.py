@@ -389,7 +389,7 @@ def test_model_diagnostics_are_each_layers_own_over_real_tokens(make_tiny):
     real = mask.bool()
     metrics = dict(out.metrics)
     for i, layer in enumerate(model.model.layers):
-        h, _, memory_mask, state = seen[i]
+        h, _, memory_mask, state, _ = seen[i]
         retrieved, _, diag = layer.ltm.memory(h, memory_mask, state)
         gate = torch.sigmoid(layer.ltm.norm(retrieved))
         want = {
@@ -447,3 +447,37 @@ def test_conv_size_one_reads_each_token_alone():
     assert state.conv_tail.shape == (2, 0, 3 * H * HD)
     with pytest.raises(ValueError, match="conv_size"):
         NeuralMemory(D, H, HD, conv_size=0)
+
+
+def test_no_diagnostics_without_metrics_and_the_same_outputs(make_tiny, monkeypatch):
+    """`return_metrics=False` skips the titans diagnostics (their function is never called)
+    and changes neither the logits, the loss, its gradients nor the memory state."""
+    import cognate_model.titans as titans_module
+
+    model = make_tiny(ltm_type="titans", mag_layers=[0, 1]).train()
+    ids = torch.randint(0, 256, (2, 30))
+
+    def run(metrics: bool):
+        model.zero_grad()
+        out = model(ids, labels=ids, use_cache=False, return_metrics=metrics)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    with_metrics, grads = run(True)
+    assert with_metrics.ltm_surprise is not None
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("diagnostics computed without metrics")
+
+    monkeypatch.setattr(titans_module, "_diagnostics", refuse)
+    plain, plain_grads = run(False)
+    assert plain.ltm_surprise is None and plain.metrics is None
+    torch.testing.assert_close(plain.logits, with_metrics.logits, rtol=0, atol=0)
+    torch.testing.assert_close(plain.loss, with_metrics.loss, rtol=0, atol=0)
+    for n, g in grads.items():
+        torch.testing.assert_close(plain_grads[n], g, rtol=0, atol=0, msg=n)
+    for a, b in zip(plain.memory_state, with_metrics.memory_state, strict=True):
+        for x, y in zip(a, b, strict=True):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+    base = model.model(ids, memory_diagnostics=False)
+    assert base.memory_diagnostics == {}

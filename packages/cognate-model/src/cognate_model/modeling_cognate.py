@@ -329,11 +329,14 @@ class CognateModel(CognatePreTrainedModel):
         past_key_values: CognateCache | None = None,
         position_ids: Tensor | None = None,
         output_hidden_states: bool | None = None,
+        memory_diagnostics: bool = True,
         **kwargs: object,
     ) -> CognateModelOutput:
         """Backbone + memory over the new tokens. memory_state: (B, d_memory) (ema) or one
-        `TitansState` per MAG layer (titans) to continue a stream (a cache's own state wins once it has one). attention_inputs: precomputed by
-        `CognateForCausalLM` so that the recursion shares them."""
+        `TitansState` per MAG layer (titans) to continue a stream (a cache's own state wins
+        once it has one). attention_inputs: precomputed by `CognateForCausalLM` so that the
+        recursion shares them. memory_diagnostics False: the titans diagnostics are not
+        computed (`memory_diagnostics` comes back empty)."""
         _reject_unknown(kwargs)
         x = _embeddings(self.embed_tokens, input_ids, inputs_embeds, self.config)
         if output_hidden_states is None:
@@ -363,6 +366,7 @@ class CognateModel(CognatePreTrainedModel):
                 cache=kv,
                 memory_mask=attn.new_mask,
                 memory_state=states[j],
+                diagnostics=memory_diagnostics,
             )
             new_states.append(state)
             diagnostics.update({f"{k}/layer{i}": v for k, v in diag.items()})
@@ -624,6 +628,7 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             past_key_values=past_key_values,
             output_hidden_states=output_hidden_states,
+            memory_diagnostics=return_metrics,
         )
         rec = self.recursion(
             base.last_hidden_state,

@@ -32,9 +32,10 @@ benchmarks/titans_recurrence.py measures such a scan (it agrees to fp32 rounding
 the forward + backward time of this loop on the CPU (16 to 512 chunks, head width 16 and
 32). Everything per token (projections, the chunks' sums of k k^T and v k^T, the rates,
 retrieval, the diagnostics) is computed for all positions at once. The loop itself runs
-outside autograd with a hand-written backward (`fused_chunk_recurrence`, five fused tensor
-operations per chunk each way; the gradients that need no loop are batched after it), equal
-to autograd through the plain loop (`chunk_recurrence`, the reference) in float64.
+outside autograd with a hand-written backward (`fused_chunk_recurrence`: W and S side by side
+as one linear recurrence, one batched matmul per chunk each way; the gradients that need no
+loop are batched after it), equal to autograd through the plain loop (`chunk_recurrence`, the
+reference) in float64.
 
 Causality. Position t reads the memory after the last chunk that is complete at t (its own
 chunk included when t is that chunk's last token; lucidrains/titans-pytorch shifts retrieval
@@ -237,7 +238,9 @@ class NeuralMemory(nn.Module):
         x: Tensor,
         attention_mask: Tensor | None = None,
         state: TitansState | None = None,
+        diagnostics: bool = True,
     ) -> tuple[Tensor, TitansState, dict[str, Tensor]]:
+        """diagnostics False: the dict is empty and none of its work is done."""
         B, T, _ = x.shape
         C, H = self.chunk_size, self.n_heads
         work = torch.promote_types(x.dtype, torch.float32)  # the updates need >= float32
@@ -281,6 +284,8 @@ class NeuralMemory(nn.Module):
         out = self.o_proj(_from_slots(o.flatten(-2), slots, T).to(x.dtype))
         end = slots.end.to(x.device)
         new_state = _final_state(weights[:, :, -1], s, kk, vk, x_sum, end, C, conv_tail)
+        if not diagnostics:
+            return out, new_state, {}
         with torch.no_grad():
             diag = _diagnostics(weights, kc, vc, C)  # (B, S, 2)
         surprise, norm = _from_slots(diag, slots, T).unbind(-1)
@@ -348,58 +353,65 @@ def chunk_recurrence(
     return read, s
 
 
-class _FusedRecurrence(torch.autograd.Function):
-    """`chunk_recurrence` with a hand-written backward: the loop runs outside autograd, a few
-    fused ops per chunk each way, and everything that needs no loop (the rate gradients, the
-    k k^T and v k^T gradients) is one batched op after it. Tensors are chunk-major here:
-    w0, s0 (X, d, d) with X = B H; kk, vk (n, X, d, d); lr, eta, keep, add (n, X, 1, 1).
+def _trace(t: Tensor) -> Tensor:
+    return t.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]
 
-        S_j = eta_j S_{j-1} + lr_j (vk_j - W_{j-1} kk_j),   W_j = keep_j W_{j-1} + add_j S_j
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    return (a * b).sum((-1, -2), keepdim=True)
+
+
+class _FusedRecurrence(torch.autograd.Function):
+    """The chunk recurrence as one linear recurrence on Z = [W | S] (d x 2d):
+
+        Z_j = Z_{j-1} M_j + b_j,   M_j = [[A, B], [C, D]],   b_j = [a lr vk | lr vk]
+        A = keep I - a lr kk,  B = -lr kk,  C = a eta I,  D = eta I
+
+    (the S column is S_j = eta S_{j-1} + lr (vk - W_{j-1} kk); the W column is
+    W_j = keep W_{j-1} + a S_j expanded; a = `add`, 1 when None). One batched matmul per
+    chunk each way, outside autograd; M and b are built here and their gradients mapped back
+    to kk, vk, lr, eta, keep in a few batched ops after the loop. Chunk-major tensors:
+    z0 (X, d, 2d) with X = B H; kk, vk (n, X, d, d); lr, eta, keep, add (n, X, 1, 1).
+    Returns Z_0..Z_n (n+1, X, d, 2d). Backward: dZ_j = g_j + dZ_{j+1} M_{j+1}^T,
+    dM_j = Z_{j-1}^T dZ_j, db_j = dZ_j.
     """
 
     @staticmethod
-    def forward(ctx, w0, s0, kk, vk, lr, eta, keep, add):  # noqa: ANN001, ANN205
-        n = kk.shape[0]
-        ws = torch.cat((w0[None], w0.new_empty(n, *w0.shape)))
-        ss = torch.cat((s0[None], s0.new_empty(n, *s0.shape)))
-        w_l, s_l = ws.unbind(0), ss.unbind(0)  # views: the loop writes through them
-        per_chunk = zip(*(t.unbind(0) for t in (kk, vk, lr, eta, keep, add)), strict=True)
-        for j, (kk_j, vk_j, lr_j, eta_j, keep_j, add_j) in enumerate(per_chunk):
-            r = torch.baddbmm(vk_j, w_l[j], kk_j, alpha=-1)  # vk - W kk
-            torch.mul(eta_j, s_l[j], out=s_l[j + 1]).addcmul_(lr_j, r)
-            torch.mul(keep_j, w_l[j], out=w_l[j + 1]).addcmul_(add_j, s_l[j + 1])
-        ctx.save_for_backward(ws, ss, kk, vk, lr, eta, keep, add)
-        return ws, ss[n]
+    def forward(ctx, z0, kk, vk, lr, eta, keep, add):  # noqa: ANN001, ANN205
+        (n, X, d, _), a = kk.shape, (1.0 if add is None else add)
+        m = kk.new_zeros(n, X, 2 * d, 2 * d)
+        m[..., :d, :d] = kk * (-a * lr)
+        m[..., :d, :d].diagonal(dim1=-2, dim2=-1).add_(keep[..., 0])
+        m[..., :d, d:] = kk * -lr
+        m[..., d:, :d].diagonal(dim1=-2, dim2=-1).copy_((a * eta)[..., 0].expand(n, X, d))
+        m[..., d:, d:].diagonal(dim1=-2, dim2=-1).copy_(eta[..., 0].expand(n, X, d))
+        b = torch.cat((vk * (a * lr), vk * lr), -1)
+        zs = torch.cat((z0[None], z0.new_empty(n, *z0.shape)))
+        z_l = zs.unbind(0)  # views: the loop writes through them
+        for j, (m_j, b_j) in enumerate(zip(m.unbind(0), b.unbind(0), strict=True)):
+            torch.baddbmm(b_j, z_l[j], m_j, out=z_l[j + 1])
+        ctx.save_for_backward(zs, m, kk, vk, lr, add)
+        return zs
 
     @staticmethod
-    def backward(ctx, g_ws, g_s):  # noqa: ANN001, ANN205
-        ws, ss, kk, vk, lr, eta, keep, add = ctx.saved_tensors
-        n = kk.shape[0]
-        g_ws = torch.zeros_like(ws) if g_ws is None else g_ws
-        d_s = torch.zeros_like(ss[0]) if g_s is None else g_s
-        d_wj = torch.empty_like(ws)  # d_wj[j]: total gradient of W_j
-        d_sj = torch.empty_like(ss[1:])  # d_sj[j]: total gradient of S_{j+1}
-        d_wj[n] = g_ws[n]
-        d_w_l, d_s_l, g_l = d_wj.unbind(0), d_sj.unbind(0), g_ws.unbind(0)
-        kk_t = kk.transpose(-1, -2).unbind(0)
-        lr_l, eta_l, keep_l, add_l = (t.unbind(0) for t in (lr, eta, keep, add))
-        for j in range(n - 1, -1, -1):  # step j maps (W_j, S_j) to (W_{j+1}, S_{j+1})
-            torch.addcmul(d_s, add_l[j], d_w_l[j + 1], out=d_s_l[j])
-            grad_r = lr_l[j] * d_s_l[j]
-            torch.baddbmm(g_l[j], grad_r, kk_t[j], alpha=-1, out=d_w_l[j])
-            d_w_l[j].addcmul_(keep_l[j], d_w_l[j + 1])
-            d_s = eta_l[j] * d_s_l[j]
-        prev_w = ws[:-1]
-        r = torch.baddbmm(vk.flatten(0, 1), prev_w.flatten(0, 1), kk.flatten(0, 1), alpha=-1)
-        grad_r = lr * d_sj
-        d_kk = -(prev_w.transpose(-1, -2) @ grad_r)
-
-        def dot(a: Tensor, b: Tensor) -> Tensor:
-            return (a * b).sum((-1, -2), keepdim=True)
-
-        d_lr, d_eta = dot(d_sj, r.view_as(vk)), dot(d_sj, ss[:-1])
-        d_keep = dot(d_wj[1:], prev_w)
-        return d_wj[0], d_s, d_kk, grad_r, d_lr, d_eta, d_keep, None
+    def backward(ctx, g):  # noqa: ANN001, ANN205
+        zs, m, kk, vk, lr, add = ctx.saved_tensors
+        (n, _, d, _), a = kk.shape, (1.0 if add is None else add)
+        g = g.contiguous()
+        dz = torch.empty_like(zs)  # dz[j]: total gradient of Z_j
+        dz_l, g_l, m_t = dz.unbind(0), g.unbind(0), m.transpose(-1, -2).unbind(0)
+        dz_l[n].copy_(g_l[n])
+        for j in range(n - 1, -1, -1):
+            torch.baddbmm(g_l[j], dz_l[j + 1], m_t[j], out=dz_l[j])
+        db = dz[1:]
+        dm = zs[:-1].transpose(-1, -2) @ db  # (n, X, 2d, 2d)
+        d_a, d_b, d_c, d_d = dm[..., :d, :d], dm[..., :d, d:], dm[..., d:, :d], dm[..., d:, d:]
+        db_w, db_s = db[..., :d], db[..., d:]
+        d_kk = d_a * (-a * lr) - d_b * lr
+        d_vk = db_w * (a * lr) + db_s * lr
+        d_lr = a * (_dot(vk, db_w) - _dot(kk, d_a)) + _dot(vk, db_s) - _dot(kk, d_b)
+        d_eta = a * _trace(d_c) + _trace(d_d)
+        return dz[0], d_kk, d_vk, d_lr, d_eta, _trace(d_a), None
 
 
 def fused_chunk_recurrence(
@@ -416,19 +428,21 @@ def fused_chunk_recurrence(
     `_FusedRecurrence`. An incomplete chunk j (complete False) leaves W and S as they are:
     eta -> 1, lr -> 0, keep -> 1 and S not added, so one loop body serves every row."""
     B, H, n, d, _ = kk.shape
+    add = None
     if complete is not None:
-        m = complete.to(kk.dtype).expand(B, H, n, 1, 1)
-        lr, eta, keep = lr * m, eta * m + (1 - m), keep * m + (1 - m)
-        add = m
-    else:
-        add = kk.new_ones(B, H, n, 1, 1)
+        add = complete.to(kk.dtype).expand(B, H, n, 1, 1)
+        lr, eta, keep = lr * add, eta * add + (1 - add), keep * add + (1 - add)
 
-    def chunk_major(t: Tensor) -> Tensor:  # (B, H, n, ...) -> (n, B H, ...)
+    def chunk_major(t: Tensor | None) -> Tensor | None:  # (B, H, n, ...) -> (n, B H, ...)
+        if t is None:
+            return None
         return t.expand(B, H, n, *t.shape[3:]).permute(2, 0, 1, 3, 4).flatten(1, 2).contiguous()
 
+    z0 = torch.cat((w.expand(B, H, d, d), s.expand(B, H, d, d)), -1).reshape(B * H, d, 2 * d)
     args = [chunk_major(t) for t in (kk, vk, lr, eta, keep, add)]
-    ws, s_n = _FusedRecurrence.apply(w.reshape(B * H, d, d), s.reshape(B * H, d, d), *args)
-    return ws.view(n + 1, B, H, d, d).permute(1, 2, 0, 3, 4), s_n.view(B, H, d, d)
+    zs = _FusedRecurrence.apply(z0, *args)
+    zs = zs.view(n + 1, B, H, d, 2 * d).permute(1, 2, 0, 3, 4)  # (B, H, n+1, d, 2d)
+    return zs[..., :d], zs[:, :, -1, :, d:]
 
 
 def _add_pending(
@@ -502,11 +516,12 @@ class MemoryGate(nn.Module):
         y: Tensor,
         attention_mask: Tensor | None = None,
         state: TitansState | None = None,
+        diagnostics: bool = True,
     ) -> tuple[Tensor, TitansState, dict[str, Tensor]]:
         """h: the block's normalised input (B, T, D), y: its attention output (B, T, D)."""
-        mem, state, diag = self.memory(h, attention_mask, state)
+        mem, state, diag = self.memory(h, attention_mask, state, diagnostics)
         gate = torch.sigmoid(self.norm(mem))
-        return y * gate, state, {**diag, "gate": gate.detach()}
+        return y * gate, state, ({**diag, "gate": gate.detach()} if diagnostics else {})
 
 
 class MAGBlock(Block):
@@ -545,11 +560,13 @@ class MAGBlock(Block):
         cache: WindowKV | None = None,
         memory_mask: Tensor | None = None,
         memory_state: TitansState | None = None,
+        diagnostics: bool = True,
     ) -> tuple[Tensor, TitansState, dict[str, Tensor]]:
-        """memory_mask: the new tokens' (B, T) 0/1 mask; memory_state: this layer's state."""
+        """memory_mask: the new tokens' (B, T) 0/1 mask; memory_state: this layer's state;
+        diagnostics False: no memory diagnostics (an empty dict)."""
         h = self.attn_norm(x)
         y = self.attn(h, mask, cos, sin, cache=cache)
-        y, state, diag = self.ltm(h, y, memory_mask, memory_state)
+        y, state, diag = self.ltm(h, y, memory_mask, memory_state, diagnostics)
         x = x + self.drop(y)
         return x + self.drop(self.mlp(self.mlp_norm(x))), state, diag
 
