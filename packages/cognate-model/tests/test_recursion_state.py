@@ -25,7 +25,7 @@ def test_every_cycle_state_has_rms_one_whatever_the_input_scale():
     rec = TRMRecursion(32, 4, 64, 1e-6, 0.0, 4, 2, True, True).double()
     x = 100 * torch.randn(2, 10, 32, dtype=torch.float64)
     mask = torch.ones(1, 1, 10, 10, dtype=torch.bool).tril()
-    cos, sin = torch.ones(10, 4, dtype=torch.float64), torch.zeros(10, 4, dtype=torch.float64)
+    cos, sin = torch.ones(10, 8, dtype=torch.float64), torch.zeros(10, 8, dtype=torch.float64)
     out = rec(x, mask, cos, sin)
     for y in out.ys[1:]:
         rms = y.pow(2).mean(-1).sqrt()

@@ -178,10 +178,12 @@ def rotary_cos_sin(
 ) -> tuple[Tensor, Tensor]:
     """cos/sin tables for rotary embeddings, computed on the fly (no buffers, no length limit).
 
-    `seq_len` an int: positions 0..T-1, tables (T, head_dim/2). Or a tensor of positions:
-    (T,) -> (T, head_dim/2), (B, T) -> (B, 1, T, head_dim/2) (per-row `position_ids`).
+    `seq_len` an int: positions 0..T-1, tables (T, head_dim). Or a tensor of positions:
+    (T,) -> (T, head_dim), (B, T) -> (B, 1, T, head_dim) (per-row `position_ids`).
     Rotary encodes position by rotating each pair (x_i, x_{i+d/2}) by angle t * theta^(-2i/d),
     so q_t . k_s depends on t - s only: padding on the left does not change real tokens' scores.
+    The tables are laid out for `apply_rotary` (built once per forward, read by every attention
+    call): cos = [cos, cos] and sin = [-sin, sin] over the two halves of head_dim.
     """
     work = torch.promote_types(dtype, torch.float32)  # float64 models get float64 angles
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=work) / head_dim))
@@ -192,17 +194,29 @@ def rotary_cos_sin(
     angles = t[..., None] * inv_freq  # (..., T, head_dim/2)
     if angles.dim() == 3:
         angles = angles[:, None]  # (B, 1, T, head_dim/2): broadcast over heads
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat((cos, cos), -1).to(dtype), torch.cat((-sin, sin), -1).to(dtype)
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate (B, H, T, head_dim) by position: [x1, x2] -> [x1 cos - x2 sin, x1 sin + x2 cos]."""
-    x1, x2 = x.chunk(2, dim=-1)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    """Rotate (B, H, T, head_dim) by position: [x1, x2] -> [x1 cos - x2 sin, x1 sin + x2 cos].
+
+    With `rotary_cos_sin`'s tables that is x * cos + [x2, x1] * sin: four element-wise ops
+    (a decoding step applies rotary ~2 n_layers + C * n + 1 times), the same values bit for
+    bit (x1 cos + x2 (-sin) rounds as x1 cos - x2 sin).
+    """
+    if cos.dtype != x.dtype:
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * sin
 
 
 _WIDE = (torch.float32, torch.float64)
+
+
+def residual_dropout(drop: nn.Dropout, x: Tensor) -> Tensor:
+    """drop(x), with no module call (and no aten op) where it is the identity: in eval or at
+    p = 0 (a decoding step passes ~4 n_layers + 2 C (n + 1) residual branches through it)."""
+    return drop(x) if drop.training and drop.p > 0 else x
 
 
 class RMSNorm(nn.RMSNorm):
@@ -375,8 +389,10 @@ class Block(GradientCheckpointingLayer):
         sin: Tensor,
         cache: WindowKV | None = None,
     ) -> Tensor:
-        x = x + self.drop(self.attn(self.attn_norm(x), mask, cos, sin, cache=cache))
-        return x + self.drop(self.mlp(self.mlp_norm(x)))
+        x = x + residual_dropout(
+            self.drop, self.attn(self.attn_norm(x), mask, cos, sin, cache=cache)
+        )
+        return x + residual_dropout(self.drop, self.mlp(self.mlp_norm(x)))
 
 
 __all__ = [
@@ -390,6 +406,7 @@ __all__ = [
     "max_logits_per_head",
     "window_attention",
     "with_persistent",
+    "residual_dropout",
     "rotary_cos_sin",
     "sliding_window_mask",
 ]

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import RMSNorm
+from .attention import _WIDE, RMSNorm
 
 IGNORE_INDEX = -100
 
@@ -48,7 +48,7 @@ class ACTHead(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         logit = self.proj(self.norm(z)).squeeze(-1)
-        return logit.to(torch.promote_types(logit.dtype, torch.float32))
+        return logit if logit.dtype in _WIDE else logit.float()
 
 
 def shift_labels(labels: Tensor) -> Tensor:

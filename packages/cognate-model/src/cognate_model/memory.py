@@ -195,9 +195,11 @@ class LongTermMemory(nn.Module):
         if attention_mask is not None:  # padding contributes no input
             b = b * attention_mask.to(scan_dtype)[..., None]
         if state is not None:  # fold the incoming state into the first real step: a s + b
-            first = _first_real(attention_mask, b)
             carry = torch.exp(log_a) * state.to(scan_dtype)  # (B, Cm)
-            b = b + first[..., None] * carry[:, None, :]
+            if attention_mask is None and b.shape[1] == 1:  # a decoding step: its one token
+                b = b + carry[:, None, :]
+            else:
+                b = b + _first_real(attention_mask, b)[..., None] * carry[:, None, :]
         # One step (cached decoding): h_0 = b_0, the state already folded in; skip the scan.
         # Exported programs scan a fixed, longer-than-any-input length (see `linear_scan`).
         pad_to = self.max_len + 1 if torch.compiler.is_exporting() and self.max_len else None

@@ -39,7 +39,7 @@ from transformers import (
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
-from .attention import Attention, Block, RMSNorm, WindowMask, rotary_cos_sin
+from .attention import Attention, Block, RMSNorm, WindowMask, residual_dropout, rotary_cos_sin
 from .cache import CognateCache
 from .configuration_cognate import CognateConfig
 from .heads import (
@@ -345,7 +345,7 @@ class CognateModel(CognatePreTrainedModel):
         attn = attention_inputs or self.attention_inputs(
             x.shape[1], attention_mask, x.device, x.dtype, cache, position_ids
         )
-        x = self.drop(x)
+        x = residual_dropout(self.drop, x)
         hidden: list[Tensor] = []
         states = self._titans_states(memory_state, cache)
         new_states: list[TitansState] = []

@@ -47,15 +47,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .attention import Attention, RMSNorm, SwiGLU, WindowMask
+from .attention import _WIDE, Attention, RMSNorm, SwiGLU, WindowMask, residual_dropout
 from .cache import WindowKV
 from .heads import ACTHead
 
 
 def fixed_scale(h: Tensor, eps: float) -> Tensor:
     """h / rms(h) over the last dim (no weight: the scale stays 1), in float32 or wider."""
-    work = torch.promote_types(h.dtype, torch.float32)
-    return F.rms_norm(h.to(work), (h.shape[-1],), eps=eps).to(h.dtype)
+    if h.dtype in _WIDE:  # nothing to cast (a decoding step calls this 2 C n + C times)
+        return F.rms_norm(h, (h.shape[-1],), eps=eps)
+    return F.rms_norm(h.float(), (h.shape[-1],), eps=eps).to(h.dtype)
 
 
 class RecursionBlock(GradientCheckpointingLayer):
@@ -88,8 +89,9 @@ class RecursionBlock(GradientCheckpointingLayer):
         sin: Tensor | None = None,
     ) -> Tensor:
         if k is not None:
-            h = fixed_scale(h + self.drop(self.attn(h, mask, cos, sin, kv=(k, v))), self.eps)
-        return fixed_scale(h + self.drop(self.mlp(h)), self.eps)
+            attended = self.attn(h, mask, cos, sin, kv=(k, v))
+            h = fixed_scale(h + residual_dropout(self.drop, attended), self.eps)
+        return fixed_scale(h + residual_dropout(self.drop, self.mlp(h)), self.eps)
 
 
 @dataclass
@@ -124,7 +126,7 @@ class _Features:
 
 
 def _gather_rotary(table: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    """(T, hd/2) or (B, 1, T, hd/2) rotary table -> (R, 1, Tq, hd/2) at the gathered positions."""
+    """(T, hd) or (B, 1, T, hd) rotary table -> (R, 1, Tq, hd) at the gathered positions."""
     if table.dim() == 2:
         return table[cols][:, None]
     table = table[rows]

@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import Block, RMSNorm, WindowMask
+from .attention import Block, RMSNorm, WindowMask, residual_dropout
 from .cache import WindowKV
 
 
@@ -567,8 +567,8 @@ class MAGBlock(Block):
         h = self.attn_norm(x)
         y = self.attn(h, mask, cos, sin, cache=cache)
         y, state, diag = self.ltm(h, y, memory_mask, memory_state, diagnostics)
-        x = x + self.drop(y)
-        return x + self.drop(self.mlp(self.mlp_norm(x))), state, diag
+        x = x + residual_dropout(self.drop, y)
+        return x + residual_dropout(self.drop, self.mlp(self.mlp_norm(x))), state, diag
 
 
 __all__ = [
