@@ -411,7 +411,17 @@ def run_variant(name: str, args: argparse.Namespace, data: dict) -> dict:
     tok = data["tokenizer"]
     model = build(name, len(tok), tok, args.seed)
     n_params = sum(p.numel() for p in model.parameters())
-    wall = train(model, tok, data["train"], args.steps, args.seed)
+    saved = Path(args.models) / name if args.models else None
+    if saved is not None and (saved / "train.json").exists():  # trained by an earlier run
+        model = type(model).from_pretrained(saved).eval()
+        wall = json.loads((saved / "train.json").read_text())["train_wall_s"]
+    else:
+        wall = train(model, tok, data["train"], args.steps, args.seed)
+        if saved is not None:
+            model.save_pretrained(saved)
+            (saved / "train.json").write_text(
+                json.dumps({"train_wall_s": wall, "steps": args.steps})
+            )
     result = {
         "variant": name,
         "config": {
@@ -508,6 +518,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/recursion.json")
+    p.add_argument(
+        "--models",
+        default="",
+        help="folder of trained models: a variant saved there (same settings) is loaded "
+        "instead of trained, else trained and saved there",
+    )
     args = p.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]
     args.act = [v for v in args.act.split(",") if v]
