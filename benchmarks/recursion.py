@@ -55,6 +55,14 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "no_recursion": ("reasoning", {"trm_cycles": 1, "trm_micro_steps": 1}),
     "reasoning_prenorm": ("reasoning", {}),
     "reasoning_latent_attn": ("reasoning", {}),
+    # what makes later cycles lower val CE? (the cycle-CE goal of issue 10)
+    # TRM's deep recursion: cycles 1..C-1 without grad, the last with grad and the only CE term
+    "reasoning_last_cycle": (
+        "reasoning",
+        {"detach_between_cycles": False, "deep_supervision_weights": [0, 0, 0, 0, 1]},
+    ),
+    # deep supervision whose weights double with the cycle (no y0 term)
+    "reasoning_rising": ("reasoning", {"deep_supervision_weights": [0, 1, 2, 4, 8]}),
 }
 
 
@@ -443,32 +451,34 @@ def run_variant(name: str, args: argparse.Namespace, data: dict) -> dict:
 
 
 def goals(results: dict[str, dict]) -> dict[str, Any]:
-    """The issue's goals, read off the per-cycle rows (None where a variant was not run)."""
+    """The issue's goals, read off the per-cycle rows, for `reasoning` and every variant of it
+    with recursion (keys prefixed by the variant name)."""
     out: dict[str, Any] = {}
-    r = results.get("reasoning")
-    if r is not None:
+    base = results.get("no_recursion")
+    for name, r in results.items():
         c = r["config"]["trm_cycles"]
+        if not name.startswith("reasoning") or c < 2:
+            continue
         ce = [row["val_ce"] for row in r["cycles"]]
-        out["reasoning_each_cycle_lowers_ce"] = all(ce[i + 1] < ce[i] for i in range(c))
-        out["reasoning_cycle_C_vs_1"] = round(ce[c] / ce[1] - 1, 4)
-        out["reasoning_cycle_C_5pct_below_1"] = ce[c] <= 0.95 * ce[1]
+        out[f"{name}_each_cycle_lowers_ce"] = all(ce[i + 1] < ce[i] for i in range(c))
+        out[f"{name}_cycle_C_vs_1"] = round(ce[c] / ce[1] - 1, 4)
+        out[f"{name}_cycle_C_5pct_below_1"] = ce[c] <= 0.95 * ce[1]
         extra = r["cycles"][c + 1 :]
         if extra:
             best = min(extra, key=lambda row: row["val_ce"])
-            out["test_time_best_extra"] = {
+            out[f"{name}_test_time_best_extra"] = {
                 "cycle": best["cycle"],
                 "val_ce_delta": round(best["val_ce"] - ce[c], 5),
                 "exact_match_delta": round(best["exact_match"] - r["cycles"][c]["exact_match"], 4),
             }
-    base = results.get("no_recursion")
-    if r is not None and base is not None:
-        a, b = r["cycles"][r["config"]["trm_cycles"]], base["cycles"][1]
-        out["reasoning_vs_no_recursion_multi_step"] = {
-            "ce": [a["multi_step_ce"], b["multi_step_ce"]],
-            "exact_match": [a["multi_step_exact_match"], b["multi_step_exact_match"]],
-            "beats": a["multi_step_ce"] < b["multi_step_ce"]
-            and a["multi_step_exact_match"] >= b["multi_step_exact_match"],
-        }
+        if base is not None:
+            a, b = r["cycles"][c], base["cycles"][1]
+            out[f"{name}_vs_no_recursion_multi_step"] = {
+                "ce": [a["multi_step_ce"], b["multi_step_ce"]],
+                "exact_match": [a["multi_step_exact_match"], b["multi_step_exact_match"]],
+                "beats": a["multi_step_ce"] < b["multi_step_ce"]
+                and a["multi_step_exact_match"] >= b["multi_step_exact_match"],
+            }
     return out
 
 
