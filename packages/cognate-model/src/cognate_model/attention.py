@@ -98,6 +98,8 @@ class Positions:
     b: Tensor
     t: Tensor
     seq_len: int
+    # `window_blocks(k, v, mask, seq_len)` of these keys, when the caller keeps it across calls
+    key_blocks: tuple[Tensor, Tensor, Tensor] | None = None
 
     def dense(self) -> Tensor | None:
         """(N, 1, 1, S): each query's row of the dense mask (None: every key allowed)."""
@@ -173,14 +175,14 @@ def local_window_attention(
     T = q.shape[2]
     n = -(-T // mask.window)
     qb = F.pad(q, (0, 0, 0, n * mask.window - T)).unflatten(2, (n, mask.window))
-    kb, vb, allowed = _window_blocks(k, v, mask, T)
+    kb, vb, allowed = window_blocks(k, v, mask, T)
     if persistent is not None:
         kb, vb, allowed = with_persistent(kb, vb, allowed, persistent)
     out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=allowed, dropout_p=dropout_p)
     return out.flatten(2, 3)[:, :, :T]
 
 
-def _window_blocks(k: Tensor, v: Tensor, mask: WindowMask, T: int) -> tuple[Tensor, ...]:
+def window_blocks(k: Tensor, v: Tensor, mask: WindowMask, T: int) -> tuple[Tensor, Tensor, Tensor]:
     """The key/value spans of the T new queries' blocks of W: kb, vb (B, H, n, 2W, hd) (views
     where possible) and the allowed mask (B or 1, 1, n, W, 2W)."""
     W = mask.window
@@ -225,12 +227,13 @@ def positions_attention(
         full[pos.b, :, pos.t] = q[:, :, 0]
         return window_attention(full, k, v, m, dropout_p, persistent)[pos.b, :, pos.t, None]
     W, n = m.window, -(-pos.seq_len // m.window)
-    blocks, inverse = torch.unique(pos.b * n + pos.t // W, return_inverse=True)  # (Nb,), (N,)
+    # positions come row-major (nonzero's order), so their block ids are already sorted
+    blocks, inverse = torch.unique_consecutive(pos.b * n + pos.t // W, return_inverse=True)
     rows, js = blocks // n, blocks % n
     within = pos.t % W
     qb = q.new_zeros(blocks.shape[0], H, W, hd)
     qb[inverse, :, within] = q[:, :, 0]
-    kb, vb, allowed = _window_blocks(k, v, m, pos.seq_len)
+    kb, vb, allowed = pos.key_blocks or window_blocks(k, v, m, pos.seq_len)
     kb, vb = kb[rows, :, js], vb[rows, :, js]  # (Nb, H, 2W, hd)
     allowed = allowed[rows if allowed.shape[0] > 1 else torch.zeros_like(rows), :, js]
     if persistent is not None:

@@ -41,14 +41,14 @@ the results are the same.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .attention import Attention, Positions, RMSNorm, SwiGLU, WindowMask
+from .attention import Attention, Positions, RMSNorm, SwiGLU, WindowMask, window_blocks
 from .cache import WindowKV
 from .heads import ACTHead
 
@@ -113,12 +113,16 @@ class _Features:
     mask: Tensor | WindowMask | Positions | None
     cos: Tensor
     sin: Tensor
+    _blocks: tuple[Tensor, Tensor, Tensor] | None = field(default=None, repr=False)
 
     def at(self, b: Tensor, t: Tensor) -> _Features:
         """The features of N single positions (b[i], t[i]), each its own batch row of one
         query: the keys/values stay whole, the mask becomes `Positions` (the attention then
         runs only the window blocks holding a query), rotary tables (N, 1, 1, hd/2)."""
-        mask = Positions(self.mask, b, t, self.cos.shape[-2])
+        T = self.cos.shape[-2]
+        if self._blocks is None and isinstance(self.mask, WindowMask) and self.mask.blocked:
+            self._blocks = window_blocks(self.k, self.v, self.mask, T)  # once per forward
+        mask = Positions(self.mask, b, t, T, self._blocks)
         cos, sin = (_rotary_at(table, b, t) for table in (self.cos, self.sin))
         return _Features(self.k, self.v, mask, cos, sin)
 
