@@ -309,6 +309,32 @@ def _chunks(tokenizer: Any, val: list, max_len: int, size: int) -> list[dict]:
     return val_batches(tokenizer, val, max_len, size)
 
 
+def packed_chunks(tokenizer: Any, val: list, pack: int, size: int) -> list[dict]:
+    """Rows of `pack` consecutive validation examples back to back (each `<bos> prompt answer
+    <eos>`, labels on the answers), right-padded, `size` rows a batch: longer sequences, where
+    a cycle's compute outweighs its per-op overhead (the ACT timing's second regime)."""
+    rows = []
+    for i in range(0, len(val) - pack + 1, pack):
+        enc = val_batches(tokenizer, val[i : i + pack], 64, pack)[0]
+        real = enc["attention_mask"].bool()
+        rows.append({k: enc[k][real] for k in ("input_ids", "labels")})
+    out = []
+    for i in range(0, len(rows), size):
+        part = rows[i : i + size]
+        width = max(len(r["input_ids"]) for r in part)
+        batch = {
+            "input_ids": torch.full((len(part), width), tokenizer.pad_token_id),
+            "attention_mask": torch.zeros(len(part), width, dtype=torch.long),
+            "labels": torch.full((len(part), width), -100),
+        }
+        for j, r in enumerate(part):
+            n = len(r["input_ids"])
+            batch["input_ids"][j, :n], batch["labels"][j, :n] = r["input_ids"], r["labels"]
+            batch["attention_mask"][j, :n] = 1
+        out.append(batch)
+    return out
+
+
 def _time_forward(model: CognateForCausalLM, chunks: list[dict], halting: bool) -> float:
     t0 = time.perf_counter()
     for b in chunks:
@@ -446,6 +472,9 @@ def run_variant(name: str, args: argparse.Namespace, data: dict) -> dict:
             str(bs): act_timing(model, _chunks(tok, data["val"], 64, bs), args.reps)
             for bs in (1, 32)
         }
+        if args.act_pack > 1:  # exact match here is per packed row (every answer in it right)
+            chunks = packed_chunks(tok, data["val"], args.act_pack, 32)
+            result["act"][f"32_packed{args.act_pack}"] = act_timing(model, chunks, args.reps)
     print(json.dumps({k: v for k, v in result.items() if k != "cycles"}), flush=True)
     return result
 
@@ -529,6 +558,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/recursion.json")
     p.add_argument(
+        "--act-pack",
+        type=int,
+        default=0,
+        help="also time ACT at batch 32 on rows of this many validation examples back to back",
+    )
+    p.add_argument(
         "--models",
         default="",
         help="folder of trained models: a variant saved there (same settings) is loaded "
@@ -572,6 +607,7 @@ def main(argv: list[str] | None = None) -> None:
             "multi_step_families": list(MULTI_STEP),
             "seed": args.seed,
             "reps": args.reps,
+            "act_pack": args.act_pack,
         },
         "goals": goals(results),
         "results": results,
