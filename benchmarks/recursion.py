@@ -309,15 +309,25 @@ def _chunks(tokenizer: Any, val: list, max_len: int, size: int) -> list[dict]:
     return val_batches(tokenizer, val, max_len, size)
 
 
-def packed_chunks(tokenizer: Any, val: list, pack: int, size: int) -> list[dict]:
-    """Rows of `pack` consecutive validation examples back to back (each `<bos> prompt answer
-    <eos>`, labels on the answers), right-padded, `size` rows a batch: longer sequences, where
-    a cycle's compute outweighs its per-op overhead (the ACT timing's second regime)."""
-    rows = []
-    for i in range(0, len(val) - pack + 1, pack):
-        enc = val_batches(tokenizer, val[i : i + pack], 64, pack)[0]
-        real = enc["attention_mask"].bool()
-        rows.append({k: enc[k][real] for k in ("input_ids", "labels")})
+def packed_chunks(
+    tokenizer: Any, val: list, pack: int, size: int, max_len: int = 256
+) -> list[dict]:
+    """Rows of up to `pack` consecutive validation examples back to back (each `<bos> prompt
+    answer <eos>`, labels on the answers; at most `max_len` tokens, the model's limit),
+    right-padded, `size` rows a batch: longer sequences, where a cycle's compute outweighs its
+    per-op overhead (the ACT timing's second regime)."""
+    rows, group = [], []
+    for ex in [*val, None]:  # greedy: up to `pack` examples within max_len
+        enc = None if ex is None else val_batches(tokenizer, [ex], 64, 1)[0]
+        n = 0 if enc is None else enc["input_ids"].shape[1]
+        if group and (
+            enc is None or len(group) == pack or sum(len(g) for g, _ in group) + n > max_len
+        ):
+            rows.append({"input_ids": torch.cat([g for g, _ in group]),
+                         "labels": torch.cat([lab for _, lab in group])})  # fmt: skip
+            group = []
+        if enc is not None:
+            group.append((enc["input_ids"][0], enc["labels"][0]))
     out = []
     for i in range(0, len(rows), size):
         part = rows[i : i + size]
