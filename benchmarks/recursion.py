@@ -456,7 +456,8 @@ def run_variant(name: str, args: argparse.Namespace, data: dict) -> dict:
     model = build(name, len(tok), tok, args.seed)
     n_params = sum(p.numel() for p in model.parameters())
     saved = Path(args.models) / name if args.models else None
-    if saved is not None and (saved / "train.json").exists():  # trained by an earlier run
+    loaded = saved is not None and (saved / "train.json").exists()
+    if loaded:  # trained by an earlier invocation with the same settings
         model = type(model).from_pretrained(saved).eval()
         wall = json.loads((saved / "train.json").read_text())["train_wall_s"]
     else:
@@ -474,6 +475,7 @@ def run_variant(name: str, args: argparse.Namespace, data: dict) -> dict:
         },
         "n_params": n_params,
         "train_wall_s": round(wall, 1),
+        "trained_by_an_earlier_invocation": loaded,
         "cycles": cycle_metrics(model, data["val_batches"], args.extra_cycles),
         "greedy_check": greedy_check(model, tok, data["val"], data["val_batches"]),
     }
