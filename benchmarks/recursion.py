@@ -473,6 +473,7 @@ def run_variant(name: str, args: argparse.Namespace, data: dict) -> dict:
             k: getattr(model.config, k)
             for k in ("trm_cycles", "trm_micro_steps", "act_threshold", "ltm_type")
         },
+        "overrides": VARIANTS[name][1],
         "n_params": n_params,
         "train_wall_s": round(wall, 1),
         "trained_by_an_earlier_invocation": loaded,
@@ -540,6 +541,8 @@ def write_markdown(payload: dict, path: Path) -> None:
     ]
     for name, r in payload["results"].items():
         lines += ["", f"## {name} ({r['n_params']} parameters, {json.dumps(r['config'])})", ""]
+        if r.get("overrides"):
+            lines += [f"Config overrides: `{json.dumps(r['overrides'])}`", ""]
         lines += [
             "| cycle | val CE | exact match | multi-step CE | multi-step EM | RMS y | RMS z "
             "| rel. update | changed preds |",
@@ -646,6 +649,8 @@ def combine(paths: list[str], out: Path) -> None:
     payload["loadavg_start"] = [part["loadavg_start"] for part in parts]
     payload["loadavg_end"] = [part["loadavg_end"] for part in parts]
     payload["settings"] = {**parts[0]["settings"], "reps": [p["settings"]["reps"] for p in parts]}
+    for name, r in results.items():
+        r.setdefault("overrides", VARIANTS[name][1])  # runs before it was recorded
     for r in results.values():  # runs before the fix compared a rounded with an unrounded value
         check = r["greedy_check"]
         check["equal"] = check["greedy"] == check["teacher_forced"]
