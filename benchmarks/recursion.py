@@ -9,7 +9,12 @@ schedule), then measures on the validation split:
   the per-cycle state RMS of y and z, the relative update ||y_c - y_{c-1}|| / ||y_{c-1}||, and
   the share of answer predictions that change at cycle c;
 - ACT (with `--act`): halting on vs off at inference, batch 1 and 32: mean cycles, wall time
-  of the forward and of the recursion alone (interleaved, repeated), exact match.
+  of the forward, of the recursion alone and of cached decoding (interleaved, repeated), exact
+  match; with `--act-pack K` also at batch 32 on rows of up to K prompts back to back (longer
+  sequences, where a cycle's arithmetic outweighs its per-op overhead).
+
+`--models DIR` keeps the trained models: a variant found there is loaded instead of trained
+(so a timing can be repeated without retraining; the result says so).
 
 Exact match here is teacher-forced: every answer token and the final <eos> are the argmax given
 the true prefix. That is the same verdict as greedy decoding (if every step's argmax is right,
@@ -20,7 +25,10 @@ Variants (`--variants`): reasoning, speed, memory (the specializations), no_recu
 reasoning config with 1 cycle x 1 micro step: the same parameters, no recursion), and two
 design probes on the reasoning config: reasoning_prenorm (the earlier pre-norm recursion
 block, h + f(norm h), for the before/after scale figures) and reasoning_latent_attn (the latent
-update also attends causally to the other positions' latents: does it help?).
+update also attends causally to the other positions' latents: does it help?), and two
+variants for the cycle-CE goal: reasoning_last_cycle (TRM's deep recursion: cycles 1..C-1
+without grad, CE on the last cycle only) and reasoning_rising (supervision weights 0, 1, 2, 4,
+8 for y0..y4).
 
     uv run python benchmarks/recursion.py --steps 900 --extra-cycles 4 \\
         --variants reasoning,no_recursion,reasoning_prenorm,reasoning_latent_attn,speed \\
