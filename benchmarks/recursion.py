@@ -9,7 +9,12 @@ schedule), then measures on the validation split:
   the per-cycle state RMS of y and z, the relative update ||y_c - y_{c-1}|| / ||y_{c-1}||, and
   the share of answer predictions that change at cycle c;
 - ACT (with `--act`): halting on vs off at inference, batch 1 and 32: mean cycles, wall time
-  of the forward and of the recursion alone (interleaved, repeated), exact match.
+  of the forward, of the recursion alone and of cached decoding (interleaved, repeated), exact
+  match; with `--act-pack K` also at batch 32 on rows of up to K prompts back to back (longer
+  sequences, where a cycle's arithmetic outweighs its per-op overhead).
+
+`--models DIR` keeps the trained models: a variant found there is loaded instead of trained
+(so a timing can be repeated without retraining; the result says so).
 
 Exact match here is teacher-forced: every answer token and the final <eos> are the argmax given
 the true prefix. That is the same verdict as greedy decoding (if every step's argmax is right,
@@ -20,7 +25,10 @@ Variants (`--variants`): reasoning, speed, memory (the specializations), no_recu
 reasoning config with 1 cycle x 1 micro step: the same parameters, no recursion), and two
 design probes on the reasoning config: reasoning_prenorm (the earlier pre-norm recursion
 block, h + f(norm h), for the before/after scale figures) and reasoning_latent_attn (the latent
-update also attends causally to the other positions' latents: does it help?).
+update also attends causally to the other positions' latents: does it help?), and two
+variants for the cycle-CE goal: reasoning_last_cycle (TRM's deep recursion: cycles 1..C-1
+without grad, CE on the last cycle only) and reasoning_rising (supervision weights 0, 1, 2, 4,
+8 for y0..y4).
 
     uv run python benchmarks/recursion.py --steps 900 --extra-cycles 4 \\
         --variants reasoning,no_recursion,reasoning_prenorm,reasoning_latent_attn,speed \\
@@ -55,6 +63,14 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "no_recursion": ("reasoning", {"trm_cycles": 1, "trm_micro_steps": 1}),
     "reasoning_prenorm": ("reasoning", {}),
     "reasoning_latent_attn": ("reasoning", {}),
+    # what makes later cycles lower val CE? (the cycle-CE goal of issue 10)
+    # TRM's deep recursion: cycles 1..C-1 without grad, the last with grad and the only CE term
+    "reasoning_last_cycle": (
+        "reasoning",
+        {"detach_between_cycles": False, "deep_supervision_weights": [0, 0, 0, 0, 1]},
+    ),
+    # deep supervision whose weights double with the cycle (no y0 term)
+    "reasoning_rising": ("reasoning", {"deep_supervision_weights": [0, 1, 2, 4, 8]}),
 }
 
 
@@ -301,6 +317,42 @@ def _chunks(tokenizer: Any, val: list, max_len: int, size: int) -> list[dict]:
     return val_batches(tokenizer, val, max_len, size)
 
 
+def packed_chunks(
+    tokenizer: Any, val: list, pack: int, size: int, max_len: int = 256
+) -> list[dict]:
+    """Rows of up to `pack` consecutive validation examples back to back (each `<bos> prompt
+    answer <eos>`, labels on the answers; at most `max_len` tokens, the model's limit),
+    right-padded, `size` rows a batch: longer sequences, where a cycle's compute outweighs its
+    per-op overhead (the ACT timing's second regime)."""
+    rows, group = [], []
+    for ex in [*val, None]:  # greedy: up to `pack` examples within max_len
+        enc = None if ex is None else val_batches(tokenizer, [ex], 64, 1)[0]
+        n = 0 if enc is None else enc["input_ids"].shape[1]
+        if group and (
+            enc is None or len(group) == pack or sum(len(g) for g, _ in group) + n > max_len
+        ):
+            rows.append({"input_ids": torch.cat([g for g, _ in group]),
+                         "labels": torch.cat([lab for _, lab in group])})  # fmt: skip
+            group = []
+        if enc is not None:
+            group.append((enc["input_ids"][0], enc["labels"][0]))
+    out = []
+    for i in range(0, len(rows), size):
+        part = rows[i : i + size]
+        width = max(len(r["input_ids"]) for r in part)
+        batch = {
+            "input_ids": torch.full((len(part), width), tokenizer.pad_token_id),
+            "attention_mask": torch.zeros(len(part), width, dtype=torch.long),
+            "labels": torch.full((len(part), width), -100),
+        }
+        for j, r in enumerate(part):
+            n = len(r["input_ids"])
+            batch["input_ids"][j, :n], batch["labels"][j, :n] = r["input_ids"], r["labels"]
+            batch["attention_mask"][j, :n] = 1
+        out.append(batch)
+    return out
+
+
 def _time_forward(model: CognateForCausalLM, chunks: list[dict], halting: bool) -> float:
     t0 = time.perf_counter()
     for b in chunks:
@@ -411,15 +463,28 @@ def run_variant(name: str, args: argparse.Namespace, data: dict) -> dict:
     tok = data["tokenizer"]
     model = build(name, len(tok), tok, args.seed)
     n_params = sum(p.numel() for p in model.parameters())
-    wall = train(model, tok, data["train"], args.steps, args.seed)
+    saved = Path(args.models) / name if args.models else None
+    loaded = saved is not None and (saved / "train.json").exists()
+    if loaded:  # trained by an earlier invocation with the same settings
+        model = type(model).from_pretrained(saved).eval()
+        wall = json.loads((saved / "train.json").read_text())["train_wall_s"]
+    else:
+        wall = train(model, tok, data["train"], args.steps, args.seed)
+        if saved is not None:
+            model.save_pretrained(saved)
+            (saved / "train.json").write_text(
+                json.dumps({"train_wall_s": wall, "steps": args.steps})
+            )
     result = {
         "variant": name,
         "config": {
             k: getattr(model.config, k)
             for k in ("trm_cycles", "trm_micro_steps", "act_threshold", "ltm_type")
         },
+        "overrides": VARIANTS[name][1],
         "n_params": n_params,
         "train_wall_s": round(wall, 1),
+        "trained_by_an_earlier_invocation": loaded,
         "cycles": cycle_metrics(model, data["val_batches"], args.extra_cycles),
         "greedy_check": greedy_check(model, tok, data["val"], data["val_batches"]),
     }
@@ -428,37 +493,42 @@ def run_variant(name: str, args: argparse.Namespace, data: dict) -> dict:
             str(bs): act_timing(model, _chunks(tok, data["val"], 64, bs), args.reps)
             for bs in (1, 32)
         }
+        if args.act_pack > 1:  # exact match here is per packed row (every answer in it right)
+            chunks = packed_chunks(tok, data["val"], args.act_pack, 32)
+            result["act"][f"32_packed{args.act_pack}"] = act_timing(model, chunks, args.reps)
     print(json.dumps({k: v for k, v in result.items() if k != "cycles"}), flush=True)
     return result
 
 
 def goals(results: dict[str, dict]) -> dict[str, Any]:
-    """The issue's goals, read off the per-cycle rows (None where a variant was not run)."""
+    """The issue's goals, read off the per-cycle rows, for `reasoning` and every variant of it
+    with recursion (keys prefixed by the variant name)."""
     out: dict[str, Any] = {}
-    r = results.get("reasoning")
-    if r is not None:
+    base = results.get("no_recursion")
+    for name, r in results.items():
         c = r["config"]["trm_cycles"]
+        if not name.startswith("reasoning") or c < 2:
+            continue
         ce = [row["val_ce"] for row in r["cycles"]]
-        out["reasoning_each_cycle_lowers_ce"] = all(ce[i + 1] < ce[i] for i in range(c))
-        out["reasoning_cycle_C_vs_1"] = round(ce[c] / ce[1] - 1, 4)
-        out["reasoning_cycle_C_5pct_below_1"] = ce[c] <= 0.95 * ce[1]
+        out[f"{name}_each_cycle_lowers_ce"] = all(ce[i + 1] < ce[i] for i in range(c))
+        out[f"{name}_cycle_C_vs_1"] = round(ce[c] / ce[1] - 1, 4)
+        out[f"{name}_cycle_C_5pct_below_1"] = ce[c] <= 0.95 * ce[1]
         extra = r["cycles"][c + 1 :]
         if extra:
             best = min(extra, key=lambda row: row["val_ce"])
-            out["test_time_best_extra"] = {
+            out[f"{name}_test_time_best_extra"] = {
                 "cycle": best["cycle"],
                 "val_ce_delta": round(best["val_ce"] - ce[c], 5),
                 "exact_match_delta": round(best["exact_match"] - r["cycles"][c]["exact_match"], 4),
             }
-    base = results.get("no_recursion")
-    if r is not None and base is not None:
-        a, b = r["cycles"][r["config"]["trm_cycles"]], base["cycles"][1]
-        out["reasoning_vs_no_recursion_multi_step"] = {
-            "ce": [a["multi_step_ce"], b["multi_step_ce"]],
-            "exact_match": [a["multi_step_exact_match"], b["multi_step_exact_match"]],
-            "beats": a["multi_step_ce"] < b["multi_step_ce"]
-            and a["multi_step_exact_match"] >= b["multi_step_exact_match"],
-        }
+        if base is not None:
+            a, b = r["cycles"][c], base["cycles"][1]
+            out[f"{name}_vs_no_recursion_multi_step"] = {
+                "ce": [a["multi_step_ce"], b["multi_step_ce"]],
+                "exact_match": [a["multi_step_exact_match"], b["multi_step_exact_match"]],
+                "beats": a["multi_step_ce"] < b["multi_step_ce"]
+                and a["multi_step_exact_match"] >= b["multi_step_exact_match"],
+            }
     return out
 
 
@@ -479,6 +549,8 @@ def write_markdown(payload: dict, path: Path) -> None:
     ]
     for name, r in payload["results"].items():
         lines += ["", f"## {name} ({r['n_params']} parameters, {json.dumps(r['config'])})", ""]
+        if r.get("overrides"):
+            lines += [f"Config overrides: `{json.dumps(r['overrides'])}`", ""]
         lines += [
             "| cycle | val CE | exact match | multi-step CE | multi-step EM | RMS y | RMS z "
             "| rel. update | changed preds |",
@@ -508,6 +580,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/recursion.json")
+    p.add_argument(
+        "--act-pack",
+        type=int,
+        default=0,
+        help="also time ACT at batch 32 on rows of this many validation examples back to back",
+    )
+    p.add_argument(
+        "--models",
+        default="",
+        help="folder of trained models: a variant saved there (same settings) is loaded "
+        "instead of trained, else trained and saved there",
+    )
     args = p.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]
     args.act = [v for v in args.act.split(",") if v]
@@ -546,6 +630,7 @@ def main(argv: list[str] | None = None) -> None:
             "multi_step_families": list(MULTI_STEP),
             "seed": args.seed,
             "reps": args.reps,
+            "act_pack": args.act_pack,
         },
         "goals": goals(results),
         "results": results,
@@ -572,6 +657,8 @@ def combine(paths: list[str], out: Path) -> None:
     payload["loadavg_start"] = [part["loadavg_start"] for part in parts]
     payload["loadavg_end"] = [part["loadavg_end"] for part in parts]
     payload["settings"] = {**parts[0]["settings"], "reps": [p["settings"]["reps"] for p in parts]}
+    for name, r in results.items():
+        r.setdefault("overrides", VARIANTS[name][1])  # runs before it was recorded
     for r in results.values():  # runs before the fix compared a rounded with an unrounded value
         check = r["greedy_check"]
         check["equal"] = check["greedy"] == check["teacher_forced"]

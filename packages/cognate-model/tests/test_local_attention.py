@@ -10,7 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from cognate_model import CognateCache, CognateConfig
-from cognate_model.attention import WindowMask, local_window_attention, window_attention
+from cognate_model.attention import (
+    Positions,
+    WindowMask,
+    local_window_attention,
+    window_attention,
+)
 
 
 def _padding(kind: str, B: int, L: int) -> torch.Tensor | None:
@@ -45,6 +50,39 @@ def test_blocked_equals_dense_mask_float64(T, window, past, padding):
     want = torch.autograd.grad(ref, (q, k, v), grad)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("T", "window", "past"), [(37, 8, 0), (17, 16, 15), (33, 5, 20), (6, 16, 3)]
+)
+@pytest.mark.parametrize("padding", ["none", "left", "anywhere"])
+def test_positions_equal_the_dense_rows_and_use_only_their_blocks(T, window, past, padding):
+    """N single queries at scattered positions (halting's gathered cycle) = SDPA of the full
+    layout over the dense mask at those positions; blocked, the SDPA batch is the number of
+    (row, block) pairs holding a query."""
+    B, H, hd = 3, 2, 6
+    q = torch.randn(B, H, T, hd, dtype=torch.float64)
+    k = torch.randn(B, H, past + T, hd, dtype=torch.float64)
+    v = torch.randn(B, H, past + T, hd, dtype=torch.float64)
+    mask = WindowMask(T, window, _padding(padding, B, past + T), past)
+    b, t = (torch.rand(B, T) < 0.3).nonzero(as_tuple=True)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense())[b, :, t]
+    batches = []
+    original = F.scaled_dot_product_attention
+
+    def sdpa(q_, *args, **kwargs):
+        batches.append(q_.shape[0])
+        return original(q_, *args, **kwargs)
+
+    F.scaled_dot_product_attention = sdpa
+    try:
+        out = window_attention(q[b, :, t, None], k, v, Positions(mask, b, t, T))
+    finally:
+        F.scaled_dot_product_attention = original
+    assert out.shape == (len(b), H, 1, hd)
+    torch.testing.assert_close(out[:, :, 0], ref, rtol=0, atol=1e-12)
+    if mask.blocked:
+        assert batches == [len(set(zip(b.tolist(), (t // window).tolist(), strict=True)))]
 
 
 @pytest.fixture

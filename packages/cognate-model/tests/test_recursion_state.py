@@ -123,8 +123,8 @@ def test_gathered_active_update_equals_the_full_update(make_tiny, padded):
 
 
 def test_each_cycle_computes_only_the_active_positions(make_tiny):
-    """The latent update of cycle c sees (rows with an active position) x (their longest
-    active count) positions, counted from the free run's halting steps."""
+    """Each block call of cycle c sees exactly the positions not yet halted (as N rows of one
+    query), counted from the free run's halting steps."""
     model = _halting_setup(make_tiny)
     ids = _ids(4, 40)
     free = model(ids, act_halting=False)
@@ -133,22 +133,21 @@ def test_each_cycle_computes_only_the_active_positions(make_tiny):
     steps = halting_steps(free.halt_probs.logit(), threshold)
     shapes = []
     hook = model.recursion.block.register_forward_pre_hook(
-        lambda m, args: shapes.append(tuple(args[0].shape[:2])) if len(args) > 1 else None
+        lambda m, args: shapes.append(tuple(args[0].shape[:2]))
     )
     try:
         model(ids, act_halting=True)
     finally:
         hook.remove()
-    micro = model.config.trm_micro_steps
-    expected = []
-    for c in range(4):
-        active = steps > c  # not halted before cycle c + 1
-        if not active.any():
+    per_cycle = model.config.trm_micro_steps + 1
+    expected = [(4, 40)] * per_cycle
+    for c in range(1, 4):
+        n = int((steps > c).sum())  # not halted after cycle c
+        if n == 0:
             break
-        rows = active.any(1)
-        expected += [(int(rows.sum()), int(active.sum(1).max()))] * micro
+        expected += [(n, 1)] * per_cycle
     assert shapes == expected
-    assert shapes[-1][0] * shapes[-1][1] < 4 * 40
+    assert 0 < expected[-1][0] < 4 * 40
 
 
 def test_compiled_path_freezes_instead_and_agrees(make_tiny, monkeypatch):

@@ -86,6 +86,30 @@ class WindowMask:
         return self._dense
 
 
+@dataclass
+class Positions:
+    """Queries at N single positions (b[i], t[i]) of a forward's layout, each a batch row of
+    one query: q is (N, H, 1, hd) while the keys stay (B, H, S, hd) under `mask`, the
+    forward's own mask (`WindowMask`, dense, or None). Halting's gathered cycles use it
+    (`window_attention` then costs O(blocks with an active query), not O(B * T)).
+    """
+
+    mask: Tensor | WindowMask | None
+    b: Tensor
+    t: Tensor
+    seq_len: int
+    # `window_blocks(k, v, mask, seq_len)` of these keys, when the caller keeps it across calls
+    key_blocks: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def dense(self) -> Tensor | None:
+        """(N, 1, 1, S): each query's row of the dense mask (None: every key allowed)."""
+        m = self.mask.dense() if isinstance(self.mask, WindowMask) else self.mask
+        if m is None:
+            return None
+        rows = self.b if m.shape[0] > 1 else torch.zeros_like(self.b)
+        return m[rows, 0, self.t][:, None, None, :]
+
+
 def _key_blocks(t: Tensor, window: int, left: int, right: int, dim: int) -> Tensor:
     """Pad `t` along `dim` (left, right), then cut it into overlapping spans of 2 windows
     starting every window: (..., L, ...) -> (..., n, ..., 2 window) (unfold puts it last)."""
@@ -97,15 +121,18 @@ def window_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    mask: Tensor | WindowMask,
+    mask: Tensor | WindowMask | Positions | None,
     dropout_p: float = 0.0,
     persistent: Tensor | None = None,
 ) -> Tensor:
-    """SDPA over the sliding window: blocked for a long `WindowMask`, else on the dense mask.
+    """SDPA over the sliding window: blocked for a long `WindowMask`, else on the dense mask;
+    for `Positions` queries, over the blocks that hold one (`positions_attention`).
 
     persistent: (2, H, N, hd) key/value slots every query sees besides its window (Titans'
     persistent memory), or None. Returns (B, H, T, hd).
     """
+    if isinstance(mask, Positions):
+        return positions_attention(q, k, v, mask, dropout_p, persistent)
     if isinstance(mask, WindowMask) and mask.blocked:
         return local_window_attention(q, k, v, mask, dropout_p, persistent)
     dense = mask.dense() if isinstance(mask, WindowMask) else mask
@@ -145,28 +172,74 @@ def local_window_attention(
     and the previous block: each block is one SDPA call of W queries over 2W keys (batched
     over blocks), with the band, padding and diagonal rules of the dense mask.
     """
-    B, H, T, hd = q.shape
+    T = q.shape[2]
+    n = -(-T // mask.window)
+    qb = F.pad(q, (0, 0, 0, n * mask.window - T)).unflatten(2, (n, mask.window))
+    kb, vb, allowed = window_blocks(k, v, mask, T)
+    if persistent is not None:
+        kb, vb, allowed = with_persistent(kb, vb, allowed, persistent)
+    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=allowed, dropout_p=dropout_p)
+    return out.flatten(2, 3)[:, :, :T]
+
+
+def window_blocks(k: Tensor, v: Tensor, mask: WindowMask, T: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The key/value spans of the T new queries' blocks of W: kb, vb (B, H, n, 2W, hd) (views
+    where possible) and the allowed mask (B or 1, 1, n, W, 2W)."""
     W = mask.window
     P = k.shape[-2] - T
     drop = max(0, P - (W - 1))  # keys no new query can see
     k, v = k[..., drop:, :], v[..., drop:, :]
     n = -(-T // W)
     left, right = W - (P - drop), n * W - T
-    qb = F.pad(q, (0, 0, 0, right)).unflatten(2, (n, W))  # (B, H, n, W, hd)
     kb = _key_blocks(k, W, left, right, 2).transpose(-1, -2)  # (B, H, n, 2W, hd)
     vb = _key_blocks(v, W, left, right, 2).transpose(-1, -2)
-    real = torch.ones(1, k.shape[-2], dtype=torch.bool, device=q.device)
+    real = torch.ones(1, k.shape[-2], dtype=torch.bool, device=k.device)
     if mask.key_real is not None:
-        real = mask.key_real[:, drop:].to(device=q.device, dtype=torch.bool)
+        real = mask.key_real[:, drop:].to(device=k.device, dtype=torch.bool)
     flags = _key_blocks(real, W, left, right, 1)  # (B or 1, n, 2W); padded positions False
-    r = torch.arange(W, device=q.device)[:, None]
-    c = torch.arange(2 * W, device=q.device)[None, :]
+    r = torch.arange(W, device=k.device)[:, None]
+    c = torch.arange(2 * W, device=k.device)[None, :]
     band, diag = (c > r) & (c <= r + W), c == r + W  # key c sits at dist r + W - c
-    allowed = band & (flags[:, None, :, None, :] | diag)  # (B or 1, 1, n, W, 2W)
+    return kb, vb, band & (flags[:, None, :, None, :] | diag)
+
+
+def positions_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    pos: Positions,
+    dropout_p: float = 0.0,
+    persistent: Tensor | None = None,
+) -> Tensor:
+    """Attention of N single queries q (N, H, 1, hd) at positions (pos.b, pos.t) over the
+    forward's keys k, v (B, H, S, hd): (N, H, 1, hd), equal to running every position and
+    keeping these.
+
+    Under a blocked `WindowMask` only the (row, block of W) pairs that hold a query are
+    computed, each query placed in its block (the others zero, their results dropped): the
+    cost follows the blocks in use. Otherwise (T <= window, dense or no mask: small) the
+    queries are scattered into the full (B, H, T, hd) layout and attend as usual.
+    """
+    B, H, _, hd = k.shape
+    m = pos.mask
+    if not (isinstance(m, WindowMask) and m.blocked):
+        full = q.new_zeros(B, H, pos.seq_len, hd)
+        full[pos.b, :, pos.t] = q[:, :, 0]
+        return window_attention(full, k, v, m, dropout_p, persistent)[pos.b, :, pos.t, None]
+    W, n = m.window, -(-pos.seq_len // m.window)
+    # positions come row-major (nonzero's order), so their block ids are already sorted
+    blocks, inverse = torch.unique_consecutive(pos.b * n + pos.t // W, return_inverse=True)
+    rows, js = blocks // n, blocks % n
+    within = pos.t % W
+    qb = q.new_zeros(blocks.shape[0], H, W, hd)
+    qb[inverse, :, within] = q[:, :, 0]
+    kb, vb, allowed = pos.key_blocks or window_blocks(k, v, m, pos.seq_len)
+    kb, vb = kb[rows, :, js], vb[rows, :, js]  # (Nb, H, 2W, hd)
+    allowed = allowed[rows if allowed.shape[0] > 1 else torch.zeros_like(rows), :, js]
     if persistent is not None:
         kb, vb, allowed = with_persistent(kb, vb, allowed, persistent)
     out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=allowed, dropout_p=dropout_p)
-    return out.flatten(2, 3)[:, :, :T]
+    return out[inverse, :, within, None]
 
 
 def rotary_cos_sin(
@@ -305,7 +378,9 @@ class Attention(nn.Module):
 
     def _record(self, q: Tensor, k: Tensor, mask: Tensor | WindowMask | None) -> None:
         # The window's logits only (persistent slots are not q_proj/k_proj products of tokens).
-        dense = mask.dense() if isinstance(mask, WindowMask) else mask
+        dense = mask.dense() if isinstance(mask, (WindowMask, Positions)) else mask
+        if isinstance(mask, Positions):  # (N, H, 1, hd) queries over their rows' keys
+            k = k[mask.b]
         new = max_logits_per_head(q.detach(), k.detach(), dense)
         self.max_logits = new if self.max_logits is None else torch.maximum(self.max_logits, new)
 
@@ -320,7 +395,7 @@ class Attention(nn.Module):
     def forward(
         self,
         x: Tensor,
-        mask: Tensor | WindowMask,
+        mask: Tensor | WindowMask | Positions | None,
         cos: Tensor,
         sin: Tensor,
         kv: tuple[Tensor, Tensor] | None = None,
@@ -398,6 +473,7 @@ class Block(GradientCheckpointingLayer):
 __all__ = [
     "Attention",
     "Block",
+    "Positions",
     "RMSNorm",
     "SwiGLU",
     "WindowMask",

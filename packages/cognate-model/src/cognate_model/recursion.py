@@ -31,7 +31,8 @@ Gradients (`detach_between_cycles`):
 
 ACT at inference (`halt_threshold` set): a position whose halting probability exceeds the
 threshold keeps its y and z from then on and leaves the computation: each later cycle gathers
-the still-active positions (rows with any, then their active columns) and updates only them,
+the still-active positions (each its own row of one query) and updates only them, and their
+cross-attention runs only the window blocks that hold one (`attention.positions_attention`),
 so the cycles' cost falls with the number of active positions. Under torch.compile/export
 (no data-dependent shapes) every position is computed and the halted ones are frozen instead;
 the results are the same.
@@ -40,14 +41,23 @@ the results are the same.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .attention import _WIDE, Attention, RMSNorm, SwiGLU, WindowMask, residual_dropout
+from .attention import (
+    _WIDE,
+    Attention,
+    Positions,
+    RMSNorm,
+    SwiGLU,
+    WindowMask,
+    residual_dropout,
+    window_blocks,
+)
 from .cache import WindowKV
 from .heads import ACTHead
 
@@ -107,30 +117,31 @@ class RecursionOutput:
 @dataclass
 class _Features:
     """What a cycle reads besides (y, z): feature keys/values (B, H, S, hd), the mask
-    (B or 1, 1, T, S), a `WindowMask`, or None, and the queries' rotary tables."""
+    (B or 1, 1, T, S), a `WindowMask`, `Positions` or None, and the queries' rotary tables."""
 
     k: Tensor
     v: Tensor
-    mask: Tensor | WindowMask | None
+    mask: Tensor | WindowMask | Positions | None
     cos: Tensor
     sin: Tensor
+    _blocks: tuple[Tensor, Tensor, Tensor] | None = field(default=None, repr=False)
 
-    def gather(self, rows: Tensor, cols: Tensor) -> _Features:
-        """The features of the positions (rows[i], cols[i, j]): rows (R,), cols (R, Tq)."""
-        mask = self.mask.dense() if isinstance(self.mask, WindowMask) else self.mask
-        if mask is not None:  # (B or 1, 1, T, S) -> (R, 1, Tq, S)
-            mask = (mask if mask.shape[0] == 1 else mask[rows]).expand(rows.shape[0], -1, -1, -1)
-            mask = mask.gather(2, cols[:, None, :, None].expand(-1, 1, -1, mask.shape[-1]))
-        cos, sin = (_gather_rotary(t, rows, cols) for t in (self.cos, self.sin))
-        return _Features(self.k[rows], self.v[rows], mask, cos, sin)
+    def at(self, b: Tensor, t: Tensor) -> _Features:
+        """The features of N single positions (b[i], t[i]), each its own batch row of one
+        query: the keys/values stay whole, the mask becomes `Positions` (the attention then
+        runs only the window blocks holding a query), rotary tables (N, 1, 1, hd)."""
+        T = self.cos.shape[-2]
+        if self._blocks is None and isinstance(self.mask, WindowMask) and self.mask.blocked:
+            self._blocks = window_blocks(self.k, self.v, self.mask, T)  # once per forward
+        mask = Positions(self.mask, b, t, T, self._blocks)
+        cos, sin = (_rotary_at(table, b, t) for table in (self.cos, self.sin))
+        return _Features(self.k, self.v, mask, cos, sin)
 
 
-def _gather_rotary(table: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    """(T, hd) or (B, 1, T, hd) rotary table -> (R, 1, Tq, hd) at the gathered positions."""
-    if table.dim() == 2:
-        return table[cols][:, None]
-    table = table[rows]
-    return table.gather(2, cols[:, None, :, None].expand(-1, 1, -1, table.shape[-1]))
+def _rotary_at(table: Tensor, b: Tensor, t: Tensor) -> Tensor:
+    """(T, hd) or (B, 1, T, hd) rotary table -> (N, 1, 1, hd) at positions (b, t)."""
+    rows = table[t] if table.dim() == 2 else table[b, 0, t]
+    return rows[:, None, None, :]
 
 
 class TRMRecursion(nn.Module):
@@ -246,23 +257,14 @@ class TRMRecursion(nn.Module):
     def _active_cycle(
         self, y: Tensor, z: Tensor, f: _Features, active: Tensor, logit: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """One cycle over the active positions only: rows with any active position, and in
-        them the active columns (left-aligned, padded to the longest row with copies of an
-        inactive position, whose results are dropped); scattered back into y, z, logit."""
-        rows = active.any(1).nonzero().squeeze(1)  # (R,)
-        sub = active[rows]  # (R, T)
-        counts = sub.sum(1)
-        width = int(counts.max())
-        cols = torch.sort((~sub).to(torch.int8), dim=1, stable=True).indices[:, :width]
-        valid = torch.arange(width, device=y.device)[None] < counts[:, None]  # (R, width)
-        take = cols[..., None].expand(-1, -1, y.shape[-1])
-        y_a, z_a = y[rows].gather(1, take), z[rows].gather(1, take)
-        y_a, z_a, l_a = self.cycle(y_a, z_a, f.gather(rows, cols))
-        where = (rows[:, None].expand_as(cols)[valid], cols[valid])
+        """One cycle over the active positions only, each its own batch row of one query
+        (`_Features.at`: no padding to the longest row), scattered back into y, z, logit."""
+        b, t = active.nonzero(as_tuple=True)  # (N,), (N,)
+        y_a, z_a, l_a = self.cycle(y[b, t][:, None], z[b, t][:, None], f.at(b, t))
         return (
-            y.index_put(where, y_a[valid]),
-            z.index_put(where, z_a[valid]),
-            logit.index_put(where, l_a[valid]),
+            y.index_put((b, t), y_a[:, 0]),
+            z.index_put((b, t), z_a[:, 0]),
+            logit.index_put((b, t), l_a[:, 0]),
         )
 
 
