@@ -20,17 +20,25 @@ report() {
   uv run python benchmarks/grokking.py --operation mul --seeds 10,11,12 --max-steps 400 \
     --stop-at 0.95 --optimizer "$1" $hp --out $R/grokking_peers_mul_$1.json
 }
-for peer in torch-muon heavyball-muon kozistr-muon; do
-  $S --optimizer $peer "${muon_configs[@]}"
-  report $peer
-done
+tune_muon() {
+  $S --optimizer "$1" "${muon_configs[@]}"
+  report "$1"
+}
 # GrokFastAdamW peers (lr is divided by 1 + lamb = 3 inside both): defaults; per-step weight
 # decay 1e-3 (AdamW wd 1.0 at lr 1e-3, Power et al.'s) at lr 1e-3 and at lr 3e-3 (effective 1e-3).
-$S --optimizer kozistr-grokfastadamw --config "defaults:" \
-  --config "lr1e-3_wd1:lr=0.001,weight_decay=1.0" --config "lr3e-3_wd1:lr=0.003,weight_decay=1.0"
-report kozistr-grokfastadamw
 # lucidrains' decay is per step, not times lr: wd 1e-3 is the same per-step decay as AdamW's lr*wd.
-$S --optimizer lucidrains-grokfastadamw --config "defaults:" \
-  --config "lr1e-3_wd1e-3:lr=0.001,weight_decay=0.001" \
-  --config "lr3e-3_wd1e-3:lr=0.003,weight_decay=0.001"
-report lucidrains-grokfastadamw
+tune_grokfastadamw() {
+  local wd=1.0
+  [ "$1" = lucidrains-grokfastadamw ] && wd=0.001
+  $S --optimizer "$1" --config "defaults:" --config "lr1e-3_wd$wd:lr=0.001,weight_decay=$wd" \
+    --config "lr3e-3_wd$wd:lr=0.003,weight_decay=$wd"
+  report "$1"
+}
+# PEERS: which peers, in this order (default: all five, the priority ones first).
+for peer in ${PEERS:-torch-muon kozistr-grokfastadamw heavyball-muon kozistr-muon \
+  lucidrains-grokfastadamw}; do
+  case $peer in
+    *grokfastadamw) tune_grokfastadamw $peer ;;
+    *) tune_muon $peer ;;
+  esac
+done
