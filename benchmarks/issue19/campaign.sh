@@ -1,11 +1,12 @@
 #!/bin/bash
-# The whole issue-19 campaign in priority order, under one CPU slot; every step writes its own
-# result file when it ends, so an interrupted campaign keeps what it finished.
+# The issue-19 campaign in priority order, in two chains that can hold one CPU slot each:
+# `campaign.sh filter` (filter screen, best variant on x*y, the other operations, AdamW added)
+# and `campaign.sh peers` (tune_peers.sh, the priority peers first). Every step writes its own
+# result file when it ends, so an interrupted chain keeps what it finished.
 set -e
 cd "$(dirname "$0")"
-./filter_screen.sh
-./filter_confirm.sh
-PEERS="torch-muon kozistr-grokfastadamw" ./tune_peers.sh
-./filter_ops.sh
-./ops_ours.sh
-PEERS="heavyball-muon kozistr-muon lucidrains-grokfastadamw" ./tune_peers.sh
+case $1 in
+  filter) ./filter_screen.sh && ./filter_confirm.sh && ./filter_ops.sh && ./ops_ours.sh ;;
+  peers) ./tune_peers.sh ;;
+  *) echo "usage: campaign.sh filter|peers" >&2; exit 2 ;;
+esac
