@@ -11,8 +11,6 @@ S="$S --out $R/grokking_peers_sweep.json"
 # Muon peers: defaults; the task's settings (Muon lr 0.03 as ours, lr 1e-3, decoupled wd 1.0 on
 # both groups, as ours and Power et al.'s AdamW); the same with Muon lr 0.01.
 TASK="lr=0.001,weight_decay=1.0,muon_weight_decay=1.0"
-muon_configs=(--config "defaults:" --config "task_mlr0.03:muon_lr=0.03,$TASK"
-  --config "task_mlr0.01:muon_lr=0.01,$TASK")
 report() {
   local hp
   hp=$(uv run python benchmarks/issue19/best_hp.py $R/grokking_peers_sweep.json "$1")
@@ -20,8 +18,14 @@ report() {
   uv run python benchmarks/grokking.py --operation mul --seeds 10,11,12 --max-steps 400 \
     --stop-at 0.95 --optimizer "$1" $hp --out $R/grokking_peers_mul_$1.json
 }
+# one sweep call per config: each lands in the sweep file as it ends
+sweep() {
+  local peer=$1 c
+  shift
+  for c in "$@"; do $S --optimizer "$peer" --config "$c"; done
+}
 tune_muon() {
-  $S --optimizer "$1" "${muon_configs[@]}"
+  sweep "$1" "defaults:" "task_mlr0.03:muon_lr=0.03,$TASK" "task_mlr0.01:muon_lr=0.01,$TASK"
   report "$1"
 }
 # GrokFastAdamW peers (lr is divided by 1 + lamb = 3 inside both): defaults; per-step weight
@@ -30,8 +34,8 @@ tune_muon() {
 tune_grokfastadamw() {
   local wd=1.0
   [ "$1" = lucidrains-grokfastadamw ] && wd=0.001
-  $S --optimizer "$1" --config "defaults:" --config "lr1e-3_wd$wd:lr=0.001,weight_decay=$wd" \
-    --config "lr3e-3_wd$wd:lr=0.003,weight_decay=$wd"
+  sweep "$1" "defaults:" "lr1e-3_wd$wd:lr=0.001,weight_decay=$wd" \
+    "lr3e-3_wd$wd:lr=0.003,weight_decay=$wd"
   report "$1"
 }
 # PEERS: which peers, in this order (default: all five, the priority ones first).
