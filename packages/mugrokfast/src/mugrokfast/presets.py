@@ -46,7 +46,7 @@ PRESETS: dict[str, Preset] = {
             "Grokfast-EMA alpha 0.98 lambda 1.0; the 'mugrokfast' setting of "
             "benchmarks/grokking.py, tuned on seeds 0-2 (figures in benchmarks/README.md). The "
             "speed is Muon's: plain Muon at these settings is within one evaluation interval "
-            "(x*y 280 vs 270 steps, x+y 280 vs 280, x-y 330 vs 340).",
+            "(x*y 280 vs 270 steps, x+y 280 vs 280, x-y 330 vs 340, x/y 340 vs 350).",
             dict(
                 lr=1e-3,
                 betas=(0.9, 0.98),
