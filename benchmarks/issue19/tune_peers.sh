@@ -11,8 +11,6 @@ S="$S --out $R/grokking_peers_sweep.json"
 # Muon peers: defaults; the task's settings (Muon lr 0.03 as ours, lr 1e-3, decoupled wd 1.0 on
 # both groups, as ours and Power et al.'s AdamW); the same with Muon lr 0.01.
 TASK="lr=0.001,weight_decay=1.0,muon_weight_decay=1.0"
-muon_configs=(--config "defaults:" --config "task_mlr0.03:muon_lr=0.03,$TASK"
-  --config "task_mlr0.01:muon_lr=0.01,$TASK")
 report() {
   local hp
   hp=$(uv run python benchmarks/issue19/best_hp.py $R/grokking_peers_sweep.json "$1")
@@ -20,17 +18,31 @@ report() {
   uv run python benchmarks/grokking.py --operation mul --seeds 10,11,12 --max-steps 400 \
     --stop-at 0.95 --optimizer "$1" $hp --out $R/grokking_peers_mul_$1.json
 }
-for peer in torch-muon heavyball-muon kozistr-muon; do
-  $S --optimizer $peer "${muon_configs[@]}"
-  report $peer
-done
+# one sweep call per config: each lands in the sweep file as it ends
+sweep() {
+  local peer=$1 c
+  shift
+  for c in "$@"; do $S --optimizer "$peer" --config "$c"; done
+}
+tune_muon() {
+  sweep "$1" "defaults:" "task_mlr0.03:muon_lr=0.03,$TASK" "task_mlr0.01:muon_lr=0.01,$TASK"
+  report "$1"
+}
 # GrokFastAdamW peers (lr is divided by 1 + lamb = 3 inside both): defaults; per-step weight
 # decay 1e-3 (AdamW wd 1.0 at lr 1e-3, Power et al.'s) at lr 1e-3 and at lr 3e-3 (effective 1e-3).
-$S --optimizer kozistr-grokfastadamw --config "defaults:" \
-  --config "lr1e-3_wd1:lr=0.001,weight_decay=1.0" --config "lr3e-3_wd1:lr=0.003,weight_decay=1.0"
-report kozistr-grokfastadamw
 # lucidrains' decay is per step, not times lr: wd 1e-3 is the same per-step decay as AdamW's lr*wd.
-$S --optimizer lucidrains-grokfastadamw --config "defaults:" \
-  --config "lr1e-3_wd1e-3:lr=0.001,weight_decay=0.001" \
-  --config "lr3e-3_wd1e-3:lr=0.003,weight_decay=0.001"
-report lucidrains-grokfastadamw
+tune_grokfastadamw() {
+  local wd=1.0
+  [ "$1" = lucidrains-grokfastadamw ] && wd=0.001
+  sweep "$1" "defaults:" "lr1e-3_wd$wd:lr=0.001,weight_decay=$wd" \
+    "lr3e-3_wd$wd:lr=0.003,weight_decay=$wd"
+  report "$1"
+}
+# PEERS: which peers, in this order (default: all five, the priority ones first).
+for peer in ${PEERS:-torch-muon kozistr-grokfastadamw heavyball-muon kozistr-muon \
+  lucidrains-grokfastadamw}; do
+  case $peer in
+    *grokfastadamw) tune_grokfastadamw $peer ;;
+    *) tune_muon $peer ;;
+  esac
+done
