@@ -13,7 +13,7 @@ logit of the unclipped run) so that the clip's effect is visible.
 Cost: forward + backward of the same model and batch with recording off and on, interleaved,
 median of `--reps`.
 
-    /work/wt/heavy uv run python benchmarks/qk_clip.py
+    OMP_NUM_THREADS=1 uv run python benchmarks/qk_clip.py
 """
 
 from __future__ import annotations
