@@ -54,3 +54,16 @@ def test_hms_formats_minutes_and_hours():
     assert hms(65) == "1m05s"
     assert hms(3725) == "1h02m05s"
     assert hms(None) == "0m00s"
+
+
+def test_a_resumed_model_projects_whole_models_for_the_others(monkeypatch):
+    """Resumed at step 50 of 100: the models still to come take all 100 steps at this rate."""
+    clock = Clock()
+    monkeypatch.setattr(pg.time, "perf_counter", clock)
+    monkeypatch.setattr(pg.sys.stderr, "isatty", lambda: False)
+    lines: list[str] = []
+    p = Progress(total=100, initial=50, name="memory", log=lines.append, plan=RunPlan(2))
+    clock.t += 10.0  # 25 steps in 10 s: 0.4 s/step, 25 steps (10 s) left
+    p.post(record(75))
+    # this model 10 s left; the next one 100 steps x 0.4 s
+    assert lines[0].endswith("(model 1/2, all models ~50s)")

@@ -88,7 +88,8 @@ class Progress:
         eta = (self.total - step) / rate if rate > 0 else 0.0
         if self.plan is None:
             return eta, None
-        return eta, self.plan.eta_all(eta, elapsed + eta)
+        # a whole model at this rate (elapsed + eta would be only the part left after a resume)
+        return eta, self.plan.eta_all(eta, self.total / rate if rate > 0 else 0.0)
 
     def _quiet(self, step: int) -> bool:
         return step % self.every != 0 and step != self.total
