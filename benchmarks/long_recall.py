@@ -100,7 +100,7 @@ def base_config(task: RecallTask, args: argparse.Namespace, **overrides: Any) ->
         use_act=False,
     )
     values.update(overrides)
-    return CognateConfig.from_preset("cognate-tiny", **values)
+    return CognateConfig.from_preset(args.preset, **values)
 
 
 def n_params(config: CognateConfig) -> int:
@@ -317,6 +317,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"R = window_size x n_layers = {s['reach']}; training gap log-uniform in "
         f"[R/2, 16R], {s['steps']} AdamW steps (lr {s['lr']}, batch {s['batch']}), "
         f"seeds {s['seeds']}; evaluation on {s['eval_size']} held-out sequences per gap",
+        f"- model: {s.get('preset', 'cognate-tiny')} with {s['layers']} layers, window "
+        f"{s['window']}, Titans chunk {s['chunk']} (MAG in the last layer unless named)",
         "- parameters: "
         + ", ".join(f"{k} {v:,}" for k, v in result["params"].items())
         + " (none: d_ff widened, ema: d_memory widened, to match titans)",
@@ -366,6 +368,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument(
+        "--preset", default="cognate-tiny", help="model preset (d_model, heads, d_ff, vocab aside)"
+    )
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--window", type=int, default=16)
     p.add_argument("--chunk", type=int, default=8)

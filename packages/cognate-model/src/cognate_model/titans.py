@@ -306,8 +306,8 @@ class NeuralMemory(nn.Module):
         lag = torch.arange(K - 1, device=proj.device)
         padded = F.pad(proj, (0, 0, K - 1, 0))  # slot p at p + K - 1; empty slots are zero
         padded = padded.scatter(1, (offset[:, None] + lag)[..., None].expand(-1, -1, width), tail)
-        weight = self.conv.to(proj.dtype)
-        out = sum(weight[:, i] * padded[:, i : i + S] for i in range(K))
+        weight = self.conv.to(proj.dtype)[:, None, :]  # (F, 1, K): one filter per channel
+        out = F.conv1d(padded.transpose(1, 2), weight, groups=width).transpose(1, 2)
         p = torch.arange(S, device=proj.device)
         end = slots.end.to(proj.device).expand(B)
         real = (p >= offset[:, None]) & (p < end[:, None])
@@ -379,13 +379,16 @@ class _FusedRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z0, kk, vk, lr, eta, keep, add):  # noqa: ANN001, ANN205
         (n, X, d, _), a = kk.shape, (1.0 if add is None else add)
+        # written in place (out=): these are the largest tensors of the branch
         m = kk.new_zeros(n, X, 2 * d, 2 * d)
-        m[..., :d, :d] = kk * (-a * lr)
+        torch.mul(kk, -lr, out=m[..., :d, d:])
+        torch.mul(m[..., :d, d:], a, out=m[..., :d, :d])
         m[..., :d, :d].diagonal(dim1=-2, dim2=-1).add_(keep[..., 0])
-        m[..., :d, d:] = kk * -lr
         m[..., d:, :d].diagonal(dim1=-2, dim2=-1).copy_((a * eta)[..., 0].expand(n, X, d))
         m[..., d:, d:].diagonal(dim1=-2, dim2=-1).copy_(eta[..., 0].expand(n, X, d))
-        b = torch.cat((vk * (a * lr), vk * lr), -1)
+        b = vk.new_empty(n, X, d, 2 * d)
+        torch.mul(vk, lr, out=b[..., d:])
+        torch.mul(b[..., d:], a, out=b[..., :d])
         zs = torch.cat((z0[None], z0.new_empty(n, *z0.shape)))
         z_l = zs.unbind(0)  # views: the loop writes through them
         for j, (m_j, b_j) in enumerate(zip(m.unbind(0), b.unbind(0), strict=True)):
@@ -404,14 +407,16 @@ class _FusedRecurrence(torch.autograd.Function):
         for j in range(n - 1, -1, -1):
             torch.baddbmm(g_l[j], dz_l[j + 1], m_t[j], out=dz_l[j])
         db = dz[1:]
-        dm = zs[:-1].transpose(-1, -2) @ db  # (n, X, 2d, 2d)
-        d_a, d_b, d_c, d_d = dm[..., :d, :d], dm[..., :d, d:], dm[..., d:, :d], dm[..., d:, d:]
         db_w, db_s = db[..., :d], db[..., d:]
-        d_kk = d_a * (-a * lr) - d_b * lr
-        d_vk = db_w * (a * lr) + db_s * lr
-        d_lr = a * (_dot(vk, db_w) - _dot(kk, d_a)) + _dot(vk, db_s) - _dot(kk, d_b)
-        d_eta = a * _trace(d_c) + _trace(d_d)
-        return dz[0], d_kk, d_vk, d_lr, d_eta, _trace(d_a), None
+        # dM_j = Z_{j-1}^T db_j; of its blocks only A and B are full matrices: C and D are
+        # scalar multiples of I, whose gradients are traces, tr(S^T db_w) = <S, db_w>
+        d_ab = zs[:-1, ..., :d].transpose(-1, -2) @ db  # (n, X, d, 2d): [dA | dB]
+        d_a, d_b, s_prev = d_ab[..., :d], d_ab[..., d:], zs[:-1, ..., d:]
+        # kk enters as -lr (a dA + dB), vk as lr (a db_w + db_s), eta as a C + D
+        t, u = d_a * a + d_b, db_w * a + db_s
+        d_lr = _dot(vk, u) - _dot(kk, t)
+        d_eta = _dot(s_prev, u)
+        return dz[0], t.mul_(-lr), u.mul_(lr), d_lr, d_eta, _trace(d_a), None
 
 
 def fused_chunk_recurrence(
