@@ -31,8 +31,8 @@ Gradients (`detach_between_cycles`):
 
 ACT at inference (`halt_threshold` set): a position whose halting probability exceeds the
 threshold keeps its y and z from then on and leaves the computation: each later cycle gathers
-the still-active positions (each its own row of one query) and updates only them, and their
-cross-attention runs only the window blocks that hold one (`attention.positions_attention`),
+the still-active positions (each its own row of one query) and updates only them, and each
+one's cross-attention reads only its own window of keys (`attention.positions_attention`),
 so the cycles' cost falls with the number of active positions. Under torch.compile/export
 (no data-dependent shapes) every position is computed and the halted ones are frozen instead;
 the results are the same.
@@ -51,12 +51,12 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from .attention import (
     _WIDE,
     Attention,
+    KeyWindows,
     Positions,
     RMSNorm,
     SwiGLU,
     WindowMask,
     residual_dropout,
-    window_blocks,
 )
 from .cache import WindowKV
 from .heads import ACTHead
@@ -124,24 +124,34 @@ class _Features:
     mask: Tensor | WindowMask | Positions | None
     cos: Tensor
     sin: Tensor
-    _blocks: tuple[Tensor, Tensor, Tensor] | None = field(default=None, repr=False)
+    _windows: KeyWindows | None = field(default=None, repr=False)
 
-    def at(self, b: Tensor, t: Tensor) -> _Features:
-        """The features of N single positions (b[i], t[i]), each its own batch row of one
-        query: the keys/values stay whole, the mask becomes `Positions` (the attention then
-        runs only the window blocks holding a query), rotary tables (N, 1, 1, hd)."""
-        T = self.cos.shape[-2]
-        if self._blocks is None and isinstance(self.mask, WindowMask) and self.mask.blocked:
-            self._blocks = window_blocks(self.k, self.v, self.mask, T)  # once per forward
-        mask = Positions(self.mask, b, t, T, self._blocks)
-        cos, sin = (_rotary_at(table, b, t) for table in (self.cos, self.sin))
+    def at(self, idx: Tensor, T: int) -> _Features:
+        """The features of N single positions idx = b * T + t, each its own batch row of one
+        query: the keys/values stay whole, the mask becomes `Positions` (each query then
+        attends to its own window of keys alone), rotary tables (N, 1, 1, hd)."""
+        b, t = idx // T, idx % T
+        if self._windows is None and isinstance(self.mask, WindowMask):
+            self._windows = KeyWindows.build(self.k, self.v, self.mask, T)  # once per forward
+        mask = Positions(self.mask, b, t, T, self._windows)
+        cos, sin = (_rotary_at(table, idx, t) for table in (self.cos, self.sin))
         return _Features(self.k, self.v, mask, cos, sin)
 
 
-def _rotary_at(table: Tensor, b: Tensor, t: Tensor) -> Tensor:
-    """(T, hd) or (B, 1, T, hd) rotary table -> (N, 1, 1, hd) at positions (b, t)."""
-    rows = table[t] if table.dim() == 2 else table[b, 0, t]
+def _rotary_at(table: Tensor, idx: Tensor, t: Tensor) -> Tensor:
+    """(T, hd) or (B, 1, T, hd) rotary table -> (N, 1, 1, hd) at positions idx = b * T + t."""
+    rows = table.index_select(0, t) if table.dim() == 2 else table.flatten(0, 2)[idx]
     return rows[:, None, None, :]
+
+
+def _rows(x: Tensor, idx: Tensor) -> Tensor:
+    """(B, T, ...) -> (N, 1, ...): the positions idx = b * T + t, each its own batch row."""
+    return x.flatten(0, 1).index_select(0, idx).unsqueeze(1)
+
+
+def _put(x: Tensor, idx: Tensor, rows: Tensor) -> Tensor:
+    """x (B, T, ...) with the positions idx replaced by rows (N, 1, ...) (out of place)."""
+    return x.flatten(0, 1).index_copy(0, idx, rows.flatten(0, 1)).view_as(x)
 
 
 class TRMRecursion(nn.Module):
@@ -225,47 +235,58 @@ class TRMRecursion(nn.Module):
     ) -> tuple[list[Tensor], list[Tensor], Tensor]:
         """ACT at inference: after each cycle, positions with p > threshold freeze (their later
         halting logits repeat the halting one) and later cycles skip them."""
+        if torch.compiler.is_compiling():
+            return self._frozen_halting(y, z, f, cycles, threshold)
         ys, logits = [y], []
-        active = torch.ones(y.shape[:2], dtype=torch.bool, device=y.device)
-        logit, n_active = None, active.numel()
-        compiling = torch.compiler.is_compiling()
+        idx = None  # flat indices b * T + t of the positions still refining; None: all
         for c in range(cycles):
-            if compiling:  # no data-dependent shapes: compute all, freeze the halted
-                y_new, z_new, new = self.cycle(y, z, f)
-                keep = ~active[..., None]
-                y_new, z_new = torch.where(keep, y, y_new), torch.where(keep, z, z_new)
-                new = new if logit is None else torch.where(active, new, logit)
-            elif n_active == active.numel():
-                y_new, z_new, new = self.cycle(y, z, f)
+            if idx is None:
+                y, z, logit = self.cycle(y, z, f)
+                new = logit
             else:
-                y_new, z_new, new = self._active_cycle(y, z, f, active, logit)
-            y, z, logit = y_new, z_new, new
+                y, z, logit, new = self._active_cycle(y, z, f, idx, logit)
             ys.append(y)
             logits.append(logit)
             if c == cycles - 1:
                 break
-            active = active & ~(torch.sigmoid(logit) > threshold)
-            if not compiling:
-                n_active = int(active.sum())  # the one host sync per cycle
-            if n_active == 0:
+            go = ~(torch.sigmoid(new) > threshold)  # (B, T), or (N,) at the gathered ones
+            idx = go.flatten().nonzero()[:, 0] if idx is None else idx[go]  # the host sync
+            if idx.numel() == logit.numel():
+                idx = None  # nothing halted yet: the plain cycle, no gather
+            elif idx.numel() == 0:
                 # every position has halted: the remaining cycles would change nothing
                 ys.extend([y] * (cycles - 1 - c))
                 logits.extend([logit] * (cycles - 1 - c))
                 break
         return ys, logits, z
 
+    def _frozen_halting(
+        self, y: Tensor, z: Tensor, f: _Features, cycles: int, threshold: float
+    ) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """`_halting` without data-dependent shapes (torch.compile/export): every position is
+        computed each cycle and the halted ones are frozen instead; the same results."""
+        ys, logits = [y], []
+        active = torch.ones(y.shape[:2], dtype=torch.bool, device=y.device)
+        logit = None
+        for c in range(cycles):
+            y_new, z_new, new = self.cycle(y, z, f)
+            keep = ~active[..., None]
+            y, z = torch.where(keep, y, y_new), torch.where(keep, z, z_new)
+            logit = new if logit is None else torch.where(active, new, logit)
+            ys.append(y)
+            logits.append(logit)
+            if c < cycles - 1:
+                active = active & ~(torch.sigmoid(logit) > threshold)
+        return ys, logits, z
+
     def _active_cycle(
-        self, y: Tensor, z: Tensor, f: _Features, active: Tensor, logit: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """One cycle over the active positions only, each its own batch row of one query
-        (`_Features.at`: no padding to the longest row), scattered back into y, z, logit."""
-        b, t = active.nonzero(as_tuple=True)  # (N,), (N,)
-        y_a, z_a, l_a = self.cycle(y[b, t][:, None], z[b, t][:, None], f.at(b, t))
-        return (
-            y.index_put((b, t), y_a[:, 0]),
-            z.index_put((b, t), z_a[:, 0]),
-            logit.index_put((b, t), l_a[:, 0]),
-        )
+        self, y: Tensor, z: Tensor, f: _Features, idx: Tensor, logit: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One cycle over the active positions idx = b * T + t only, each its own batch row of
+        one query (`_Features.at`: no padding to the longest row), scattered back into y, z,
+        logit; also returns their new halting logits (N,)."""
+        y_a, z_a, l_a = self.cycle(_rows(y, idx), _rows(z, idx), f.at(idx, y.shape[1]))
+        return _put(y, idx, y_a), _put(z, idx, z_a), _put(logit, idx, l_a), l_a[:, 0]
 
 
 __all__ = ["RecursionBlock", "RecursionOutput", "TRMRecursion", "fixed_scale"]
