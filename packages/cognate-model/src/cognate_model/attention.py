@@ -207,48 +207,46 @@ def window_blocks(k: Tensor, v: Tensor, mask: WindowMask, T: int) -> tuple[Tenso
 @dataclass
 class KeyWindows:
     """Each of a forward's T new queries' own span of W = window keys, the only ones it may
-    see, ready to gather per query (`at`): query t's key w is key index P + t - (W - 1) + w.
+    see, gathered per query by `at`: query t's key w is key index P + t - (W - 1) + w.
 
-    k, v: (B * (T + W - 1), H, hd), one row per key position (all heads: one gather moves
-    H * hd values), the keys no new query sees dropped and W - 1 - P zero rows put before the
-    first (when P < W - 1); bias: (B or 1, T, W), the dense mask's row of query t over its
-    span as an additive mask (0 allowed, -inf not: SDPA takes it as is).
+    k, v: (B * S, H, hd), one row per key position with all its heads (a view of the
+    projected keys, laid out (B, S, H, hd): one gather moves H * hd values); a span slot
+    before the first key reads key 0 instead, masked out. bias: (B or 1, T, W), the dense
+    mask's row of query t over its span as an additive mask (0 allowed, -inf not: SDPA takes
+    it as is). offsets: (W,) the span's key indices relative to its query, P - (W - 1) + w.
     """
 
     k: Tensor
     v: Tensor
     bias: Tensor
+    offsets: Tensor
+    keys: int  # S, keys per row
 
     @classmethod
     def build(cls, k: Tensor, v: Tensor, mask: WindowMask, T: int) -> KeyWindows:
         B, H, S, hd = k.shape
-        W = mask.window
-        drop, left = max(0, S - T - (W - 1)), max(0, W - 1 - (S - T))
-        span = T + W - 1
-        k, v = (
-            F.pad(x.transpose(1, 2)[:, drop:], (0, 0, 0, 0, left, 0)).reshape(B * span, H, hd)
-            for x in (k, v)
-        )
-        if mask.key_real is None:
-            real = torch.ones(1, span - left, dtype=torch.bool, device=k.device)
-        else:
-            real = mask.key_real[:, drop:].to(device=k.device, dtype=torch.bool)
-        allowed = F.pad(real, (left, 0)).unfold(1, W, 1).clone()  # (B or 1, T, W)
+        offsets = torch.arange(S - T - (mask.window - 1), S - T + 1, device=k.device)
+        span = torch.arange(T, device=k.device)[:, None] + offsets  # (T, W) key indices
+        allowed = (span >= 0)[None]
+        if mask.key_real is not None:
+            real = mask.key_real.to(device=k.device, dtype=torch.bool)
+            allowed = allowed & real[:, span.clamp_min(0)]  # (B, T, W)
         allowed[..., -1] = True  # the query's own key (a padding query still sees itself)
         bias = torch.zeros(allowed.shape, dtype=k.dtype, device=k.device)
-        return cls(k, v, bias.masked_fill_(~allowed, float("-inf")))
+        bias.masked_fill_(~allowed, float("-inf"))
+        k, v = (x.transpose(1, 2).reshape(B * S, H, hd) for x in (k, v))
+        return cls(k, v, bias, offsets, S)
 
     def at(self, b: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The spans of N queries at (b[i], t[i]): keys, values (N, H, W, hd) (one row gather
         each, viewed head-major) and their additive mask (N, 1, 1, W)."""
-        T, W = self.bias.shape[1:]
-        span = T + W - 1
-        rows = ((b * span + t)[:, None] + torch.arange(W, device=b.device)).flatten()
+        W = self.offsets.shape[0]
+        rows = ((t[:, None] + self.offsets).clamp_min(0) + (b * self.keys)[:, None]).flatten()
         k, v = (
             x.index_select(0, rows).unflatten(0, (-1, W)).transpose(1, 2) for x in (self.k, self.v)
         )
         if self.bias.shape[0] > 1:
-            bias = self.bias.flatten(0, 1).index_select(0, b * T + t)
+            bias = self.bias.flatten(0, 1).index_select(0, b * self.bias.shape[1] + t)
         else:
             bias = self.bias[0].index_select(0, t)
         return k, v, bias[:, None, None]

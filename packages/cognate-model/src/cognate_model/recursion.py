@@ -131,7 +131,8 @@ class _Features:
         """The features of N single positions idx = b * T + t, each its own batch row of one
         query: the keys/values stay whole, the mask becomes `Positions` (each query then
         attends to its own window of keys alone), rotary tables (N, 1, 1, hd)."""
-        b, t = idx // T, idx % T
+        b = idx // T
+        t = idx - b * T  # (cheaper than idx % T)
         if self._windows is None and isinstance(self.mask, WindowMask):
             self._windows = KeyWindows.build(self.k, self.v, self.mask, T)  # once per forward
         mask = Positions(self.mask, b, t, T, self._windows)
