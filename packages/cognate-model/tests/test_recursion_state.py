@@ -209,13 +209,17 @@ def test_compiled_path_freezes_instead_and_agrees(make_tiny, monkeypatch):
     torch.testing.assert_close(frozen.halt_probs, gathered.halt_probs, rtol=0, atol=1e-12)
 
 
-def test_cached_decoding_at_test_time_depth_equals_a_full_forward(make_tiny):
+@pytest.mark.parametrize("gather", [None, True])
+def test_cached_decoding_at_test_time_depth_equals_a_full_forward(make_tiny, monkeypatch, gather):
     """trm_cycles beyond training through the cache (prefill + one token a step, halting on
     with tokens halting at several cycles) = the full forward at that depth; generate() takes
-    it as a model kwarg."""
+    it as a model kwarg. gather=True: every halting cycle gathers (the steps' queries then
+    read their spans across the held keys), None: the default rule."""
     from cognate_model import CognateCache
 
     model = _halting_setup(make_tiny)
+    if gather:
+        _force_gather(monkeypatch, True)
     model.config.act_threshold = 0.5
     ids = _ids(2, 30)
     full = model(ids, use_cache=False, trm_cycles=7)
