@@ -53,36 +53,33 @@ def test_blocked_equals_dense_mask_float64(T, window, past, padding):
 
 
 @pytest.mark.parametrize(
-    ("T", "window", "past"), [(37, 8, 0), (17, 16, 15), (33, 5, 20), (6, 16, 3)]
+    ("T", "window", "past"), [(37, 8, 0), (17, 16, 15), (33, 5, 20), (6, 16, 3), (1, 16, 15)]
 )
 @pytest.mark.parametrize("padding", ["none", "left", "anywhere"])
-def test_positions_equal_the_dense_rows_and_use_only_their_blocks(T, window, past, padding):
+@pytest.mark.parametrize("n_persistent", [0, 3])
+def test_positions_equal_the_dense_rows_and_read_only_their_windows(
+    T, window, past, padding, n_persistent
+):
     """N single queries at scattered positions (halting's gathered cycle) = SDPA of the full
-    layout over the dense mask at those positions; blocked, the SDPA batch is the number of
-    (row, block) pairs holding a query."""
+    layout over the dense mask at those positions, persistent slots included; each reads only
+    its own window of keys: keys/values outside every query's window set to NaN (which any
+    computation over the full layout would carry into the output) change nothing."""
     B, H, hd = 3, 2, 6
     q = torch.randn(B, H, T, hd, dtype=torch.float64)
     k = torch.randn(B, H, past + T, hd, dtype=torch.float64)
     v = torch.randn(B, H, past + T, hd, dtype=torch.float64)
+    persistent = torch.randn(2, H, n_persistent, hd, dtype=torch.float64) if n_persistent else None
     mask = WindowMask(T, window, _padding(padding, B, past + T), past)
     b, t = (torch.rand(B, T) < 0.3).nonzero(as_tuple=True)
-    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense())[b, :, t]
-    batches = []
-    original = F.scaled_dot_product_attention
-
-    def sdpa(q_, *args, **kwargs):
-        batches.append(q_.shape[0])
-        return original(q_, *args, **kwargs)
-
-    F.scaled_dot_product_attention = sdpa
-    try:
-        out = window_attention(q[b, :, t, None], k, v, Positions(mask, b, t, T))
-    finally:
-        F.scaled_dot_product_attention = original
+    b, t = torch.cat((b, torch.tensor([0]))), torch.cat((t, torch.tensor([T - 1])))  # N >= 1
+    ref = window_attention(q, k, v, mask.dense(), 0.0, persistent)[b, :, t]
+    seen = torch.zeros(B, past + T, dtype=torch.bool)
+    for bi, ti in zip(b.tolist(), t.tolist(), strict=True):
+        seen[bi, max(0, past + ti - window + 1) : past + ti + 1] = True
+    k, v = (x.masked_fill(~seen[:, None, :, None], float("nan")) for x in (k, v))
+    out = window_attention(q[b, :, t, None], k, v, Positions(mask, b, t, T), 0.0, persistent)
     assert out.shape == (len(b), H, 1, hd)
     torch.testing.assert_close(out[:, :, 0], ref, rtol=0, atol=1e-12)
-    if mask.blocked:
-        assert batches == [len(set(zip(b.tolist(), (t // window).tolist(), strict=True)))]
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ each against an independent reference (float64 RMS, a deeper run, the all-positi
 
 import pytest
 import torch
+from cognate_model import recursion
 from cognate_model.heads import halting_steps
 from cognate_model.recursion import TRMRecursion
 
@@ -99,11 +100,28 @@ def _active_reference(free, steps, model):
     return per_cycle.gather(0, index)[0]
 
 
+def _force_gather(monkeypatch, gather: bool) -> None:
+    """Make every halting cycle gather (True) or compute all and freeze (False)."""
+    monkeypatch.setattr(recursion, "gather_pays", lambda n_active, n_total: gather)
+
+
+def _block_shapes(model) -> tuple[list, object]:
+    """Record the (rows, positions) of each recursion block call; returns (list, hook)."""
+    shapes = []
+    hook = model.recursion.block.register_forward_pre_hook(
+        lambda m, args: shapes.append(tuple(args[0].shape[:2]))
+    )
+    return shapes, hook
+
+
 @pytest.mark.parametrize("padded", [False, True])
-def test_gathered_active_update_equals_the_full_update(make_tiny, padded):
-    """Halted positions leave the computation; the active ones get exactly the update the
-    all-positions run gives them (left padding, per-row rotary positions included)."""
+@pytest.mark.parametrize("gather", [True, False])
+def test_gathered_active_update_equals_the_full_update(make_tiny, monkeypatch, padded, gather):
+    """Halted positions leave the computation (or, not gathered, are computed and frozen); the
+    active ones get exactly the update the all-positions run gives them (left padding,
+    per-row rotary positions included)."""
     model = _halting_setup(make_tiny)
+    _force_gather(monkeypatch, gather)
     ids = _ids(4, 40)
     kwargs = {}
     if padded:
@@ -113,28 +131,33 @@ def test_gathered_active_update_equals_the_full_update(make_tiny, padded):
     free = model(ids, act_halting=False, output_hidden_states=True, **kwargs)
     threshold = free.halt_probs.flatten().quantile(0.6).item()
     model.config.act_threshold = threshold
-    halting = model(ids, act_halting=True, **kwargs)
+    shapes, hook = _block_shapes(model)
+    try:
+        halting = model(ids, act_halting=True, **kwargs)
+    finally:
+        hook.remove()
     steps = halting_steps(free.halt_probs.logit(), threshold)
     assert len(steps.unique()) >= 3, "need tokens halting at several cycles"
     assert torch.equal(halting.act_steps, steps)
     torch.testing.assert_close(
         halting.logits, _active_reference(free, steps, model), rtol=0, atol=1e-10
     )
+    per_cycle = model.config.trm_micro_steps + 1
+    assert shapes[:per_cycle] == [(4, 40)] * per_cycle
+    assert all((s[1] == 1) == gather for s in shapes[per_cycle:]) and len(shapes) > per_cycle
 
 
-def test_each_cycle_computes_only_the_active_positions(make_tiny):
+def test_each_cycle_computes_only_the_active_positions(make_tiny, monkeypatch):
     """Each block call of cycle c sees exactly the positions not yet halted (as N rows of one
     query), counted from the free run's halting steps."""
     model = _halting_setup(make_tiny)
+    _force_gather(monkeypatch, True)
     ids = _ids(4, 40)
     free = model(ids, act_halting=False)
     threshold = free.halt_probs.flatten().quantile(0.5).item()
     model.config.act_threshold = threshold
     steps = halting_steps(free.halt_probs.logit(), threshold)
-    shapes = []
-    hook = model.recursion.block.register_forward_pre_hook(
-        lambda m, args: shapes.append(tuple(args[0].shape[:2]))
-    )
+    shapes, hook = _block_shapes(model)
     try:
         model(ids, act_halting=True)
     finally:
@@ -148,6 +171,28 @@ def test_each_cycle_computes_only_the_active_positions(make_tiny):
         expected += [(n, 1)] * per_cycle
     assert shapes == expected
     assert 0 < expected[-1][0] < 4 * 40
+
+
+@pytest.mark.parametrize(
+    ("batch", "seq", "halted", "gathers"),
+    [(1, 16, 0.8, False), (8, 40, 0.8, True), (8, 40, 0.1, False)],
+)
+def test_gathers_only_where_it_pays(make_tiny, batch, seq, halted, gathers):
+    """The default rule (`gather_pays`): a short single sequence, or a batch with most
+    positions still active, runs plain cycles (all positions, the halted frozen); a batch
+    with most positions halted gathers the active ones."""
+    model = _halting_setup(make_tiny)
+    ids = _ids(batch, seq)
+    free = model(ids, act_halting=False)
+    # the share `halted` of the positions halts after cycle 1
+    model.config.act_threshold = free.halt_probs[0].flatten().quantile(1 - halted).item()
+    shapes, hook = _block_shapes(model)
+    try:
+        model(ids, act_halting=True)
+    finally:
+        hook.remove()
+    per_cycle = model.config.trm_micro_steps + 1
+    assert (shapes[per_cycle][1] == 1) == gathers
 
 
 def test_compiled_path_freezes_instead_and_agrees(make_tiny, monkeypatch):
@@ -164,13 +209,17 @@ def test_compiled_path_freezes_instead_and_agrees(make_tiny, monkeypatch):
     torch.testing.assert_close(frozen.halt_probs, gathered.halt_probs, rtol=0, atol=1e-12)
 
 
-def test_cached_decoding_at_test_time_depth_equals_a_full_forward(make_tiny):
+@pytest.mark.parametrize("gather", [None, True])
+def test_cached_decoding_at_test_time_depth_equals_a_full_forward(make_tiny, monkeypatch, gather):
     """trm_cycles beyond training through the cache (prefill + one token a step, halting on
     with tokens halting at several cycles) = the full forward at that depth; generate() takes
-    it as a model kwarg."""
+    it as a model kwarg. gather=True: every halting cycle gathers (the steps' queries then
+    read their spans across the held keys), None: the default rule."""
     from cognate_model import CognateCache
 
     model = _halting_setup(make_tiny)
+    if gather:
+        _force_gather(monkeypatch, True)
     model.config.act_threshold = 0.5
     ids = _ids(2, 30)
     full = model(ids, use_cache=False, trm_cycles=7)

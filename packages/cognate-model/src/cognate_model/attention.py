@@ -91,15 +91,15 @@ class Positions:
     """Queries at N single positions (b[i], t[i]) of a forward's layout, each a batch row of
     one query: q is (N, H, 1, hd) while the keys stay (B, H, S, hd) under `mask`, the
     forward's own mask (`WindowMask`, dense, or None). Halting's gathered cycles use it
-    (`window_attention` then costs O(blocks with an active query), not O(B * T)).
+    (`window_attention` then costs O(N * window), not O(B * T * window)).
     """
 
     mask: Tensor | WindowMask | None
     b: Tensor
     t: Tensor
     seq_len: int
-    # `window_blocks(k, v, mask, seq_len)` of these keys, when the caller keeps it across calls
-    key_blocks: tuple[Tensor, Tensor, Tensor] | None = None
+    # `KeyWindows.build(k, v, mask, seq_len)` of these keys, when kept across calls
+    windows: KeyWindows | None = None
 
     def dense(self) -> Tensor | None:
         """(N, 1, 1, S): each query's row of the dense mask (None: every key allowed)."""
@@ -126,7 +126,7 @@ def window_attention(
     persistent: Tensor | None = None,
 ) -> Tensor:
     """SDPA over the sliding window: blocked for a long `WindowMask`, else on the dense mask;
-    for `Positions` queries, over the blocks that hold one (`positions_attention`).
+    for `Positions` queries, over their own windows of keys (`positions_attention`).
 
     persistent: (2, H, N, hd) key/value slots every query sees besides its window (Titans'
     persistent memory), or None. Returns (B, H, T, hd).
@@ -145,15 +145,16 @@ def with_persistent(
     k: Tensor, v: Tensor, allowed: Tensor | None, persistent: Tensor
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Prepend N persistent key/value slots (2, H, N, hd) to k, v (B, H, ..., L, hd), visible
-    to every query: the boolean mask (..., Tq, L) gets N leading True columns (None, "every
-    key allowed", stays None)."""
+    to every query: the mask (..., Tq, L) gets N leading allowed columns (True in a boolean
+    mask, 0 in an additive one; None, "every key allowed", stays None)."""
     H, N, hd = persistent.shape[1:]
     lead = [1] * (k.dim() - 4)  # the blocked path's block dimension
     pk, pv = (p.view(1, H, *lead, N, hd).to(k.dtype) for p in persistent)
     k = torch.cat((pk.expand(*k.shape[:-2], N, hd), k), -2)
     v = torch.cat((pv.expand(*v.shape[:-2], N, hd), v), -2)
     if allowed is not None:
-        allowed = torch.cat((allowed.new_ones(*allowed.shape[:-1], N), allowed), -1)
+        fill = allowed.new_ones if allowed.dtype == torch.bool else allowed.new_zeros
+        allowed = torch.cat((fill(*allowed.shape[:-1], N), allowed), -1)
     return k, v, allowed
 
 
@@ -203,6 +204,54 @@ def window_blocks(k: Tensor, v: Tensor, mask: WindowMask, T: int) -> tuple[Tenso
     return kb, vb, band & (flags[:, None, :, None, :] | diag)
 
 
+@dataclass
+class KeyWindows:
+    """Each of a forward's T new queries' own span of W = window keys, the only ones it may
+    see, gathered per query by `at`: query t's key w is key index P + t - (W - 1) + w.
+
+    k, v: (B * S, H, hd), one row per key position with all its heads (a view of the
+    projected keys, laid out (B, S, H, hd): one gather moves H * hd values); a span slot
+    before the first key reads key 0 instead, masked out. bias: (B or 1, T, W), the dense
+    mask's row of query t over its span as an additive mask (0 allowed, -inf not: SDPA takes
+    it as is). offsets: (W,) the span's key indices relative to its query, P - (W - 1) + w.
+    """
+
+    k: Tensor
+    v: Tensor
+    bias: Tensor
+    offsets: Tensor
+    keys: int  # S, keys per row
+
+    @classmethod
+    def build(cls, k: Tensor, v: Tensor, mask: WindowMask, T: int) -> KeyWindows:
+        B, H, S, hd = k.shape
+        offsets = torch.arange(S - T - (mask.window - 1), S - T + 1, device=k.device)
+        span = torch.arange(T, device=k.device)[:, None] + offsets  # (T, W) key indices
+        allowed = (span >= 0)[None]
+        if mask.key_real is not None:
+            real = mask.key_real.to(device=k.device, dtype=torch.bool)
+            allowed = allowed & real[:, span.clamp_min(0)]  # (B, T, W)
+        allowed[..., -1] = True  # the query's own key (a padding query still sees itself)
+        bias = torch.zeros(allowed.shape, dtype=k.dtype, device=k.device)
+        bias.masked_fill_(~allowed, float("-inf"))
+        k, v = (x.transpose(1, 2).reshape(B * S, H, hd) for x in (k, v))
+        return cls(k, v, bias, offsets, S)
+
+    def at(self, b: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The spans of N queries at (b[i], t[i]): keys, values (N, H, W, hd) (one row gather
+        each, viewed head-major) and their additive mask (N, 1, 1, W)."""
+        W = self.offsets.shape[0]
+        rows = ((t[:, None] + self.offsets).clamp_min(0) + (b * self.keys)[:, None]).flatten()
+        k, v = (
+            x.index_select(0, rows).unflatten(0, (-1, W)).transpose(1, 2) for x in (self.k, self.v)
+        )
+        if self.bias.shape[0] > 1:
+            bias = self.bias.flatten(0, 1).index_select(0, b * self.bias.shape[1] + t)
+        else:
+            bias = self.bias[0].index_select(0, t)
+        return k, v, bias[:, None, None]
+
+
 def positions_attention(
     q: Tensor,
     k: Tensor,
@@ -215,31 +264,22 @@ def positions_attention(
     forward's keys k, v (B, H, S, hd): (N, H, 1, hd), equal to running every position and
     keeping these.
 
-    Under a blocked `WindowMask` only the (row, block of W) pairs that hold a query are
-    computed, each query placed in its block (the others zero, their results dropped): the
-    cost follows the blocks in use. Otherwise (T <= window, dense or no mask: small) the
-    queries are scattered into the full (B, H, T, hd) layout and attend as usual.
+    Under a `WindowMask` each query gathers its own span of W keys (`KeyWindows`) and
+    attends to them alone, one SDPA call of N single-query rows: the cost follows the number
+    of queries. With a dense mask or none (decoding a token without padding) the queries are
+    scattered into the full (B, H, T, hd) layout and attend as usual.
     """
-    B, H, _, hd = k.shape
     m = pos.mask
-    if not (isinstance(m, WindowMask) and m.blocked):
+    if not isinstance(m, WindowMask):
+        B, H, _, hd = k.shape
         full = q.new_zeros(B, H, pos.seq_len, hd)
         full[pos.b, :, pos.t] = q[:, :, 0]
         return window_attention(full, k, v, m, dropout_p, persistent)[pos.b, :, pos.t, None]
-    W, n = m.window, -(-pos.seq_len // m.window)
-    # positions come row-major (nonzero's order), so their block ids are already sorted
-    blocks, inverse = torch.unique_consecutive(pos.b * n + pos.t // W, return_inverse=True)
-    rows, js = blocks // n, blocks % n
-    within = pos.t % W
-    qb = q.new_zeros(blocks.shape[0], H, W, hd)
-    qb[inverse, :, within] = q[:, :, 0]
-    kb, vb, allowed = pos.key_blocks or window_blocks(k, v, m, pos.seq_len)
-    kb, vb = kb[rows, :, js], vb[rows, :, js]  # (Nb, H, 2W, hd)
-    allowed = allowed[rows if allowed.shape[0] > 1 else torch.zeros_like(rows), :, js]
+    windows = pos.windows or KeyWindows.build(k, v, m, pos.seq_len)
+    kq, vq, bias = windows.at(pos.b, pos.t)
     if persistent is not None:
-        kb, vb, allowed = with_persistent(kb, vb, allowed, persistent)
-    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=allowed, dropout_p=dropout_p)
-    return out[inverse, :, within, None]
+        kq, vq, bias = with_persistent(kq, vq, bias, persistent)
+    return F.scaled_dot_product_attention(q, kq, vq, attn_mask=bias, dropout_p=dropout_p)
 
 
 def rotary_cos_sin(
@@ -473,6 +513,7 @@ class Block(GradientCheckpointingLayer):
 __all__ = [
     "Attention",
     "Block",
+    "KeyWindows",
     "Positions",
     "RMSNorm",
     "SwiGLU",
