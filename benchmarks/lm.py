@@ -246,6 +246,29 @@ def train_run(
     }
 
 
+def reusable_runs(paths: list[str], run_args: dict[str, Any]) -> dict[tuple, dict[str, Any]]:
+    """(label, seed) -> run, from earlier result files whose task settings equal this one's:
+    a seed fixes the run (same batches, same initialisation), so it need not be trained again.
+    A label fixes the hp only together with DEFAULT_HP, so the hp is compared as well."""
+    keys = ("specialization", "model_preset", "max_steps", "eval_every")
+    out: dict[tuple, dict[str, Any]] = {}
+    for path in paths:
+        with open(path) as f:
+            old = json.load(f)
+        if any(old["task"].get(k) != run_args[k] for k in keys):
+            continue
+        for r in old["runs"]:
+            label, name, hp = parse_spec(r["label"])
+            if "error" in r or r["hp"] != hp:
+                continue
+            src = {"file": path, "command": old.get("command")}
+            tt = tokens_to_loss(r["curve"], run_args["target_loss"])  # this run's --target-loss
+            out[(label, r["seed"])] = {
+                **r, "tokens_to_target": tt, "reused_from": r.get("reused_from", src)
+            }  # fmt: skip
+    return out
+
+
 def _run_job(job: tuple) -> dict[str, Any]:
     label, name, hp, seed, args = job
     try:
@@ -372,6 +395,11 @@ def main(argv: list[str] | None = None) -> int:
         help="no training: merge these result files, print the table, plot to --plot-out",
     )  # fmt: skip
     ap.add_argument("--plot-out", default=None)
+    ap.add_argument(
+        "--reuse", nargs="*", default=[], metavar="JSON",
+        help="take identical runs (label, seed, hp, task settings) from these result files "
+        "instead of training them again",
+    )  # fmt: skip
     args = ap.parse_args(argv)
 
     if args.plot:
@@ -425,10 +453,14 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"error: {exc} (in the run {label!r})", file=sys.stderr)
             return 2
-    runs = []
+    reused = reusable_runs(args.reuse, run_args)
+    runs = [reused[(j[0], j[3])] for j in jobs if (j[0], j[3]) in reused]
+    for r in runs:
+        print(f"{r['label']:36s} seed {r['seed']}: reused from {r['reused_from']['file']}")
+    todo = [j for j in jobs if (j[0], j[3]) not in reused]
     ctx = mp.get_context("spawn")
     with ctx.Pool(max(1, args.jobs), maxtasksperchild=1) as pool:
-        for r in pool.imap_unordered(_run_job, jobs):
+        for r in pool.imap_unordered(_run_job, todo):
             if "error" in r:
                 print(f"{r['label']} seed {r['seed']}: ERROR {r['error']}", flush=True)
             else:
