@@ -612,8 +612,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         default=[],
         metavar="JSON",
-        help="take identical runs (optimizer, seed, hp, max-steps, stop-at) from these "
-        "result files instead of training them again",
+        help="take identical runs (optimizer, seed, hp, stop-at, and max-steps or a stop at "
+        "stop-at within both caps) from these result files instead of training them again",
     )
     ap.add_argument(
         "--plot",
@@ -677,12 +677,17 @@ def main(argv: list[str] | None = None) -> int:
     # --reuse: a run with the same optimizer, seed, hyperparameters, max_steps and stop_at is
     # deterministic (same seed -> same RNG stream and arithmetic), so it is taken from an
     # earlier result file instead of being trained again; it keeps its wall time and says so.
+    # The cap matters only to a run it ended: one that stopped at stop_at within both caps is
+    # the same run under either (the lr schedule does not depend on max_steps).
     reused: dict[tuple, dict[str, Any]] = {}
     for path in args.reuse:
         with open(path) as f:
             old = json.load(f)
         for r in old["runs"]:
-            if "error" in r or old.get("max_steps") != args.max_steps:
+            same_cap = old.get("max_steps") == args.max_steps or (
+                r.get("stop_reason") == "stop_at" and r["steps_run"] <= args.max_steps
+            )
+            if "error" in r or not same_cap:
                 continue
             if old.get("stop_at") != args.stop_at:
                 continue

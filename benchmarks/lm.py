@@ -15,6 +15,15 @@ cross-entropy per answer token) and exact-match accuracy (greedy answer == expec
 An optimizer spec may carry overrides of the run's config fields (``TrainConfig`` names), which
 is how the tuning sweep was run: ``--optimizer adamw:lr=0.01,muon:muon_lr=0.02``. Each spec is
 a separate row, labelled as written.
+
+Benchmark-side optimizers (not ``cognate-train`` choices) run through the same trainer: the
+config is the ``muon`` run's, and the optimizer is swapped for one built over the same routing
+(``mugrokfast.param_groups``: hidden matrices vs the rest) and scheduled like the others.
+``muon-slow`` is the filter study's ``SlowMuon`` (``filter_study.py``; its fields ``lamb``,
+``place``, ``relative``, ``alpha``, ``adamw_lamb``, ``warmup_steps``, e.g.
+``muon-slow:place=update:relative=1:lamb=0.5``); the peers (``peers.py``, e.g. ``torch-muon``)
+take their ``peers.PEERS`` fields. These runs keep no optimizer state in their checkpoints (the
+benchmark never resumes).
 """
 
 from __future__ import annotations
@@ -36,9 +45,12 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peers  # noqa: E402
 from grokking import machine_info  # noqa: E402  (same machine record as grokking.py)
 
-OPTIMIZERS = ("adamw", "muon", "grokfast-adamw", "mugrokfast")
+# The trainer's own optimizers, then the benchmark-side ones (built here, see the docstring).
+TRAINER_OPTIMIZERS = ("adamw", "muon", "grokfast-adamw", "mugrokfast")
+OPTIMIZERS = (*TRAINER_OPTIMIZERS, "muon-slow", *peers.PEERS)
 
 # Each optimizer's own settings, chosen on seed 0 only (results/lm_sweep.json); the reported
 # runs use other seeds. Everything else is the quick preset (lr schedule, batch 32, 900 steps,
@@ -49,9 +61,25 @@ DEFAULT_HP: dict[str, dict[str, Any]] = {
     "grokfast-adamw": {"lr": 3e-3, "grokfast_lambda": 0.5},  # of lambda 0.1, 0.5, 2
     # of muon_lr 0.005, 0.01, 0.02 (lambda 0.1), then lambda 0.1, 0.5, 1 (muon_lr 0.01)
     "mugrokfast": {"lr": 3e-3, "muon_lr": 0.01, "grokfast_lambda": 0.5},
+    # not tuned here: mugrokfast's settings with the filter study's pick on the grokking task
+    # (the amplifier on the orthogonalised update, relative weight 0.5)
+    "muon-slow": {
+        "lr": 3e-3,
+        "muon_lr": 0.01,
+        "alpha": 0.98,
+        "lamb": 0.5,
+        "place": "update",
+        "relative": 1,
+        "warmup_steps": 0,
+        "adamw_lamb": 0.5,
+    },
+    # the peers at their libraries' documented defaults (peers.PEERS)
+    **{name: dict(e["hp"]) for name, e in peers.PEERS.items()},
 }
 # fields a spec may override (the optimizer's own knobs; the task stays fixed)
 HP_FIELDS = ("lr", "muon_lr", "weight_decay", "grokfast_alpha", "grokfast_lambda", "grad_clip")
+# the TrainConfig fields a benchmark-side optimizer takes from its hp (the rest is the builder's)
+CONFIG_FIELDS = ("lr", "muon_lr", "weight_decay", "grad_clip")
 
 
 def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
@@ -62,13 +90,17 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
             f"--optimizer {spec!r}: unknown optimizer {name!r} ({', '.join(OPTIMIZERS)})"
         )
     hp = dict(DEFAULT_HP[name])
+    fields = HP_FIELDS if name in TRAINER_OPTIMIZERS else (*CONFIG_FIELDS, *hp)
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or key not in HP_FIELDS:
+        if not sep or key not in fields:
             raise ValueError(
                 f"--optimizer {spec!r}: expected NAME:FIELD=VALUE with FIELD one of "
-                f"{', '.join(HP_FIELDS)}"
+                f"{', '.join(dict.fromkeys(fields))}"
             )
+        if key == "place":
+            hp[key] = value
+            continue
         try:
             hp[key] = float(value)
         except ValueError:
@@ -102,6 +134,9 @@ def run_config(name: str, hp: dict[str, Any], seed: int, args: dict[str, Any], o
         raise ConfigError(
             f"model-preset: unknown {args['model_preset']!r} (choose from {', '.join(PRESETS)})"
         )
+    if name not in TRAINER_OPTIMIZERS:  # the muon run's config; the optimizer is swapped
+        hp = {k: v for k, v in hp.items() if k in CONFIG_FIELDS}
+        name = "muon"
     flags = dict(
         specialization=args["specialization"],
         model_preset=args["model_preset"],
@@ -121,6 +156,44 @@ def run_config(name: str, hp: dict[str, Any], seed: int, args: dict[str, Any], o
     return build_config("train", "quick", None, flags)
 
 
+class _Swapped(torch.optim.Optimizer):
+    """A benchmark-side optimizer as the trainer sees one: the inner optimizers' param groups
+    (shared, so the trainer's LR schedule sets their lr), step, zero_grad; no state saved."""
+
+    def __init__(self, inner: Any) -> None:  # no super().__init__: the groups are the inner ones
+        self.inner = inner
+        self.param_groups = [g for o in peers.sub_optimizers(inner) for g in o.param_groups]
+        self.defaults, self.state = {}, {}
+
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        self.inner.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": {}, "param_groups": []}
+
+
+def swap_optimizer(name: str, hp: dict[str, Any]) -> None:
+    """Make the trainer (in this process) build ``name`` instead of its ``muon`` optimizer."""
+    import cognate_train.engine as engine
+    import filter_study
+    import mugrokfast
+
+    def build(_name: str, model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
+        groups = mugrokfast.param_groups(model)
+        muon = [p for g in groups if g["use_muon"] for p in g["params"]]
+        rest = [p for g in groups if not g["use_muon"] for p in g["params"]]
+        if name == "muon-slow":
+            return _Swapped(
+                filter_study.build(muon, rest, {**hp, "weight_decay": cfg.weight_decay})
+            )
+        return _Swapped(peers.build_peer(name, muon, rest, hp))
+
+    engine.build_optimizer = build
+
+
 def train_run(
     label: str,
     name: str,
@@ -135,6 +208,8 @@ def train_run(
     with tempfile.TemporaryDirectory(prefix="lm-bench-") as tmp:
         out = Path(tmp) / "run"
         cfg = run_config(name, hp, seed, args, out)
+        if name not in TRAINER_OPTIMIZERS:
+            swap_optimizer(name, hp)
         t0 = time.perf_counter()
         summary = Trainer(cfg, args["specialization"], out, log=lambda m: None).run()
         wall = time.perf_counter() - t0
@@ -169,6 +244,29 @@ def train_run(
         "curve_columns": ["step", "tokens", "val_loss", "val_exact_match"],
         "curve": curve,
     }
+
+
+def reusable_runs(paths: list[str], run_args: dict[str, Any]) -> dict[tuple, dict[str, Any]]:
+    """(label, seed) -> run, from earlier result files whose task settings equal this one's:
+    a seed fixes the run (same batches, same initialisation), so it need not be trained again.
+    A label fixes the hp only together with DEFAULT_HP, so the hp is compared as well."""
+    keys = ("specialization", "model_preset", "max_steps", "eval_every")
+    out: dict[tuple, dict[str, Any]] = {}
+    for path in paths:
+        with open(path) as f:
+            old = json.load(f)
+        if any(old["task"].get(k) != run_args[k] for k in keys):
+            continue
+        for r in old["runs"]:
+            label, name, hp = parse_spec(r["label"])
+            if "error" in r or r["hp"] != hp:
+                continue
+            src = {"file": path, "command": old.get("command")}
+            tt = tokens_to_loss(r["curve"], run_args["target_loss"])  # this run's --target-loss
+            out[(label, r["seed"])] = {
+                **r, "tokens_to_target": tt, "reused_from": r.get("reused_from", src)
+            }  # fmt: skip
+    return out
 
 
 def _run_job(job: tuple) -> dict[str, Any]:
@@ -279,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--optimizer",
-        default=",".join(OPTIMIZERS),
+        default=",".join(TRAINER_OPTIMIZERS),
         help=f"comma list of specs NAME[:FIELD=VALUE...], NAME one of {', '.join(OPTIMIZERS)}",
     )
     ap.add_argument("--seeds", default="1,2,3", help="seed 0 was used for tuning")
@@ -297,6 +395,11 @@ def main(argv: list[str] | None = None) -> int:
         help="no training: merge these result files, print the table, plot to --plot-out",
     )  # fmt: skip
     ap.add_argument("--plot-out", default=None)
+    ap.add_argument(
+        "--reuse", nargs="*", default=[], metavar="JSON",
+        help="take identical runs (label, seed, hp, task settings) from these result files "
+        "instead of training them again",
+    )  # fmt: skip
     args = ap.parse_args(argv)
 
     if args.plot:
@@ -317,6 +420,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         msg = str(exc) if str(exc).startswith("--") else f"--seeds {args.seeds!r}: {exc}"
         print(f"error: {msg}", file=sys.stderr)
+        return 2
+    skipped = {name: peers.missing(name) for _, name, _ in specs if name in peers.PEERS}
+    skipped = {name: note for name, note in skipped.items() if note}
+    for note in skipped.values():
+        print(f"note: {note}", file=sys.stderr)
+    specs = [s for s in specs if s[1] not in skipped]
+    if not specs:
+        print("error: no optimizer left to run", file=sys.stderr)
         return 2
     for flag, value in (("--max-steps", args.max_steps), ("--eval-every", args.eval_every)):
         if value < 1:
@@ -342,10 +453,14 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"error: {exc} (in the run {label!r})", file=sys.stderr)
             return 2
-    runs = []
+    reused = reusable_runs(args.reuse, run_args)
+    runs = [reused[(j[0], j[3])] for j in jobs if (j[0], j[3]) in reused]
+    for r in runs:
+        print(f"{r['label']:36s} seed {r['seed']}: reused from {r['reused_from']['file']}")
+    todo = [j for j in jobs if (j[0], j[3]) not in reused]
     ctx = mp.get_context("spawn")
     with ctx.Pool(max(1, args.jobs), maxtasksperchild=1) as pool:
-        for r in pool.imap_unordered(_run_job, jobs):
+        for r in pool.imap_unordered(_run_job, todo):
             if "error" in r:
                 print(f"{r['label']} seed {r['seed']}: ERROR {r['error']}", flush=True)
             else:
@@ -380,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
                 "same_tokens_per_seed": same,
             },
             "default_hp": DEFAULT_HP,
+            "skipped": skipped,
             "command": "python " + " ".join([os.path.relpath(__file__)] + (argv or sys.argv[1:])),
             "machine": machine_info(args.threads, args.device),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -108,10 +108,30 @@ LR, MUON_LR, WD, BETAS = 1e-3, 0.02, 0.01, (0.9, 0.95)
 
 
 class Stepper:
-    """Something with ``step()`` and a list of optimizers whose state we measure."""
+    """Something with ``step()`` and a list of optimizers whose state we measure; ``before`` /
+    ``after`` run around every step, untimed (a peer's gradient bookkeeping, see peer_makers)."""
 
-    def __init__(self, step: Callable[[], None], opts: list[Any], extra_state: Any = None) -> None:
+    def __init__(
+        self,
+        step: Callable[[], None],
+        opts: list[Any],
+        extra_state: Any = None,
+        before: Callable[[], None] | None = None,
+        after: Callable[[], None] | None = None,
+    ) -> None:
         self.step, self.opts, self.extra_state = step, opts, extra_state
+        self.before, self.after = before, after
+
+    def timed_step(self) -> float:
+        """One step; returns its seconds (``before`` / ``after`` not counted)."""
+        if self.before is not None:
+            self.before()
+        t0 = time.perf_counter()
+        self.step()
+        dt = time.perf_counter() - t0
+        if self.after is not None:
+            self.after()
+        return dt
 
 
 def torch_muon_adamw(muon: list, rest: list) -> Stepper:
@@ -146,9 +166,26 @@ def peer_makers(muon: list, rest: list) -> dict[str, Callable[[], Stepper]]:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import peers
 
+    # Some peers change p.grad: the GrokFastAdamW ones and kozistr's Muon filter or scale it in
+    # place, heavyball sets it to None after its step. Each peer therefore steps on its own copy
+    # of the fixed gradients (refilled before every step), and the shared ones are put back
+    # after it, so no optimizer sees another's leftovers; neither is timed.
+    params = muon + rest
+    fixed = [p.grad for p in params]
+
     def make(name: str) -> Stepper:
         opt = peers.build_peer(name, muon, rest, dict(peers.PEERS[name]["hp"]))
-        return Stepper(opt.step, peers.sub_optimizers(opt))
+        own = [g.clone() for g in fixed]
+
+        def before() -> None:
+            for p, g, mine in zip(params, fixed, own, strict=True):
+                p.grad = mine.copy_(g)
+
+        def after() -> None:
+            for p, g in zip(params, fixed, strict=True):
+                p.grad = g
+
+        return Stepper(opt.step, peers.sub_optimizers(opt), None, before, after)
 
     for note in filter(None, map(peers.missing, peers.PEERS)):
         print(note, flush=True)
@@ -240,7 +277,7 @@ def time_steppers(
     for name, make in makers.items():
         s = make()
         for _ in range(warmup):
-            s.step()
+            s.timed_step()
         steppers[name] = s
         out[name] = {"state_mb": round(state_mb(s), 2), "times_ms": []}
     names = list(steppers)
@@ -248,10 +285,8 @@ def time_steppers(
         # rotate the order each repetition so no config always follows the same neighbour
         for name in names[rep % len(names) :] + names[: rep % len(names)]:
             s = steppers[name]
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                s.step()
-            out[name]["times_ms"].append((time.perf_counter() - t0) / steps * 1e3)
+            elapsed = sum(s.timed_step() for _ in range(steps))
+            out[name]["times_ms"].append(elapsed / steps * 1e3)
     for v in out.values():
         v["median_ms"] = round(statistics.median(v["times_ms"]), 3)
         v["times_ms"] = [round(t, 3) for t in v["times_ms"]]
