@@ -13,7 +13,6 @@ reports time(gathered) / time(plain), the minimum over interleaved rounds of eac
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
 import sys
@@ -25,7 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cognate_model import CognateConfig, CognateForCausalLM  # noqa: E402
 from cognate_model.recursion import _Features, gather_pays  # noqa: E402
-from grokking import machine_info  # noqa: E402
+from recursion import run_record, write_json  # noqa: E402
 
 
 def _best(fns: dict, rounds: int) -> dict[str, float]:
@@ -115,21 +114,13 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(crossover(model, B, T, share, args.rounds))
             print(json.dumps(rows[-1]), flush=True)
     payload = {
-        "command": "uv run python benchmarks/act_gather_crossover.py "
-        + " ".join(sys.argv[1:] if argv is None else argv),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "loadavg_start": [round(x, 2) for x in load0],
-        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-        "torch": torch.__version__,
-        "machine": machine_info(1, "cpu"),
+        **run_record("act_gather_crossover.py", argv, load0),
         "settings": f"cognate-tiny speed preset, random weights, seed {args.seed}, "
         f"{args.rounds} rounds",
         "rows": rows,
     }
     out = Path(args.out)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    tmp.replace(out)
+    write_json(payload, out)
     write_markdown(payload, out.with_suffix(".md"))
 
 

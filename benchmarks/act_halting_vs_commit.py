@@ -15,7 +15,6 @@ The final answers of the two versions are compared too (max abs difference, halt
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
 import sys
@@ -27,8 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cognate_model  # noqa: E402
 from decode_step_vs_commit import import_at  # noqa: E402
-from grokking import machine_info  # noqa: E402
-from recursion import _chunks, packed_chunks  # noqa: E402
+from recursion import _chunks, packed_chunks, run_record, write_json  # noqa: E402
 
 
 def features(models: dict, chunks: list[dict]) -> list[tuple]:
@@ -114,19 +112,11 @@ def main() -> None:
         results[name] = compare(models, features(models, chunks), args.reps)
         print(name, json.dumps(results[name]), flush=True)
     payload = {
-        "command": "uv run python benchmarks/act_halting_vs_commit.py " + " ".join(sys.argv[1:]),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "loadavg_start": [round(x, 2) for x in load0],
-        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-        "torch": torch.__version__,
-        "machine": machine_info(1, "cpu"),
+        **run_record("act_halting_vs_commit.py", None, load0),
         "settings": {"commit": args.commit, "variant": args.variant, "reps": args.reps},
         "results": results,
     }
-    out = Path(args.out)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    tmp.replace(out)
+    write_json(payload, Path(args.out))
 
 
 if __name__ == "__main__":

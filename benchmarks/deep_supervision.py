@@ -15,7 +15,6 @@ match, the mean supervision step index over training (1 = every step a new batch
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from recursion import cycle_metrics, val_batches  # noqa: E402
+from recursion import cycle_metrics, run_record, val_batches, write_json  # noqa: E402
 
 
 def run(label: str, overrides: dict, steps: int, extra: int, out_root: Path) -> dict:
@@ -79,18 +78,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = [run(k, v, args.steps, (n - 1) * c, Path(tmp)) for k, v in variants.items()]
     payload = {
-        "command": "uv run python benchmarks/deep_supervision.py " + " ".join(sys.argv[1:]),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "loadavg_start": [round(x, 2) for x in load0],
-        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-        "torch": torch.__version__,
+        **run_record("deep_supervision.py", None, load0),
         "settings": {"preset": "quick", "specialization": "reasoning", "steps": args.steps},
         "runs": rows,
     }
     out = Path(args.out)
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(payload, indent=1) + "\n")
-    tmp_out.replace(out)
+    write_json(payload, out)
     lines = [
         "# Deep supervision in the trainer (issue 10)",
         "",

@@ -613,13 +613,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     results = {v: run_variant(v, args, data) for v in args.variants}
     payload = {
-        "command": "uv run python benchmarks/recursion.py "
-        + " ".join(sys.argv[1:] if argv is None else argv),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "loadavg_start": [round(x, 2) for x in load0],
-        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-        "torch": torch.__version__,
-        "machine": machine_info(1, "cpu"),
+        **run_record("recursion.py", argv, load0),
         "settings": {
             "model_preset": "cognate-tiny",
             "recipe": "quick (mugrokfast lr 3e-3 muon_lr 0.01, batch 32, max_len 64), mixed families",
@@ -638,11 +632,31 @@ def main(argv: list[str] | None = None) -> None:
     save(payload, Path(args.out))
 
 
-def save(payload: dict, out: Path) -> None:
-    """JSON (written to a temporary name, then renamed) and its Markdown next to it."""
+def run_record(script: str, argv: list[str] | None, load0: tuple[float, ...]) -> dict:
+    """What every result file of these benchmarks starts with: the command (`argv`, or the
+    process's own arguments when None), date, load average at start (`load0`) and now, torch
+    and the machine (one thread, CPU)."""
+    return {
+        "command": f"uv run python benchmarks/{script} "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "loadavg_start": [round(x, 2) for x in load0],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        "torch": torch.__version__,
+        "machine": machine_info(1, "cpu"),
+    }
+
+
+def write_json(payload: dict, out: Path) -> None:
+    """Written to a temporary name, then renamed: a failed run leaves the old file whole."""
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=1) + "\n")
     tmp.replace(out)
+
+
+def save(payload: dict, out: Path) -> None:
+    """JSON (`write_json`) and its Markdown next to it."""
+    write_json(payload, out)
     write_markdown(payload, out.with_suffix(".md"))
     print(json.dumps(payload["goals"], indent=1))
 
