@@ -105,13 +105,18 @@ def _force_gather(monkeypatch, gather: bool) -> None:
     monkeypatch.setattr(recursion, "gather_pays", lambda n_active, n_total: gather)
 
 
-def _block_shapes(model) -> tuple[list, object]:
-    """Record the (rows, positions) of each recursion block call; returns (list, hook)."""
+def _block_shapes(model, ids, **kwargs) -> tuple[list, object]:
+    """Run `model(ids, act_halting=True, **kwargs)` recording the (rows, positions) of each
+    recursion block call; returns (that list, the output)."""
     shapes = []
     hook = model.recursion.block.register_forward_pre_hook(
         lambda m, args: shapes.append(tuple(args[0].shape[:2]))
     )
-    return shapes, hook
+    try:
+        out = model(ids, act_halting=True, **kwargs)
+    finally:
+        hook.remove()
+    return shapes, out
 
 
 @pytest.mark.parametrize("padded", [False, True])
@@ -131,11 +136,7 @@ def test_gathered_active_update_equals_the_full_update(make_tiny, monkeypatch, p
     free = model(ids, act_halting=False, output_hidden_states=True, **kwargs)
     threshold = free.halt_probs.flatten().quantile(0.6).item()
     model.config.act_threshold = threshold
-    shapes, hook = _block_shapes(model)
-    try:
-        halting = model(ids, act_halting=True, **kwargs)
-    finally:
-        hook.remove()
+    shapes, halting = _block_shapes(model, ids, **kwargs)
     steps = halting_steps(free.halt_probs.logit(), threshold)
     assert len(steps.unique()) >= 3, "need tokens halting at several cycles"
     assert torch.equal(halting.act_steps, steps)
@@ -157,11 +158,7 @@ def test_each_cycle_computes_only_the_active_positions(make_tiny, monkeypatch):
     threshold = free.halt_probs.flatten().quantile(0.5).item()
     model.config.act_threshold = threshold
     steps = halting_steps(free.halt_probs.logit(), threshold)
-    shapes, hook = _block_shapes(model)
-    try:
-        model(ids, act_halting=True)
-    finally:
-        hook.remove()
+    shapes, _ = _block_shapes(model, ids)
     per_cycle = model.config.trm_micro_steps + 1
     expected = [(4, 40)] * per_cycle
     for c in range(1, 4):
@@ -186,11 +183,7 @@ def test_gathers_only_where_it_pays(make_tiny, batch, seq, halted, gathers):
     free = model(ids, act_halting=False)
     # the share `halted` of the positions halts after cycle 1
     model.config.act_threshold = free.halt_probs[0].flatten().quantile(1 - halted).item()
-    shapes, hook = _block_shapes(model)
-    try:
-        model(ids, act_halting=True)
-    finally:
-        hook.remove()
+    shapes, _ = _block_shapes(model, ids)
     per_cycle = model.config.trm_micro_steps + 1
     assert (shapes[per_cycle][1] == 1) == gathers
 
