@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 from cognate_model import CognateConfig, CognateForCausalLM
+from cognate_model.configuration_cognate import PRESETS
 from cognate_model.memory import MemoryAsGate
 from cognate_model.titans import NeuralMemory
 
@@ -369,7 +370,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument(
-        "--preset", default="cognate-tiny", help="model preset (d_model, heads, d_ff, vocab aside)"
+        "--preset",
+        default="cognate-tiny",
+        choices=sorted(PRESETS),
+        help="model preset (d_model, heads, d_ff, vocab aside)",
     )
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--window", type=int, default=16)
