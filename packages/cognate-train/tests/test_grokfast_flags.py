@@ -10,7 +10,7 @@ import pytest
 import torch
 from cognate_train import engine as engine_mod
 from cognate_train.cli import _config, build_parser, main
-from cognate_train.config import build_config
+from cognate_train.config import ConfigError, build_config
 from cognate_train.optim import boost_on_grokking, grokfast_lambda
 from cognate_train.trainer import CurriculumTask
 
@@ -94,13 +94,18 @@ def test_grokfast_adamw_gets_the_filter_and_warmup(tmp_path, filt, single_thread
 def test_default_is_ema_without_warmup():
     cfg = build_config("train", None, None, {})
     assert (cfg.grokfast, cfg.grokfast_warmup_steps) == ("ema", 0)
-    grok = build_config("grok", None, None, {"grokfast": "dual"})
+    # the quick preset and grok train with plain Muon (the filter measured no gain); the
+    # filter setting applies once an optimizer with a filter is chosen
+    assert cfg.optimizer == "muon" and build_config("grok", None, None, {}).optimizer == "muon"
+    grok = build_config("grok", None, None, {"optimizer": "mugrokfast", "grokfast": "dual"})
     assert grok.grokfast == "dual"  # a shared setting: grok takes it too
+    with pytest.raises(ConfigError, match="optimizer muon has no Grokfast filter"):
+        build_config("grok", None, None, {"grokfast": "dual"})
 
 
 def test_toml_keys(tmp_path):
     toml = tmp_path / "run.toml"
-    toml.write_text('grokfast = "dual"\ngrokfast_warmup_steps = 50\n')
+    toml.write_text('optimizer = "mugrokfast"\ngrokfast = "dual"\ngrokfast_warmup_steps = 50\n')
     cfg = build_config("train", None, str(toml), {})
     assert (cfg.grokfast, cfg.grokfast_warmup_steps) == ("dual", 50)
 

@@ -192,9 +192,12 @@ class GrokConfig(RunConfig):
     Task and model follow the Grokfast reference: p 97, x*y, 50 % train, a 2-layer width-128
     decoder, batch 512, 10-step warmup then a constant lr, no clipping. The optimizer settings
     are mugrokfast's tuned ``grokking`` preset (``mugrokfast.PRESETS["grokking"]``: AdamW lr
-    1e-3, betas (0.9, 0.98), weight decay 1.0, Muon lr 0.03, Grokfast-EMA alpha 0.98 lambda
-    1.0; a test keeps the two equal). The reference's own recipe (Adam with coupled L2 decay
-    0.005, lambda 2.0) has no equivalent among the decoupled-decay choices.
+    1e-3, betas (0.9, 0.98), weight decay 1.0, Muon lr 0.03, no Grokfast filter; a test keeps
+    the two equal), so the default optimizer is ``muon``. ``--optimizer mugrokfast`` adds the
+    paper's EMA filter (alpha 0.98, lambda 1.0) and the lambda boost on grokking; measured, it
+    does not reach 95% val sooner than plain Muon on this task. The reference's own recipe
+    (Adam with coupled L2 decay 0.005, lambda 2.0) has no equivalent among the decoupled-decay
+    choices.
     """
 
     p: int = opt(97, "the prime modulus")
@@ -208,6 +211,7 @@ class GrokConfig(RunConfig):
     output_dir: str = "runs/grok"
     max_steps: int = 3000
     batch_size: int = 512
+    optimizer: str = "muon"
     weight_decay: float = 1.0
     muon_lr: float = 0.03
     grokfast_lambda: float = 1.0
