@@ -590,20 +590,7 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         """
         _reject_unknown(kwargs)
         cfg = self.config
-        if use_cache is None:
-            default = cfg.use_cache and not self.training and not torch.compiler.is_exporting()
-            use_cache = past_key_values is not None or default
-        if use_cache and self.training and self._checkpointing():
-            logger.warning_once("use_cache=True is incompatible with gradient checkpointing: off")
-            use_cache, past_key_values = False, None
-        if use_cache and past_key_values is None:
-            past_key_values = CognateCache(cfg)
-        if not use_cache:
-            past_key_values = None
-        if past_key_values is not None and not isinstance(past_key_values, CognateCache):
-            raise ValueError(
-                f"past_key_values must be a CognateCache, got {type(past_key_values).__name__}"
-            )
+        past_key_values = self._resolve_cache(past_key_values, use_cache)
         source = _check_source(input_ids, inputs_embeds, cfg)
         seen = past_key_values.get_seq_length() if past_key_values is not None else 0
         _check_shapes(*source.shape[:2], seen, attention_mask, labels, position_ids)
@@ -612,11 +599,7 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
             act_halting = cfg.use_act and not self.training
         if output_hidden_states is None:
             output_hidden_states = cfg.output_hidden_states
-        dtype = self.model.embed_tokens.weight.dtype
-        if inputs_embeds is not None:
-            dtype = inputs_embeds.dtype
-        if torch.is_autocast_enabled(source.device.type):
-            dtype = torch.get_autocast_dtype(source.device.type)
+        dtype = self._compute_dtype(source, inputs_embeds)
         attn = self.model.attention_inputs(
             source.shape[1], attention_mask, source.device, dtype, past_key_values, position_ids
         )
@@ -654,6 +637,38 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
 
     def _checkpointing(self) -> bool:
         return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+
+    def _resolve_cache(
+        self, past_key_values: CognateCache | None, use_cache: bool | None
+    ) -> CognateCache | None:
+        """The cache this call reads and fills, or None: `use_cache` (default: config.use_cache
+        outside training and torch.export; True whenever a cache is passed); off under gradient
+        checkpointing in training."""
+        if use_cache is None:
+            default = (
+                self.config.use_cache and not self.training and not torch.compiler.is_exporting()
+            )
+            use_cache = past_key_values is not None or default
+        if use_cache and self.training and self._checkpointing():
+            logger.warning_once("use_cache=True is incompatible with gradient checkpointing: off")
+            use_cache = False
+        if not use_cache:
+            return None
+        if past_key_values is None:
+            return CognateCache(self.config)
+        if not isinstance(past_key_values, CognateCache):
+            raise ValueError(
+                f"past_key_values must be a CognateCache, got {type(past_key_values).__name__}"
+            )
+        return past_key_values
+
+    def _compute_dtype(self, source: Tensor, inputs_embeds: Tensor | None) -> torch.dtype:
+        """The activations' dtype: autocast's when on, else the embeddings' (or inputs_embeds')."""
+        if torch.is_autocast_enabled(source.device.type):
+            return torch.get_autocast_dtype(source.device.type)
+        if inputs_embeds is not None:
+            return inputs_embeds.dtype
+        return self.model.embed_tokens.weight.dtype
 
     def _outputs(
         self,
