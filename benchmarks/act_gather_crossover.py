@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cognate_model import CognateConfig, CognateForCausalLM  # noqa: E402
-from cognate_model.recursion import _Features, gather_pays  # noqa: E402
+from cognate_model.recursion import ONE_ROW_MAX_KEYS, _Features, gather_pays  # noqa: E402
 from recursion import run_record, write_json  # noqa: E402
 
 
@@ -53,9 +53,10 @@ def crossover(model: CognateForCausalLM, B: int, T: int, halted: float, rounds: 
     y, z, logit = rec.cycle(x, x, features())
     active = torch.rand(B, T) >= halted
     idx = active.flatten().nonzero()[:, 0]
+    one_row = B == 1 and T <= ONE_ROW_MAX_KEYS
     best = _best(
         {
-            "gathered": lambda: rec._active_cycle(y, z, features(), idx, logit),
+            "gathered": lambda: rec._active_cycle(y, z, features(), idx, logit, one_row),
             "plain": lambda: rec._frozen_cycle(y, z, features(), active, logit),
         },
         rounds,
@@ -69,7 +70,7 @@ def crossover(model: CognateForCausalLM, B: int, T: int, halted: float, rounds: 
         "gathered_us": round(best["gathered"] * 1e6, 1),
         "plain_us": round(best["plain"] * 1e6, 1),
         "ratio": round(best["gathered"] / best["plain"], 3),
-        "gather_pays_says": gather_pays(n, B * T),
+        "gather_pays_says": gather_pays(n, B * T, one_row, attn.mask.blocked),
     }
 
 

@@ -102,7 +102,7 @@ def _active_reference(free, steps, model):
 
 def _force_gather(monkeypatch, gather: bool) -> None:
     """Make every halting cycle gather (True) or compute all and freeze (False)."""
-    monkeypatch.setattr(recursion, "gather_pays", lambda n_active, n_total: gather)
+    monkeypatch.setattr(recursion, "gather_pays", lambda *args: gather)
 
 
 def _block_shapes(model, ids, **kwargs) -> tuple[list, object]:
@@ -119,19 +119,25 @@ def _block_shapes(model, ids, **kwargs) -> tuple[list, object]:
     return shapes, out
 
 
+@pytest.mark.parametrize("batch", [4, 1])
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("gather", [True, False])
-def test_gathered_active_update_equals_the_full_update(make_tiny, monkeypatch, padded, gather):
+def test_gathered_active_update_equals_the_full_update(
+    make_tiny, monkeypatch, padded, gather, batch
+):
     """Halted positions leave the computation (or, not gathered, are computed and frozen); the
     active ones get exactly the update the all-positions run gives them (left padding,
-    per-row rotary positions included)."""
+    per-row rotary positions included). Batch 4: each active position its own row of one
+    query; batch 1: the active positions as one shorter sequence."""
     model = _halting_setup(make_tiny)
     _force_gather(monkeypatch, gather)
-    ids = _ids(4, 40)
+    ids = _ids(batch, 40)
     kwargs = {}
     if padded:
-        mask = torch.ones(4, 40, dtype=torch.long)
-        mask[1, :9], mask[3, :17] = 0, 0
+        mask = torch.ones(batch, 40, dtype=torch.long)
+        mask[-1, :17] = 0
+        if batch > 1:
+            mask[1, :9] = 0
         kwargs = {"attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp_min(0)}
     free = model(ids, act_halting=False, output_hidden_states=True, **kwargs)
     threshold = free.halt_probs.flatten().quantile(0.6).item()
@@ -144,8 +150,13 @@ def test_gathered_active_update_equals_the_full_update(make_tiny, monkeypatch, p
         halting.logits, _active_reference(free, steps, model), rtol=0, atol=1e-10
     )
     per_cycle = model.config.trm_micro_steps + 1
-    assert shapes[:per_cycle] == [(4, 40)] * per_cycle
-    assert all((s[1] == 1) == gather for s in shapes[per_cycle:]) and len(shapes) > per_cycle
+    assert shapes[:per_cycle] == [(batch, 40)] * per_cycle
+    later = shapes[per_cycle:]
+    assert len(later) > per_cycle
+    if not gather:
+        assert all(s == (batch, 40) for s in later)
+    else:  # fewer positions: N rows of one query, or (batch 1) one row of N
+        assert all(s[1] == 1 if batch > 1 else (s[0] == 1 and s[1] < 40) for s in later)
 
 
 def test_each_cycle_computes_only_the_active_positions(make_tiny, monkeypatch):
@@ -172,12 +183,21 @@ def test_each_cycle_computes_only_the_active_positions(make_tiny, monkeypatch):
 
 @pytest.mark.parametrize(
     ("batch", "seq", "halted", "gathers"),
-    [(1, 16, 0.8, False), (8, 40, 0.8, True), (8, 40, 0.1, False)],
+    [
+        (1, 16, 0.8, False),
+        (1, 40, 0.2, True),
+        (1, 80, 0.2, False),
+        (1, 80, 0.8, True),
+        (8, 40, 0.8, True),
+        (8, 40, 0.1, False),
+    ],
 )
 def test_gathers_only_where_it_pays(make_tiny, batch, seq, halted, gathers):
-    """The default rule (`gather_pays`): a short single sequence, or a batch with most
-    positions still active, runs plain cycles (all positions, the halted frozen); a batch
-    with most positions halted gathers the active ones."""
+    """The default rule (`gather_pays`): a single sequence within one window (16), or a batch
+    (or a single sequence of more than 64 keys) with most positions still active, runs plain
+    cycles (all positions, the halted frozen); a single sequence of 17 to 64 keys gathers the
+    active ones into one shorter sequence whatever the share halted, and a batch with most
+    positions halted gathers them."""
     model = _halting_setup(make_tiny)
     ids = _ids(batch, seq)
     free = model(ids, act_halting=False)
@@ -185,7 +205,7 @@ def test_gathers_only_where_it_pays(make_tiny, batch, seq, halted, gathers):
     model.config.act_threshold = free.halt_probs[0].flatten().quantile(1 - halted).item()
     shapes, _ = _block_shapes(model, ids)
     per_cycle = model.config.trm_micro_steps + 1
-    assert (shapes[per_cycle][1] == 1) == gathers
+    assert (shapes[per_cycle] != (batch, seq)) == gathers
 
 
 def test_compiled_path_freezes_instead_and_agrees(make_tiny, monkeypatch):

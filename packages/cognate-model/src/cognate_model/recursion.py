@@ -139,6 +139,15 @@ class _Features:
         cos, sin = (_rotary_at(table, idx, t) for table in (self.cos, self.sin))
         return _Features(self.k, self.v, mask, cos, sin)
 
+    def in_row(self, t: Tensor) -> _Features:
+        """The features of the positions t of a single sequence (batch 1) as one shorter
+        sequence of N queries: the keys/values stay whole, the mask keeps the queries' rows
+        (1, 1, N, S) of the dense one (or None), rotary tables their rows."""
+        m = self.mask.dense() if isinstance(self.mask, WindowMask) else self.mask
+        mask = None if m is None else m.index_select(2, t)
+        cos, sin = (table.index_select(-2, t) for table in (self.cos, self.sin))
+        return _Features(self.k, self.v, mask, cos, sin)
+
 
 def _rotary_at(table: Tensor, idx: Tensor, t: Tensor) -> Tensor:
     """(T, hd) or (B, 1, T, hd) rotary table -> (N, 1, 1, hd) at positions idx = b * T + t."""
@@ -146,13 +155,18 @@ def _rotary_at(table: Tensor, idx: Tensor, t: Tensor) -> Tensor:
     return rows[:, None, None, :]
 
 
-def _rows(x: Tensor, idx: Tensor) -> Tensor:
-    """(B, T, ...) -> (N, 1, ...): the positions idx = b * T + t, each its own batch row."""
+def _rows(x: Tensor, idx: Tensor, one_row: bool) -> Tensor:
+    """(B, T, ...) -> (N, 1, ...): the positions idx = b * T + t, each its own batch row; or,
+    `one_row` (B = 1, idx = t), (1, N, ...): one shorter sequence."""
+    if one_row:
+        return x.index_select(1, idx)
     return x.flatten(0, 1).index_select(0, idx).unsqueeze(1)
 
 
-def _put(x: Tensor, idx: Tensor, rows: Tensor) -> Tensor:
-    """x (B, T, ...) with the positions idx replaced by rows (N, 1, ...) (out of place)."""
+def _put(x: Tensor, idx: Tensor, rows: Tensor, one_row: bool) -> Tensor:
+    """x (B, T, ...) with the positions idx replaced by rows (`_rows`' layout), out of place."""
+    if one_row:
+        return x.index_copy(1, idx, rows)
     return x.flatten(0, 1).index_copy(0, idx, rows.flatten(0, 1)).view_as(x)
 
 
@@ -242,11 +256,13 @@ class TRMRecursion(nn.Module):
         ys, logits = [y], []
         active = idx = None  # (B, T) still refining, their flat indices; None: every position
         compiling = torch.compiler.is_compiling()
+        one_row = y.shape[0] == 1 and f.k.shape[-2] <= ONE_ROW_MAX_KEYS
+        blocked = isinstance(f.mask, WindowMask) and f.mask.blocked
         for c in range(cycles):
             if active is None:
                 y, z, logit = self.cycle(y, z, f)
             elif idx is not None:
-                y, z, logit = self._active_cycle(y, z, f, idx, logit)
+                y, z, logit = self._active_cycle(y, z, f, idx, logit, one_row)
             else:
                 y, z, logit = self._frozen_cycle(y, z, f, active, logit)
             ys.append(y)
@@ -265,7 +281,7 @@ class TRMRecursion(nn.Module):
                 break
             if idx.numel() == active.numel():
                 active = idx = None
-            elif not gather_pays(idx.numel(), active.numel()):
+            elif not gather_pays(idx.numel(), active.numel(), one_row, blocked):
                 idx = None
         return ys, logits, z
 
@@ -282,28 +298,40 @@ class TRMRecursion(nn.Module):
         )
 
     def _active_cycle(
-        self, y: Tensor, z: Tensor, f: _Features, idx: Tensor, logit: Tensor
+        self, y: Tensor, z: Tensor, f: _Features, idx: Tensor, logit: Tensor, one_row: bool
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """One cycle over the active positions idx = b * T + t only, each its own batch row of
-        one query (`_Features.at`: no padding to the longest row), scattered back into y, z,
-        logit."""
-        y_a, z_a, l_a = self.cycle(_rows(y, idx), _rows(z, idx), f.at(idx, y.shape[1]))
-        return _put(y, idx, y_a), _put(z, idx, z_a), _put(logit, idx, l_a)
+        """One cycle over the active positions idx = b * T + t only, scattered back into y, z,
+        logit. `one_row` (batch 1, at most `ONE_ROW_MAX_KEYS` keys): the positions as one
+        shorter sequence (`_Features.in_row`: one SDPA call over the dense mask's rows);
+        otherwise each its own batch row of one query (`_Features.at`: no padding to the
+        longest row)."""
+        g = f.in_row(idx) if one_row else f.at(idx, y.shape[1])
+        y_a, z_a, l_a = self.cycle(_rows(y, idx, one_row), _rows(z, idx, one_row), g)
+        return tuple(_put(x, idx, a, one_row) for x, a in ((y, y_a), (z, z_a), (logit, l_a)))
 
 
-# When a halting cycle gathers the active positions. A gathered cycle runs ~25 more small ops
-# than a plain one (index arithmetic, gathers, scatters: ~0.2-0.3 ms on one CPU thread), and
-# its per-position attention (one query over its own window) costs more than the blocked one.
-# Measured on the speed model (cognate-tiny, one thread), gathered / plain cycle time: 1.7 at
-# 16 positions whatever the share halted, 0.9-0.97 at 32-64 positions with 70-90% halted,
-# 0.57 / 0.78 / 1.08 at 32 x 24 positions with 72 / 50 / 25% halted.
+# When a halting cycle gathers the active positions (`benchmarks/act_gather_crossover.py`, the
+# speed model: cognate-tiny, window 16, one thread; gathered / plain cycle time).
+# - Batch 1 with at most ONE_ROW_MAX_KEYS keys: the active positions run as one shorter
+#   sequence over the dense mask's rows, one 4-D SDPA call. Where the plain cycle runs blocked
+#   attention (more new tokens than the window: 5-D tiles, SDPA's generic kernel) that is
+#   cheaper whatever the share halted: 0.54-0.68 at 1 x 24 / 32 / 64. Within one window both
+#   run one dense call and per-op overhead decides: 1.01-1.09 at 1 x 16, so it does not gather.
+# - Otherwise each active position is its own row of one query over its own key span: ~25
+#   more small ops than a plain cycle (index arithmetic, gathers, scatters), so it pays only
+#   with many positions halted: 0.57 / 0.78 / 1.08 at 32 x 24 with 72 / 50 / 25% halted.
 GATHER_MIN_HALTED = 32
 GATHER_MAX_ACTIVE_SHARE = 0.5
+ONE_ROW_MAX_KEYS = 64
 
 
-def gather_pays(n_active: int, n_total: int) -> bool:
+def gather_pays(n_active: int, n_total: int, one_row: bool = False, blocked: bool = True) -> bool:
     """Whether a cycle should gather its `n_active` of `n_total` positions (else it computes
-    all of them and freezes the halted ones)."""
+    all of them and freezes the halted ones). one_row: batch 1 with at most ONE_ROW_MAX_KEYS
+    keys (the positions would run as one shorter sequence); blocked: the plain cycle's
+    attention runs blocked (more new tokens than the window)."""
+    if one_row:
+        return blocked
     return n_total - n_active >= GATHER_MIN_HALTED and n_active <= GATHER_MAX_ACTIVE_SHARE * n_total
 
 
