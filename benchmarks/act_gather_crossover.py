@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cognate_model import CognateConfig, CognateForCausalLM  # noqa: E402
-from cognate_model.recursion import ONE_ROW_MAX_KEYS, _Features, gather_pays  # noqa: E402
+from cognate_model.recursion import ROWS_MAX_KEYS, _Active, _Features, gather_pays  # noqa: E402
 from recursion import run_record, write_json  # noqa: E402
 
 
@@ -53,10 +53,11 @@ def crossover(model: CognateForCausalLM, B: int, T: int, halted: float, rounds: 
     y, z, logit = rec.cycle(x, x, features())
     active = torch.rand(B, T) >= halted
     idx = active.flatten().nonzero()[:, 0]
-    one_row = B == 1 and T <= ONE_ROW_MAX_KEYS
+    as_rows = T <= ROWS_MAX_KEYS
+    gathered = _Active.rows(active, idx) if as_rows else _Active(idx)
     best = _best(
         {
-            "gathered": lambda: rec._active_cycle(y, z, features(), idx, logit, one_row),
+            "gathered": lambda: rec._active_cycle(y, z, features(), gathered, logit),
             "plain": lambda: rec._frozen_cycle(y, z, features(), active, logit),
         },
         rounds,
@@ -70,7 +71,7 @@ def crossover(model: CognateForCausalLM, B: int, T: int, halted: float, rounds: 
         "gathered_us": round(best["gathered"] * 1e6, 1),
         "plain_us": round(best["plain"] * 1e6, 1),
         "ratio": round(best["gathered"] / best["plain"], 3),
-        "gather_pays_says": gather_pays(n, B * T, one_row, attn.mask.blocked),
+        "gather_pays_says": gather_pays(n, B * T, as_rows, attn.mask.blocked),
     }
 
 

@@ -119,22 +119,22 @@ def _block_shapes(model, ids, **kwargs) -> tuple[list, object]:
     return shapes, out
 
 
-@pytest.mark.parametrize("batch", [4, 1])
+@pytest.mark.parametrize(("batch", "seq"), [(4, 40), (1, 40), (4, 80)])
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("gather", [True, False])
 def test_gathered_active_update_equals_the_full_update(
-    make_tiny, monkeypatch, padded, gather, batch
+    make_tiny, monkeypatch, padded, gather, batch, seq
 ):
     """Halted positions leave the computation (or, not gathered, are computed and frozen); the
     active ones get exactly the update the all-positions run gives them (left padding,
-    per-row rotary positions included). Batch 4: each active position its own row of one
-    query; batch 1: the active positions as one shorter sequence."""
+    per-row rotary positions included). Up to 64 keys the active positions run as B rows of
+    the most any row has (batch 1: one row of N); beyond, each its own row of one query."""
     model = _halting_setup(make_tiny)
     _force_gather(monkeypatch, gather)
-    ids = _ids(batch, 40)
+    ids = _ids(batch, seq)
     kwargs = {}
     if padded:
-        mask = torch.ones(batch, 40, dtype=torch.long)
+        mask = torch.ones(batch, seq, dtype=torch.long)
         mask[-1, :17] = 0
         if batch > 1:
             mask[1, :9] = 0
@@ -150,54 +150,59 @@ def test_gathered_active_update_equals_the_full_update(
         halting.logits, _active_reference(free, steps, model), rtol=0, atol=1e-10
     )
     per_cycle = model.config.trm_micro_steps + 1
-    assert shapes[:per_cycle] == [(batch, 40)] * per_cycle
-    later = shapes[per_cycle:]
-    assert len(later) > per_cycle
-    if not gather:
-        assert all(s == (batch, 40) for s in later)
-    else:  # fewer positions: N rows of one query, or (batch 1) one row of N
-        assert all(s[1] == 1 if batch > 1 else (s[0] == 1 and s[1] < 40) for s in later)
+    assert shapes[:per_cycle] == [(batch, seq)] * per_cycle
+    assert len(shapes) > per_cycle
+    expected = (batch, seq)
+    if gather:  # cycle 2 updates the positions not halted after cycle 1
+        active = steps > 1
+        rows = (batch, int(active.sum(1).max())) if seq <= 64 else (int(active.sum()), 1)
+        expected = rows
+    assert shapes[per_cycle] == expected
 
 
-def test_each_cycle_computes_only_the_active_positions(make_tiny, monkeypatch):
-    """Each block call of cycle c sees exactly the positions not yet halted (as N rows of one
-    query), counted from the free run's halting steps."""
+@pytest.mark.parametrize("seq", [40, 80])
+def test_each_cycle_computes_only_the_active_positions(make_tiny, monkeypatch, seq):
+    """Each block call of cycle c sees exactly the positions not yet halted, counted from the
+    free run's halting steps: as N rows of one query (more than 64 keys), or as B rows of the
+    most any row has (the others' spare slots are computed and dropped)."""
     model = _halting_setup(make_tiny)
     _force_gather(monkeypatch, True)
-    ids = _ids(4, 40)
+    ids = _ids(4, seq)
     free = model(ids, act_halting=False)
     threshold = free.halt_probs.flatten().quantile(0.5).item()
     model.config.act_threshold = threshold
     steps = halting_steps(free.halt_probs.logit(), threshold)
     shapes, _ = _block_shapes(model, ids)
     per_cycle = model.config.trm_micro_steps + 1
-    expected = [(4, 40)] * per_cycle
+    expected = [(4, seq)] * per_cycle
     for c in range(1, 4):
-        n = int((steps > c).sum())  # not halted after cycle c
-        if n == 0:
+        active = steps > c  # not halted after cycle c
+        if not active.any():
             break
-        expected += [(n, 1)] * per_cycle
+        rows = (4, int(active.sum(1).max())) if seq <= 64 else (int(active.sum()), 1)
+        expected += [rows] * per_cycle
     assert shapes == expected
-    assert 0 < expected[-1][0] < 4 * 40
+    assert expected[-1][0] * expected[-1][1] < 4 * seq
 
 
 @pytest.mark.parametrize(
     ("batch", "seq", "halted", "gathers"),
     [
         (1, 16, 0.8, False),
+        (8, 16, 0.8, False),
         (1, 40, 0.2, True),
-        (1, 80, 0.2, False),
-        (1, 80, 0.8, True),
         (8, 40, 0.8, True),
-        (8, 40, 0.1, False),
+        (8, 40, 0.02, False),
+        (1, 80, 0.2, False),
+        (8, 80, 0.8, True),
+        (8, 80, 0.1, False),
     ],
 )
 def test_gathers_only_where_it_pays(make_tiny, batch, seq, halted, gathers):
-    """The default rule (`gather_pays`): a single sequence within one window (16), or a batch
-    (or a single sequence of more than 64 keys) with most positions still active, runs plain
-    cycles (all positions, the halted frozen); a single sequence of 17 to 64 keys gathers the
-    active ones into one shorter sequence whatever the share halted, and a batch with most
-    positions halted gathers them."""
+    """The default rule (`gather_pays`): within one window (16) a cycle runs plain (all
+    positions, the halted frozen); from 17 to 64 keys it gathers the active positions (as
+    rows) whatever the share halted, unless some row has them all; beyond, only with most
+    positions halted."""
     model = _halting_setup(make_tiny)
     ids = _ids(batch, seq)
     free = model(ids, act_halting=False)

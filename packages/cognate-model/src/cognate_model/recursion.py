@@ -31,12 +31,13 @@ Gradients (`detach_between_cycles`):
 
 ACT at inference (`halt_threshold` set): a position whose halting probability exceeds the
 threshold keeps its y and z from then on and leaves the computation: each later cycle gathers
-the still-active positions (each its own row of one query) and updates only them, and each
-one's cross-attention reads only its own window of keys (`attention.positions_attention`),
-so the cycles' cost falls with the number of active positions. Where gathering costs more
-than it saves (few positions halted, or most still active: `gather_pays`), and under
-torch.compile/export (no data-dependent shapes), every position is computed and the halted
-ones are frozen instead; the results are the same.
+the still-active positions and updates only them, so the cycles' cost falls with the number
+of active positions. Up to `ROWS_MAX_KEYS` keys they run as B rows of M (the most any row
+has), one SDPA call over the dense mask's rows; beyond, each is its own row of one query
+that attends only to its own window of keys (`attention.positions_attention`). Where
+gathering costs more than it saves (`gather_pays`), and under torch.compile/export (no
+data-dependent shapes), every position is computed and the halted ones are frozen instead;
+the results are the same.
 """
 
 from __future__ import annotations
@@ -139,14 +140,24 @@ class _Features:
         cos, sin = (_rotary_at(table, idx, t) for table in (self.cos, self.sin))
         return _Features(self.k, self.v, mask, cos, sin)
 
-    def in_row(self, t: Tensor) -> _Features:
-        """The features of the positions t of a single sequence (batch 1) as one shorter
-        sequence of N queries: the keys/values stay whole, the mask keeps the queries' rows
-        (1, 1, N, S) of the dense one (or None), rotary tables their rows."""
+    def in_rows(self, a: _Active) -> _Features:
+        """The features of the active positions laid out as `a`'s B rows of M (`_Active.rows`):
+        the keys/values stay whole, the mask keeps the slots' rows (B, 1, M, S) of the dense
+        one (or None), the rotary tables theirs (B, 1, M, hd)."""
         m = self.mask.dense() if isinstance(self.mask, WindowMask) else self.mask
-        mask = None if m is None else m.index_select(2, t)
-        cos, sin = (table.index_select(-2, t) for table in (self.cos, self.sin))
+        mask = None if m is None else _slot_rows(m, a)
+        cos, sin = (_slot_rows(table, a) for table in (self.cos, self.sin))
         return _Features(self.k, self.v, mask, cos, sin)
+
+
+def _slot_rows(table: Tensor, a: _Active) -> Tensor:
+    """A per-position table, (T, X) or (B or 1, 1, T, X) (rotary, dense mask), at the slots of
+    `a`: (B, 1, M, X)."""
+    if table.dim() == 4 and table.shape[0] > 1:
+        rows = table.flatten(0, 2).index_select(0, a.src)
+    else:
+        rows = table.reshape(-1, table.shape[-1]).index_select(0, a.pos)
+    return rows.view(a.batch, 1, a.width, table.shape[-1])
 
 
 def _rotary_at(table: Tensor, idx: Tensor, t: Tensor) -> Tensor:
@@ -155,19 +166,47 @@ def _rotary_at(table: Tensor, idx: Tensor, t: Tensor) -> Tensor:
     return rows[:, None, None, :]
 
 
-def _rows(x: Tensor, idx: Tensor, one_row: bool) -> Tensor:
-    """(B, T, ...) -> (N, 1, ...): the positions idx = b * T + t, each its own batch row; or,
-    `one_row` (B = 1, idx = t), (1, N, ...): one shorter sequence."""
-    if one_row:
-        return x.index_select(1, idx)
-    return x.flatten(0, 1).index_select(0, idx).unsqueeze(1)
+@dataclass
+class _Active:
+    """The positions a gathered cycle updates, idx = b * T + t (N,), and their layout there:
+    N batch rows of one query (`src` None), or B rows of M = the most active in any row
+    (`rows`: the slot of the k-th active position of row b is b * M + k; a spare slot holds
+    its row's position 0, computed and dropped)."""
 
+    idx: Tensor
+    src: Tensor | None = None  # (B * M,) the flat position of each slot
+    pos: Tensor | None = None  # (B * M,) its position t in its row
+    slot: Tensor | None = None  # (N,) the slot of each active position; None: slot i = idx[i]
+    batch: int = 0
+    width: int = 0
 
-def _put(x: Tensor, idx: Tensor, rows: Tensor, one_row: bool) -> Tensor:
-    """x (B, T, ...) with the positions idx replaced by rows (`_rows`' layout), out of place."""
-    if one_row:
-        return x.index_copy(1, idx, rows)
-    return x.flatten(0, 1).index_copy(0, idx, rows.flatten(0, 1)).view_as(x)
+    @classmethod
+    def rows(cls, active: Tensor, idx: Tensor) -> _Active | None:
+        """None where some row has every position active (B rows of T: nothing left out)."""
+        B, T = active.shape
+        if B == 1:  # no spare slots: one row of the N positions
+            return cls(idx, idx, idx, None, 1, idx.numel())
+        M = int(active.sum(1).max())
+        if M == T:
+            return None
+        slot = (idx // T) * M + (active.cumsum(1) - 1).flatten().index_select(0, idx)
+        base = torch.arange(0, B * T, T, device=idx.device).repeat_interleave(M)
+        src = base.index_copy(0, slot, idx)
+        return cls(idx, src, src - base, slot, B, M)
+
+    def take(self, x: Tensor) -> Tensor:
+        """(B, T, ...) -> the active positions in this layout: (N, 1, ...) or (B, M, ...)."""
+        if self.src is None:
+            return x.flatten(0, 1).index_select(0, self.idx).unsqueeze(1)
+        return x.flatten(0, 1).index_select(0, self.src).unflatten(0, (self.batch, self.width))
+
+    def put(self, x: Tensor, rows: Tensor) -> Tensor:
+        """x (B, T, ...) with the active positions replaced by rows (`take`'s layout), out of
+        place."""
+        rows = rows.flatten(0, 1)
+        if self.slot is not None:
+            rows = rows.index_select(0, self.slot)
+        return x.flatten(0, 1).index_copy(0, self.idx, rows).view_as(x)
 
 
 class TRMRecursion(nn.Module):
@@ -254,15 +293,15 @@ class TRMRecursion(nn.Module):
         or, where gathering would cost more than it saves (`gather_pays`), compute every
         position and keep the halted ones as they were (`_frozen_cycle`); the same results."""
         ys, logits = [y], []
-        active = idx = None  # (B, T) still refining, their flat indices; None: every position
+        active = gathered = None  # (B, T) still refining (None: all), how a cycle gathers them
         compiling = torch.compiler.is_compiling()
-        one_row = y.shape[0] == 1 and f.k.shape[-2] <= ONE_ROW_MAX_KEYS
+        as_rows = f.k.shape[-2] <= ROWS_MAX_KEYS  # gathered positions as B rows of M
         blocked = isinstance(f.mask, WindowMask) and f.mask.blocked
         for c in range(cycles):
             if active is None:
                 y, z, logit = self.cycle(y, z, f)
-            elif idx is not None:
-                y, z, logit = self._active_cycle(y, z, f, idx, logit, one_row)
+            elif gathered is not None:
+                y, z, logit = self._active_cycle(y, z, f, gathered, logit)
             else:
                 y, z, logit = self._frozen_cycle(y, z, f, active, logit)
             ys.append(y)
@@ -274,15 +313,16 @@ class TRMRecursion(nn.Module):
             if compiling:  # no data-dependent shapes: every later cycle frozen
                 continue
             idx = active.flatten().nonzero()[:, 0]  # the one host sync per cycle
+            gathered = None
             if idx.numel() == 0:
                 # every position has halted: the remaining cycles would change nothing
                 ys.extend([y] * (cycles - 1 - c))
                 logits.extend([logit] * (cycles - 1 - c))
                 break
             if idx.numel() == active.numel():
-                active = idx = None
-            elif not gather_pays(idx.numel(), active.numel(), one_row, blocked):
-                idx = None
+                active = None
+            elif gather_pays(idx.numel(), active.numel(), as_rows, blocked):
+                gathered = _Active.rows(active, idx) if as_rows else _Active(idx)
         return ys, logits, z
 
     def _frozen_cycle(
@@ -298,39 +338,38 @@ class TRMRecursion(nn.Module):
         )
 
     def _active_cycle(
-        self, y: Tensor, z: Tensor, f: _Features, idx: Tensor, logit: Tensor, one_row: bool
+        self, y: Tensor, z: Tensor, f: _Features, a: _Active, logit: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """One cycle over the active positions idx = b * T + t only, scattered back into y, z,
-        logit. `one_row` (batch 1, at most `ONE_ROW_MAX_KEYS` keys): the positions as one
-        shorter sequence (`_Features.in_row`: one SDPA call over the dense mask's rows);
-        otherwise each its own batch row of one query (`_Features.at`: no padding to the
-        longest row)."""
-        g = f.in_row(idx) if one_row else f.at(idx, y.shape[1])
-        y_a, z_a, l_a = self.cycle(_rows(y, idx, one_row), _rows(z, idx, one_row), g)
-        return tuple(_put(x, idx, a, one_row) for x, a in ((y, y_a), (z, z_a), (logit, l_a)))
+        """One cycle over the active positions `a` only, scattered back into y, z, logit: as B
+        rows of M (`_Features.in_rows`: one SDPA call over the dense mask's rows), or each its
+        own batch row of one query (`_Features.at`: each attends to its own key span)."""
+        g = f.in_rows(a) if a.src is not None else f.at(a.idx, y.shape[1])
+        y_a, z_a, l_a = self.cycle(a.take(y), a.take(z), g)
+        return a.put(y, y_a), a.put(z, z_a), a.put(logit, l_a)
 
 
-# When a halting cycle gathers the active positions (`benchmarks/act_gather_crossover.py`, the
-# speed model: cognate-tiny, window 16, one thread; gathered / plain cycle time).
-# - Batch 1 with at most ONE_ROW_MAX_KEYS keys: the active positions run as one shorter
-#   sequence over the dense mask's rows, one 4-D SDPA call. Where the plain cycle runs blocked
-#   attention (more new tokens than the window: 5-D tiles, SDPA's generic kernel) that is
-#   cheaper whatever the share halted: 0.54-0.68 at 1 x 24 / 32 / 64. Within one window both
-#   run one dense call and per-op overhead decides: 1.01-1.09 at 1 x 16, so it does not gather.
-# - Otherwise each active position is its own row of one query over its own key span: ~25
-#   more small ops than a plain cycle (index arithmetic, gathers, scatters), so it pays only
-#   with many positions halted: 0.57 / 0.78 / 1.08 at 32 x 24 with 72 / 50 / 25% halted.
+# When a halting cycle gathers the active positions, and how (`benchmarks/act_gather_crossover.py`,
+# the speed model: cognate-tiny, window 16, one thread; gathered / plain cycle time).
+# - At most ROWS_MAX_KEYS keys: as B rows of M (`_Active.rows`), one 4-D SDPA call over the
+#   dense mask's rows. Where the plain cycle runs blocked attention (more new tokens than the
+#   window: 5-D tiles, which SDPA sends to its generic kernel) that is cheaper whatever the
+#   share halted: 0.65-0.83 at 1 x 24, 0.47-0.75 at 4 x 64, 0.41-0.71 at 32 x 24, 0.19-0.68
+#   at 32 x 64 (90 to 25% halted). Within one window both run one dense call and per-op
+#   overhead decides: 1.12-1.70 at 1 x 16, so it does not gather.
+# - More keys: each active position its own row of one query over its own key span, ~25 more
+#   small ops than a plain cycle, so it pays only with many positions halted: 0.20 / 0.49 /
+#   0.85 / 1.61 at 32 x 80 with 90 / 72 / 50 / 25% halted.
 GATHER_MIN_HALTED = 32
 GATHER_MAX_ACTIVE_SHARE = 0.5
-ONE_ROW_MAX_KEYS = 64
+ROWS_MAX_KEYS = 64
 
 
-def gather_pays(n_active: int, n_total: int, one_row: bool = False, blocked: bool = True) -> bool:
+def gather_pays(n_active: int, n_total: int, as_rows: bool = False, blocked: bool = True) -> bool:
     """Whether a cycle should gather its `n_active` of `n_total` positions (else it computes
-    all of them and freezes the halted ones). one_row: batch 1 with at most ONE_ROW_MAX_KEYS
-    keys (the positions would run as one shorter sequence); blocked: the plain cycle's
-    attention runs blocked (more new tokens than the window)."""
-    if one_row:
+    all of them and freezes the halted ones). as_rows: at most ROWS_MAX_KEYS keys (the
+    positions would run as B rows of M); blocked: the plain cycle's attention runs blocked
+    (more new tokens than the window)."""
+    if as_rows:
         return blocked
     return n_total - n_active >= GATHER_MIN_HALTED and n_active <= GATHER_MAX_ACTIVE_SHARE * n_total
 
