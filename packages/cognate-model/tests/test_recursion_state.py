@@ -190,6 +190,7 @@ def test_each_cycle_computes_only_the_active_positions(make_tiny, monkeypatch, s
     [
         (1, 16, 0.8, False),
         (8, 16, 0.8, False),
+        (32, 16, 0.5, False),
         (1, 40, 0.2, True),
         (8, 40, 0.8, True),
         (8, 40, 0.02, False),
@@ -199,10 +200,10 @@ def test_each_cycle_computes_only_the_active_positions(make_tiny, monkeypatch, s
     ],
 )
 def test_gathers_only_where_it_pays(make_tiny, batch, seq, halted, gathers):
-    """The default rule (`gather_pays`): within one window (16) a cycle runs plain (all
-    positions, the halted frozen); from 17 to 64 keys it gathers the active positions (as
-    rows) whatever the share halted, unless some row has them all; beyond, only with most
-    positions halted."""
+    """The default rule (`gather_pays`): from 17 to 64 keys a cycle gathers the active
+    positions (as B rows of the most any row has) unless some row has them all; within one
+    window (16) only with many positions left out (as rows: at least 128 and half); beyond 64
+    keys (one-query rows) only with most positions halted."""
     model = _halting_setup(make_tiny)
     ids = _ids(batch, seq)
     free = model(ids, act_halting=False)

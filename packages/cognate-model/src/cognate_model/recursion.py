@@ -181,14 +181,15 @@ class _Active:
     width: int = 0
 
     @classmethod
-    def rows(cls, active: Tensor, idx: Tensor) -> _Active | None:
-        """None where some row has every position active (B rows of T: nothing left out)."""
+    def rows(cls, active: Tensor, idx: Tensor, blocked: bool) -> _Active | None:
+        """The B rows of M layout, or None where gathering them would not pay (`gather_pays`;
+        blocked: the plain cycle's attention runs blocked)."""
         B, T = active.shape
-        if B == 1:  # no spare slots: one row of the N positions
-            return cls(idx, idx, idx, None, 1, idx.numel())
-        M = int(active.sum(1).max())
-        if M == T:
+        M = idx.numel() if B == 1 else int(active.sum(1).max())
+        if not gather_pays(B * M, B * T, True, blocked):
             return None
+        if B == 1:  # no spare slots: one row of the N positions
+            return cls(idx, idx, idx, None, 1, M)
         slot = (idx // T) * M + (active.cumsum(1) - 1).flatten().index_select(0, idx)
         base = torch.arange(0, B * T, T, device=idx.device).repeat_interleave(M)
         src = base.index_copy(0, slot, idx)
@@ -321,8 +322,10 @@ class TRMRecursion(nn.Module):
                 break
             if idx.numel() == active.numel():
                 active = None
-            elif gather_pays(idx.numel(), active.numel(), as_rows, blocked):
-                gathered = _Active.rows(active, idx) if as_rows else _Active(idx)
+            elif as_rows:
+                gathered = _Active.rows(active, idx, blocked)
+            elif gather_pays(idx.numel(), active.numel()):
+                gathered = _Active(idx)
         return ys, logits, z
 
     def _frozen_cycle(
@@ -353,25 +356,29 @@ class TRMRecursion(nn.Module):
 # - At most ROWS_MAX_KEYS keys: as B rows of M (`_Active.rows`), one 4-D SDPA call over the
 #   dense mask's rows. Where the plain cycle runs blocked attention (more new tokens than the
 #   window: 5-D tiles, which SDPA sends to its generic kernel) that is cheaper whatever the
-#   share halted: 0.65-0.83 at 1 x 24, 0.47-0.75 at 4 x 64, 0.41-0.71 at 32 x 24, 0.19-0.68
-#   at 32 x 64 (90 to 25% halted). Within one window both run one dense call and per-op
-#   overhead decides: 1.12-1.70 at 1 x 16, so it does not gather.
+#   share halted: 0.65-0.83 at 1 x 24, 0.47-0.75 at 4 x 64, 0.37-0.74 at 32 x 24, 0.19-0.68
+#   at 32 x 64 (90 to 25% halted). Within one window both run one dense call: it pays only
+#   with many slots saved, 0.70 at 32 x 16 with 6 of 16 slots per row, 0.98 with 12, and
+#   per-op overhead decides below: 1.03-1.08 at 4 x 16, 1.12-1.70 at 1 x 16.
 # - More keys: each active position its own row of one query over its own key span, ~25 more
 #   small ops than a plain cycle, so it pays only with many positions halted: 0.20 / 0.49 /
 #   0.85 / 1.61 at 32 x 80 with 90 / 72 / 50 / 25% halted.
-GATHER_MIN_HALTED = 32
-GATHER_MAX_ACTIVE_SHARE = 0.5
 ROWS_MAX_KEYS = 64
+ROWS_MIN_SAVED = 128  # rows within one window: positions left out
+GATHER_MIN_HALTED = 32  # one-query rows: positions left out
+GATHER_MAX_ACTIVE_SHARE = 0.5
 
 
-def gather_pays(n_active: int, n_total: int, as_rows: bool = False, blocked: bool = True) -> bool:
-    """Whether a cycle should gather its `n_active` of `n_total` positions (else it computes
-    all of them and freezes the halted ones). as_rows: at most ROWS_MAX_KEYS keys (the
-    positions would run as B rows of M); blocked: the plain cycle's attention runs blocked
-    (more new tokens than the window)."""
-    if as_rows:
-        return blocked
-    return n_total - n_active >= GATHER_MIN_HALTED and n_active <= GATHER_MAX_ACTIVE_SHARE * n_total
+def gather_pays(n_gathered: int, n_total: int, as_rows: bool = False, blocked: bool = True) -> bool:
+    """Whether a cycle should compute `n_gathered` of its `n_total` positions (the active
+    ones; as B rows of M, the B * M slots) instead of all of them with the halted frozen.
+    as_rows: the B rows of M layout (at most ROWS_MAX_KEYS keys); blocked: the plain cycle's
+    attention runs blocked (more new tokens than the window)."""
+    if as_rows and blocked:
+        return n_gathered < n_total
+    saved = n_total - n_gathered
+    least = ROWS_MIN_SAVED if as_rows else GATHER_MIN_HALTED
+    return saved >= least and n_gathered <= GATHER_MAX_ACTIVE_SHARE * n_total
 
 
 __all__ = ["RecursionBlock", "RecursionOutput", "TRMRecursion", "fixed_scale", "gather_pays"]
