@@ -202,7 +202,7 @@ def test_each_cycle_computes_only_the_active_positions(make_tiny, monkeypatch, s
 def test_gathers_only_where_it_pays(make_tiny, batch, seq, halted, gathers):
     """The default rule (`gather_pays`): from 17 to 64 keys a cycle gathers the active
     positions (as B rows of the most any row has) unless some row has them all; within one
-    window (16) only with many positions left out (as rows: at least 128 and half); beyond 64
+    window (16) only with at least 128 slots left out; beyond 64
     keys (one-query rows) only with most positions halted."""
     model = _halting_setup(make_tiny)
     ids = _ids(batch, seq)

@@ -358,13 +358,14 @@ class TRMRecursion(nn.Module):
 #   window: 5-D tiles, which SDPA sends to its generic kernel) that is cheaper whatever the
 #   share halted: 0.65-0.83 at 1 x 24, 0.47-0.75 at 4 x 64, 0.37-0.74 at 32 x 24, 0.19-0.68
 #   at 32 x 64 (90 to 25% halted). Within one window both run one dense call: it pays only
-#   with many slots saved, 0.70 at 32 x 16 with 6 of 16 slots per row, 0.98 with 12, and
-#   per-op overhead decides below: 1.03-1.08 at 4 x 16, 1.12-1.70 at 1 x 16.
+#   with many positions left out, 0.70 at 32 x 16 with 6 of 16 slots per row, 0.98 with 12
+#   (the trained speed model's batches of 32: 0.60-0.89 at 11-14 positions with 5-9 slots),
+#   and per-op overhead decides below: 1.03-1.08 at 4 x 16, 1.12-1.70 at 1 x 16.
 # - More keys: each active position its own row of one query over its own key span, ~25 more
 #   small ops than a plain cycle, so it pays only with many positions halted: 0.20 / 0.49 /
 #   0.85 / 1.61 at 32 x 80 with 90 / 72 / 50 / 25% halted.
 ROWS_MAX_KEYS = 64
-ROWS_MIN_SAVED = 128  # rows within one window: positions left out
+ROWS_MIN_SAVED = 128  # rows within one window: slots left out
 GATHER_MIN_HALTED = 32  # one-query rows: positions left out
 GATHER_MAX_ACTIVE_SHARE = 0.5
 
@@ -374,11 +375,10 @@ def gather_pays(n_gathered: int, n_total: int, as_rows: bool = False, blocked: b
     ones; as B rows of M, the B * M slots) instead of all of them with the halted frozen.
     as_rows: the B rows of M layout (at most ROWS_MAX_KEYS keys); blocked: the plain cycle's
     attention runs blocked (more new tokens than the window)."""
-    if as_rows and blocked:
-        return n_gathered < n_total
     saved = n_total - n_gathered
-    least = ROWS_MIN_SAVED if as_rows else GATHER_MIN_HALTED
-    return saved >= least and n_gathered <= GATHER_MAX_ACTIVE_SHARE * n_total
+    if as_rows:
+        return saved > 0 if blocked else saved >= ROWS_MIN_SAVED
+    return saved >= GATHER_MIN_HALTED and n_gathered <= GATHER_MAX_ACTIVE_SHARE * n_total
 
 
 __all__ = ["RecursionBlock", "RecursionOutput", "TRMRecursion", "fixed_scale", "gather_pays"]
