@@ -106,7 +106,7 @@ def write_markdown(payload: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--layouts", default="1x16,1x64,1x256,4x64,32x24,32x64")
+    p.add_argument("--layouts", default="1x16,1x24,1x64,1x256,4x16,4x64,32x16,32x24,32x64,32x80")
     p.add_argument("--halted", default="0.9,0.72,0.5,0.25")
     p.add_argument("--rounds", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)

@@ -351,19 +351,20 @@ class TRMRecursion(nn.Module):
         return a.put(y, y_a), a.put(z, z_a), a.put(logit, l_a)
 
 
-# When a halting cycle gathers the active positions, and how (`benchmarks/act_gather_crossover.py`,
-# the speed model: cognate-tiny, window 16, one thread; gathered / plain cycle time).
+# When a halting cycle gathers the active positions, and how (`benchmarks/results/
+# act_gather_crossover.md`: the speed preset, cognate-tiny, window 16, one thread; gathered /
+# plain cycle time, 90 to 25% of the positions halted).
 # - At most ROWS_MAX_KEYS keys: as B rows of M (`_Active.rows`), one 4-D SDPA call over the
 #   dense mask's rows. Where the plain cycle runs blocked attention (more new tokens than the
 #   window: 5-D tiles, which SDPA sends to its generic kernel) that is cheaper whatever the
-#   share halted: 0.65-0.83 at 1 x 24, 0.47-0.75 at 4 x 64, 0.37-0.74 at 32 x 24, 0.19-0.68
-#   at 32 x 64 (90 to 25% halted). Within one window both run one dense call: it pays only
-#   with many positions left out, 0.70 at 32 x 16 with 6 of 16 slots per row, 0.98 with 12
-#   (the trained speed model's batches of 32: 0.60-0.89 at 11-14 positions with 5-9 slots),
-#   and per-op overhead decides below: 1.03-1.08 at 4 x 16, 1.12-1.70 at 1 x 16.
+#   share halted: 0.76-0.85 at 1 x 24, 0.69-0.84 at 1 x 64, 0.55-0.79 at 4 x 64, 0.34-0.71
+#   at 32 x 24, 0.20-0.83 at 32 x 64. Within one window both run one dense call: it pays
+#   only with many slots left out, 0.74 / 0.78 at 32 x 16 with 6 / 7 slots per row, 0.90 with
+#   13 (the trained speed model's batches of 32: 0.60-0.89 at 11-14 positions, 5-9 slots);
+#   below that per-op overhead decides: 1.03-1.13 at 4 x 16, 1.06-1.21 at 1 x 16.
 # - More keys: each active position its own row of one query over its own key span, ~25 more
-#   small ops than a plain cycle, so it pays only with many positions halted: 0.20 / 0.49 /
-#   0.85 / 1.61 at 32 x 80 with 90 / 72 / 50 / 25% halted.
+#   small ops than a plain cycle, so it pays only with many positions halted: 0.22 / 0.52 /
+#   0.84 / 1.77 at 32 x 80, 0.58 / 0.76 / 0.93 / 1.15 at 1 x 256.
 ROWS_MAX_KEYS = 64
 ROWS_MIN_SAVED = 128  # rows within one window: slots left out
 GATHER_MIN_HALTED = 32  # one-query rows: positions left out
