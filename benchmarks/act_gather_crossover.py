@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cognate_model import CognateConfig, CognateForCausalLM  # noqa: E402
-from cognate_model.recursion import ROWS_MAX_KEYS, _Active, _Features, gather_pays  # noqa: E402
+from cognate_model.recursion import _Active, _Features, gather_pays, gathers_as_rows  # noqa: E402
 from recursion import run_record, write_json  # noqa: E402
 
 
@@ -55,7 +55,7 @@ def crossover(model: CognateForCausalLM, B: int, T: int, halted: float, rounds: 
     y, z, logit = rec.cycle(x, x, features())
     active = torch.rand(B, T) >= halted
     idx = active.flatten().nonzero()[:, 0]
-    as_rows = T <= ROWS_MAX_KEYS
+    as_rows = gathers_as_rows(B, T)
     n = int(idx.numel())
     size = n
     if as_rows:  # the layout even where the rule would not gather (blocked=True: always built)
@@ -106,7 +106,9 @@ def write_markdown(payload: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--layouts", default="1x16,1x24,1x64,1x256,4x16,4x64,32x16,32x24,32x64,32x80")
+    p.add_argument(
+        "--layouts", default="1x16,1x24,1x64,1x256,4x16,4x64,8x256,32x16,32x24,32x64,32x80,32x256"
+    )
     p.add_argument("--halted", default="0.9,0.72,0.5,0.25")
     p.add_argument("--rounds", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)

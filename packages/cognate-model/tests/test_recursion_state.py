@@ -5,7 +5,7 @@ import pytest
 import torch
 from cognate_model import recursion
 from cognate_model.heads import halting_steps
-from cognate_model.recursion import TRMRecursion
+from cognate_model.recursion import TRMRecursion, gathers_as_rows
 
 
 def _ids(batch=3, seq=30):
@@ -119,7 +119,7 @@ def _block_shapes(model, ids, **kwargs) -> tuple[list, object]:
     return shapes, out
 
 
-@pytest.mark.parametrize(("batch", "seq"), [(4, 40), (1, 40), (4, 80)])
+@pytest.mark.parametrize(("batch", "seq"), [(4, 40), (1, 40), (4, 80), (1, 80)])
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("gather", [True, False])
 def test_gathered_active_update_equals_the_full_update(
@@ -127,8 +127,9 @@ def test_gathered_active_update_equals_the_full_update(
 ):
     """Halted positions leave the computation (or, not gathered, are computed and frozen); the
     active ones get exactly the update the all-positions run gives them (left padding,
-    per-row rotary positions included). Up to 64 keys the active positions run as B rows of
-    the most any row has (batch 1: one row of N); beyond, each its own row of one query."""
+    per-row rotary positions included). The active positions run as B rows of the most any
+    row has (batch 1: one row of N), or (one sequence of more than 64 keys) each its own
+    row of one query."""
     model = _halting_setup(make_tiny)
     _force_gather(monkeypatch, gather)
     ids = _ids(batch, seq)
@@ -155,34 +156,37 @@ def test_gathered_active_update_equals_the_full_update(
     expected = (batch, seq)
     if gather:  # cycle 2 updates the positions not halted after cycle 1
         active = steps > 1
-        rows = (batch, int(active.sum(1).max())) if seq <= 64 else (int(active.sum()), 1)
-        expected = rows
+        expected = (int(active.sum()), 1)
+        if gathers_as_rows(batch, seq):
+            expected = (batch, int(active.sum(1).max()))
     assert shapes[per_cycle] == expected
 
 
-@pytest.mark.parametrize("seq", [40, 80])
-def test_each_cycle_computes_only_the_active_positions(make_tiny, monkeypatch, seq):
+@pytest.mark.parametrize(("batch", "seq"), [(4, 40), (1, 80)])
+def test_each_cycle_computes_only_the_active_positions(make_tiny, monkeypatch, batch, seq):
     """Each block call of cycle c sees exactly the positions not yet halted, counted from the
-    free run's halting steps: as N rows of one query (more than 64 keys), or as B rows of the
-    most any row has (the others' spare slots are computed and dropped)."""
+    free run's halting steps: as B rows of the most any row has (the others' spare slots are
+    computed and dropped), or (one sequence of more than 64 keys) N rows of one query."""
     model = _halting_setup(make_tiny)
     _force_gather(monkeypatch, True)
-    ids = _ids(4, seq)
+    ids = _ids(batch, seq)
     free = model(ids, act_halting=False)
     threshold = free.halt_probs.flatten().quantile(0.5).item()
     model.config.act_threshold = threshold
     steps = halting_steps(free.halt_probs.logit(), threshold)
     shapes, _ = _block_shapes(model, ids)
     per_cycle = model.config.trm_micro_steps + 1
-    expected = [(4, seq)] * per_cycle
+    expected = [(batch, seq)] * per_cycle
     for c in range(1, 4):
         active = steps > c  # not halted after cycle c
         if not active.any():
             break
-        rows = (4, int(active.sum(1).max())) if seq <= 64 else (int(active.sum()), 1)
+        rows = (int(active.sum()), 1)
+        if gathers_as_rows(batch, seq):
+            rows = (batch, int(active.sum(1).max()))
         expected += [rows] * per_cycle
     assert shapes == expected
-    assert expected[-1][0] * expected[-1][1] < 4 * seq
+    assert expected[-1][0] * expected[-1][1] < batch * seq
 
 
 @pytest.mark.parametrize(
@@ -196,14 +200,14 @@ def test_each_cycle_computes_only_the_active_positions(make_tiny, monkeypatch, s
         (8, 40, 0.02, False),
         (1, 80, 0.2, False),
         (8, 80, 0.8, True),
-        (8, 80, 0.1, False),
+        (1, 80, 0.8, True),
     ],
 )
 def test_gathers_only_where_it_pays(make_tiny, batch, seq, halted, gathers):
-    """The default rule (`gather_pays`): from 17 to 64 keys a cycle gathers the active
-    positions (as B rows of the most any row has) unless some row has them all; within one
-    window (16) only with at least 128 slots left out; beyond 64
-    keys (one-query rows) only with most positions halted."""
+    """The default rule (`gather_pays`): beyond one window (16) of new tokens a cycle gathers
+    the active positions as B rows of the most any row has unless some row has them all;
+    within one window only with at least 128 slots left out; a single sequence of more than
+    64 keys (one-query rows) only with most positions halted."""
     model = _halting_setup(make_tiny)
     ids = _ids(batch, seq)
     free = model(ids, act_halting=False)

@@ -32,9 +32,9 @@ Gradients (`detach_between_cycles`):
 ACT at inference (`halt_threshold` set): a position whose halting probability exceeds the
 threshold keeps its y and z from then on and leaves the computation: each later cycle gathers
 the still-active positions and updates only them, so the cycles' cost falls with the number
-of active positions. Up to `ROWS_MAX_KEYS` keys they run as B rows of M (the most any row
-has), one SDPA call over the dense mask's rows; beyond, each is its own row of one query
-that attends only to its own window of keys (`attention.positions_attention`). Where
+of active positions. They run as B rows of M (the most any row has), one SDPA call over the
+dense mask's rows, or (one long sequence: `gathers_as_rows`) each as its own row of one
+query that attends only to its own window of keys (`attention.positions_attention`). Where
 gathering costs more than it saves (`gather_pays`), and under torch.compile/export (no
 data-dependent shapes), every position is computed and the halted ones are frozen instead;
 the results are the same.
@@ -296,7 +296,7 @@ class TRMRecursion(nn.Module):
         ys, logits = [y], []
         active = gathered = None  # (B, T) still refining (None: all), how a cycle gathers them
         compiling = torch.compiler.is_compiling()
-        as_rows = f.k.shape[-2] <= ROWS_MAX_KEYS  # gathered positions as B rows of M
+        as_rows = gathers_as_rows(y.shape[0], f.k.shape[-2])
         blocked = isinstance(f.mask, WindowMask) and f.mask.blocked
         for c in range(cycles):
             if active is None:
@@ -354,7 +354,7 @@ class TRMRecursion(nn.Module):
 # When a halting cycle gathers the active positions, and how (`benchmarks/results/
 # act_gather_crossover.md`: the speed preset, cognate-tiny, window 16, one thread; gathered /
 # plain cycle time, 90 to 25% of the positions halted).
-# - At most ROWS_MAX_KEYS keys: as B rows of M (`_Active.rows`), one 4-D SDPA call over the
+# - As B rows of M (`_Active.rows`, `gathers_as_rows`), one 4-D SDPA call over the
 #   dense mask's rows. Where the plain cycle runs blocked attention (more new tokens than the
 #   window: 5-D tiles, which SDPA sends to its generic kernel) that is cheaper whatever the
 #   share halted: 0.76-0.85 at 1 x 24, 0.69-0.84 at 1 x 64, 0.55-0.79 at 4 x 64, 0.34-0.71
@@ -365,16 +365,23 @@ class TRMRecursion(nn.Module):
 # - More keys: each active position its own row of one query over its own key span, ~25 more
 #   small ops than a plain cycle, so it pays only with many positions halted: 0.22 / 0.52 /
 #   0.84 / 1.77 at 32 x 80, 0.58 / 0.76 / 0.93 / 1.15 at 1 x 256.
-ROWS_MAX_KEYS = 64
+ROWS_MAX_KEYS = 64  # a single sequence
+ROWS_MAX_KEYS_BATCH = 256  # a batch
 ROWS_MIN_SAVED = 128  # rows within one window: slots left out
 GATHER_MIN_HALTED = 32  # one-query rows: positions left out
 GATHER_MAX_ACTIVE_SHARE = 0.5
 
 
+def gathers_as_rows(batch: int, keys: int) -> bool:
+    """Whether a gathered cycle lays the active positions out as B rows of M (`_Active.rows`)
+    rather than one-query rows over their key spans (`_Features.at`)."""
+    return keys <= (ROWS_MAX_KEYS if batch == 1 else ROWS_MAX_KEYS_BATCH)
+
+
 def gather_pays(n_gathered: int, n_total: int, as_rows: bool = False, blocked: bool = True) -> bool:
     """Whether a cycle should compute `n_gathered` of its `n_total` positions (the active
     ones; as B rows of M, the B * M slots) instead of all of them with the halted frozen.
-    as_rows: the B rows of M layout (at most ROWS_MAX_KEYS keys); blocked: the plain cycle's
+    as_rows: the B rows of M layout (`gathers_as_rows`); blocked: the plain cycle's
     attention runs blocked (more new tokens than the window)."""
     saved = n_total - n_gathered
     if as_rows:
@@ -382,4 +389,11 @@ def gather_pays(n_gathered: int, n_total: int, as_rows: bool = False, blocked: b
     return saved >= GATHER_MIN_HALTED and n_gathered <= GATHER_MAX_ACTIVE_SHARE * n_total
 
 
-__all__ = ["RecursionBlock", "RecursionOutput", "TRMRecursion", "fixed_scale", "gather_pays"]
+__all__ = [
+    "RecursionBlock",
+    "RecursionOutput",
+    "TRMRecursion",
+    "fixed_scale",
+    "gather_pays",
+    "gathers_as_rows",
+]
