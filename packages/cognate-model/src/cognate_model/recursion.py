@@ -354,17 +354,19 @@ class TRMRecursion(nn.Module):
 # When a halting cycle gathers the active positions, and how (`benchmarks/results/
 # act_gather_crossover.md`: the speed preset, cognate-tiny, window 16, one thread; gathered /
 # plain cycle time, 90 to 25% of the positions halted).
-# - As B rows of M (`_Active.rows`, `gathers_as_rows`), one 4-D SDPA call over the
-#   dense mask's rows. Where the plain cycle runs blocked attention (more new tokens than the
+# - As B rows of M (`_Active.rows`, `gathers_as_rows`), one 4-D SDPA call over the dense
+#   mask's rows. Where the plain cycle runs blocked attention (more new tokens than the
 #   window: 5-D tiles, which SDPA sends to its generic kernel) that is cheaper whatever the
-#   share halted: 0.76-0.85 at 1 x 24, 0.69-0.84 at 1 x 64, 0.55-0.79 at 4 x 64, 0.34-0.71
-#   at 32 x 24, 0.20-0.83 at 32 x 64. Within one window both run one dense call: it pays
-#   only with many slots left out, 0.74 / 0.78 at 32 x 16 with 6 / 7 slots per row, 0.90 with
-#   13 (the trained speed model's batches of 32: 0.60-0.89 at 11-14 positions, 5-9 slots);
-#   below that per-op overhead decides: 1.03-1.13 at 4 x 16, 1.06-1.21 at 1 x 16.
-# - More keys: each active position its own row of one query over its own key span, ~25 more
-#   small ops than a plain cycle, so it pays only with many positions halted: 0.22 / 0.52 /
-#   0.84 / 1.77 at 32 x 80, 0.58 / 0.76 / 0.93 / 1.15 at 1 x 256.
+#   share halted: 0.79-0.84 at 1 x 24, 0.70-0.88 at 1 x 64, 0.60-0.83 at 4 x 64, 0.36-0.78 at
+#   32 x 24, 0.26-0.78 at 32 x 64, 0.24-0.74 at 32 x 256, 0.32-0.98 at 8 x 256. Within one
+#   window both run one dense call: it pays only with many slots left out, 0.66 / 0.84 /
+#   0.96 at 32 x 16 with 5 / 9 / 12 slots per row, 1.08 with 15 (the trained speed model's
+#   batches of 32: 0.60-0.89 at 11-14 positions, 5-9 slots); below that per-op overhead
+#   decides: 1.01-1.12 at 4 x 16, 1.08-1.10 at 1 x 16.
+# - A single sequence of more keys: each active position its own row of one query over its
+#   own key span (~25 more small ops than a plain cycle: it pays only with many positions
+#   halted): 0.68 / 0.75 / 0.93 / 1.10 at 1 x 256. (Rows there: 0.85 / 0.82 / 0.91 at 90 /
+#   72 / 50% halted, measured once: each query attends over all 256 keys.)
 ROWS_MAX_KEYS = 64  # a single sequence
 ROWS_MAX_KEYS_BATCH = 256  # a batch
 ROWS_MIN_SAVED = 128  # rows within one window: slots left out
