@@ -313,7 +313,7 @@ class TRMRecursion(nn.Module):
             active = go if active is None else active & go
             if compiling:  # no data-dependent shapes: every later cycle frozen
                 continue
-            idx = active.flatten().nonzero()[:, 0]  # the one host sync per cycle
+            idx = active.flatten().nonzero()[:, 0]  # a host sync (and, as rows, their width)
             gathered = None
             if idx.numel() == 0:
                 # every position has halted: the remaining cycles would change nothing
