@@ -13,6 +13,7 @@ reports time(gathered) / time(plain), the minimum over interleaved rounds of eac
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -23,7 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cognate_model import CognateConfig, CognateForCausalLM  # noqa: E402
-from cognate_model.recursion import _Features, gather_pays  # noqa: E402
+from cognate_model.recursion import _Active, _Features, gather_pays, gathers_as_rows  # noqa: E402
 from recursion import run_record, write_json  # noqa: E402
 
 
@@ -47,29 +48,36 @@ def crossover(model: CognateForCausalLM, B: int, T: int, halted: float, rounds: 
     x = model.model(ids, ones, attention_inputs=attn).last_hidden_state
     k, v = rec.block.project_features(x, attn.cos, attn.sin)
 
-    def features() -> _Features:  # fresh per call: the gathered cycle caches its key spans
-        return _Features(k, v, attn.mask, attn.cos, attn.sin)
+    def features() -> _Features:  # fresh per call: the gathered cycle caches its key spans,
+        mask = dataclasses.replace(attn.mask, _dense=None)  # the mask its dense form
+        return _Features(k, v, mask, attn.cos, attn.sin)
 
     y, z, logit = rec.cycle(x, x, features())
     active = torch.rand(B, T) >= halted
     idx = active.flatten().nonzero()[:, 0]
-    best = _best(
-        {
-            "gathered": lambda: rec._active_cycle(y, z, features(), idx, logit),
-            "plain": lambda: rec._frozen_cycle(y, z, features(), active, logit),
-        },
-        rounds,
-    )
+    as_rows = gathers_as_rows(B, T)
     n = int(idx.numel())
+    size = n
+    if as_rows:  # the layout even where the rule would not gather (blocked=True: always built)
+        gathered = _Active.rows(active, idx, blocked=True)
+        size = B * gathered.width if gathered is not None else B * T
+    else:
+        gathered = _Active(idx)
+    fns = {"plain": lambda: rec._frozen_cycle(y, z, features(), active, logit)}
+    if gathered is not None:  # (None: some row has every position active)
+        fns["gathered"] = lambda: rec._active_cycle(y, z, features(), gathered, logit)
+    best = _best(fns, rounds)
+    g = best.get("gathered")
     return {
         "batch": B,
         "seq_len": T,
         "halted": B * T - n,
         "active": n,
-        "gathered_us": round(best["gathered"] * 1e6, 1),
+        "layout": f"{B} rows of {size // B}" if as_rows else "one-query rows",
+        "gathered_us": None if g is None else round(g * 1e6, 1),
         "plain_us": round(best["plain"] * 1e6, 1),
-        "ratio": round(best["gathered"] / best["plain"], 3),
-        "gather_pays_says": gather_pays(n, B * T),
+        "ratio": None if g is None else round(g / best["plain"], 3),
+        "gather_pays_says": gather_pays(size, B * T, as_rows, attn.mask.blocked),
     }
 
 
@@ -84,12 +92,13 @@ def write_markdown(payload: dict, path: Path) -> None:
         "ratio = time(gathered cycle) / time(plain cycle, halted frozen), minimum over rounds;"
         " below 1 the gather pays. `gather_pays` is the rule the model applies.",
         "",
-        "| batch x length | halted | active | gathered (us) | plain (us) | ratio | gather_pays |",
-        "|---|---|---|---|---|---|---|",
+        "| batch x length | halted | active | gathered as | gathered (us) | plain (us) | ratio "
+        "| gather_pays |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in payload["rows"]:
         lines.append(
-            f"| {r['batch']} x {r['seq_len']} | {r['halted']} | {r['active']} | "
+            f"| {r['batch']} x {r['seq_len']} | {r['halted']} | {r['active']} | {r['layout']} | "
             f"{r['gathered_us']} | {r['plain_us']} | {r['ratio']} | {r['gather_pays_says']} |"
         )
     path.write_text("\n".join(lines) + "\n")
@@ -97,7 +106,9 @@ def write_markdown(payload: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--layouts", default="1x16,1x64,1x256,4x64,32x24,32x64")
+    p.add_argument(
+        "--layouts", default="1x16,1x24,1x64,1x256,4x16,4x64,8x256,32x16,32x24,32x64,32x80,32x256"
+    )
     p.add_argument("--halted", default="0.9,0.72,0.5,0.25")
     p.add_argument("--rounds", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from cognate_model import recursion
 from cognate_model.heads import halting_steps
-from cognate_model.recursion import TRMRecursion
+from cognate_model.recursion import TRMRecursion, gathers_as_rows
 
 
 def _ids(batch=3, seq=30):
@@ -102,7 +102,7 @@ def _active_reference(free, steps, model):
 
 def _force_gather(monkeypatch, gather: bool) -> None:
     """Make every halting cycle gather (True) or compute all and freeze (False)."""
-    monkeypatch.setattr(recursion, "gather_pays", lambda n_active, n_total: gather)
+    monkeypatch.setattr(recursion, "gather_pays", lambda *args: gather)
 
 
 def _block_shapes(model, ids, **kwargs) -> tuple[list, object]:
@@ -119,19 +119,26 @@ def _block_shapes(model, ids, **kwargs) -> tuple[list, object]:
     return shapes, out
 
 
+@pytest.mark.parametrize(("batch", "seq"), [(4, 40), (1, 40), (4, 80), (1, 80)])
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("gather", [True, False])
-def test_gathered_active_update_equals_the_full_update(make_tiny, monkeypatch, padded, gather):
+def test_gathered_active_update_equals_the_full_update(
+    make_tiny, monkeypatch, padded, gather, batch, seq
+):
     """Halted positions leave the computation (or, not gathered, are computed and frozen); the
     active ones get exactly the update the all-positions run gives them (left padding,
-    per-row rotary positions included)."""
+    per-row rotary positions included). The active positions run as B rows of the most any
+    row has (batch 1: one row of N), or (one sequence of more than 64 keys) each its own
+    row of one query."""
     model = _halting_setup(make_tiny)
     _force_gather(monkeypatch, gather)
-    ids = _ids(4, 40)
+    ids = _ids(batch, seq)
     kwargs = {}
     if padded:
-        mask = torch.ones(4, 40, dtype=torch.long)
-        mask[1, :9], mask[3, :17] = 0, 0
+        mask = torch.ones(batch, seq, dtype=torch.long)
+        mask[-1, :17] = 0
+        if batch > 1:
+            mask[1, :9] = 0
         kwargs = {"attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp_min(0)}
     free = model(ids, act_halting=False, output_hidden_states=True, **kwargs)
     threshold = free.halt_probs.flatten().quantile(0.6).item()
@@ -144,40 +151,63 @@ def test_gathered_active_update_equals_the_full_update(make_tiny, monkeypatch, p
         halting.logits, _active_reference(free, steps, model), rtol=0, atol=1e-10
     )
     per_cycle = model.config.trm_micro_steps + 1
-    assert shapes[:per_cycle] == [(4, 40)] * per_cycle
-    assert all((s[1] == 1) == gather for s in shapes[per_cycle:]) and len(shapes) > per_cycle
+    assert shapes[:per_cycle] == [(batch, seq)] * per_cycle
+    assert len(shapes) > per_cycle
+    expected = (batch, seq)
+    if gather:  # cycle 2 updates the positions not halted after cycle 1
+        active = steps > 1
+        expected = (int(active.sum()), 1)
+        if gathers_as_rows(batch, seq):
+            expected = (batch, int(active.sum(1).max()))
+    assert shapes[per_cycle] == expected
 
 
-def test_each_cycle_computes_only_the_active_positions(make_tiny, monkeypatch):
-    """Each block call of cycle c sees exactly the positions not yet halted (as N rows of one
-    query), counted from the free run's halting steps."""
+@pytest.mark.parametrize(("batch", "seq"), [(4, 40), (1, 80)])
+def test_each_cycle_computes_only_the_active_positions(make_tiny, monkeypatch, batch, seq):
+    """Each block call of cycle c sees exactly the positions not yet halted, counted from the
+    free run's halting steps: as B rows of the most any row has (the others' spare slots are
+    computed and dropped), or (one sequence of more than 64 keys) N rows of one query."""
     model = _halting_setup(make_tiny)
     _force_gather(monkeypatch, True)
-    ids = _ids(4, 40)
+    ids = _ids(batch, seq)
     free = model(ids, act_halting=False)
     threshold = free.halt_probs.flatten().quantile(0.5).item()
     model.config.act_threshold = threshold
     steps = halting_steps(free.halt_probs.logit(), threshold)
     shapes, _ = _block_shapes(model, ids)
     per_cycle = model.config.trm_micro_steps + 1
-    expected = [(4, 40)] * per_cycle
+    expected = [(batch, seq)] * per_cycle
     for c in range(1, 4):
-        n = int((steps > c).sum())  # not halted after cycle c
-        if n == 0:
+        active = steps > c  # not halted after cycle c
+        if not active.any():
             break
-        expected += [(n, 1)] * per_cycle
+        rows = (int(active.sum()), 1)
+        if gathers_as_rows(batch, seq):
+            rows = (batch, int(active.sum(1).max()))
+        expected += [rows] * per_cycle
     assert shapes == expected
-    assert 0 < expected[-1][0] < 4 * 40
+    assert expected[-1][0] * expected[-1][1] < batch * seq
 
 
 @pytest.mark.parametrize(
     ("batch", "seq", "halted", "gathers"),
-    [(1, 16, 0.8, False), (8, 40, 0.8, True), (8, 40, 0.1, False)],
+    [
+        (1, 16, 0.8, False),
+        (8, 16, 0.8, False),
+        (32, 16, 0.5, False),
+        (1, 40, 0.2, True),
+        (8, 40, 0.8, True),
+        (8, 40, 0.02, False),
+        (1, 80, 0.2, False),
+        (8, 80, 0.8, True),
+        (1, 80, 0.8, True),
+    ],
 )
 def test_gathers_only_where_it_pays(make_tiny, batch, seq, halted, gathers):
-    """The default rule (`gather_pays`): a short single sequence, or a batch with most
-    positions still active, runs plain cycles (all positions, the halted frozen); a batch
-    with most positions halted gathers the active ones."""
+    """The default rule (`gather_pays`): beyond one window (16) of new tokens a cycle gathers
+    the active positions as B rows of the most any row has unless some row has them all;
+    within one window only with at least 128 slots left out; a single sequence of more than
+    64 keys (one-query rows) only with most positions halted."""
     model = _halting_setup(make_tiny)
     ids = _ids(batch, seq)
     free = model(ids, act_halting=False)
@@ -185,7 +215,7 @@ def test_gathers_only_where_it_pays(make_tiny, batch, seq, halted, gathers):
     model.config.act_threshold = free.halt_probs[0].flatten().quantile(1 - halted).item()
     shapes, _ = _block_shapes(model, ids)
     per_cycle = model.config.trm_micro_steps + 1
-    assert (shapes[per_cycle][1] == 1) == gathers
+    assert (shapes[per_cycle] != (batch, seq)) == gathers
 
 
 def test_compiled_path_freezes_instead_and_agrees(make_tiny, monkeypatch):

@@ -31,12 +31,13 @@ Gradients (`detach_between_cycles`):
 
 ACT at inference (`halt_threshold` set): a position whose halting probability exceeds the
 threshold keeps its y and z from then on and leaves the computation: each later cycle gathers
-the still-active positions (each its own row of one query) and updates only them, and each
-one's cross-attention reads only its own window of keys (`attention.positions_attention`),
-so the cycles' cost falls with the number of active positions. Where gathering costs more
-than it saves (few positions halted, or most still active: `gather_pays`), and under
-torch.compile/export (no data-dependent shapes), every position is computed and the halted
-ones are frozen instead; the results are the same.
+the still-active positions and updates only them, so the cycles' cost falls with the number
+of active positions. They run as B rows of M (the most any row has), one SDPA call over the
+dense mask's rows, or (one long sequence: `gathers_as_rows`) each as its own row of one
+query that attends only to its own window of keys (`attention.positions_attention`). Where
+gathering costs more than it saves (`gather_pays`), and under torch.compile/export (no
+data-dependent shapes), every position is computed and the halted ones are frozen instead;
+the results are the same.
 """
 
 from __future__ import annotations
@@ -139,6 +140,25 @@ class _Features:
         cos, sin = (_rotary_at(table, idx, t) for table in (self.cos, self.sin))
         return _Features(self.k, self.v, mask, cos, sin)
 
+    def in_rows(self, a: _Active) -> _Features:
+        """The features of the active positions laid out as `a`'s B rows of M (`_Active.rows`):
+        the keys/values stay whole, the mask keeps the slots' rows (B, 1, M, S) of the dense
+        one (or None), the rotary tables theirs (B, 1, M, hd)."""
+        m = self.mask.dense() if isinstance(self.mask, WindowMask) else self.mask
+        mask = None if m is None else _slot_rows(m, a)
+        cos, sin = (_slot_rows(table, a) for table in (self.cos, self.sin))
+        return _Features(self.k, self.v, mask, cos, sin)
+
+
+def _slot_rows(table: Tensor, a: _Active) -> Tensor:
+    """A per-position table, (T, X) or (B or 1, 1, T, X) (rotary, dense mask), at the slots of
+    `a`: (B, 1, M, X)."""
+    if table.dim() == 4 and table.shape[0] > 1:
+        rows = table.flatten(0, 2).index_select(0, a.src)
+    else:
+        rows = table.reshape(-1, table.shape[-1]).index_select(0, a.pos)
+    return rows.view(a.batch, 1, a.width, table.shape[-1])
+
 
 def _rotary_at(table: Tensor, idx: Tensor, t: Tensor) -> Tensor:
     """(T, hd) or (B, 1, T, hd) rotary table -> (N, 1, 1, hd) at positions idx = b * T + t."""
@@ -146,14 +166,48 @@ def _rotary_at(table: Tensor, idx: Tensor, t: Tensor) -> Tensor:
     return rows[:, None, None, :]
 
 
-def _rows(x: Tensor, idx: Tensor) -> Tensor:
-    """(B, T, ...) -> (N, 1, ...): the positions idx = b * T + t, each its own batch row."""
-    return x.flatten(0, 1).index_select(0, idx).unsqueeze(1)
+@dataclass
+class _Active:
+    """The positions a gathered cycle updates, idx = b * T + t (N,), and their layout there:
+    N batch rows of one query (`src` None), or B rows of M = the most active in any row
+    (`rows`: the slot of the k-th active position of row b is b * M + k; a spare slot holds
+    its row's position 0, computed and dropped)."""
 
+    idx: Tensor
+    src: Tensor | None = None  # (B * M,) the flat position of each slot
+    pos: Tensor | None = None  # (B * M,) its position t in its row
+    slot: Tensor | None = None  # (N,) the slot of each active position; None: slot i = idx[i]
+    batch: int = 0
+    width: int = 0
 
-def _put(x: Tensor, idx: Tensor, rows: Tensor) -> Tensor:
-    """x (B, T, ...) with the positions idx replaced by rows (N, 1, ...) (out of place)."""
-    return x.flatten(0, 1).index_copy(0, idx, rows.flatten(0, 1)).view_as(x)
+    @classmethod
+    def rows(cls, active: Tensor, idx: Tensor, blocked: bool) -> _Active | None:
+        """The B rows of M layout, or None where gathering them would not pay (`gather_pays`;
+        blocked: the plain cycle's attention runs blocked)."""
+        B, T = active.shape
+        M = idx.numel() if B == 1 else int(active.sum(1).max())
+        if not gather_pays(B * M, B * T, True, blocked):
+            return None
+        if B == 1:  # no spare slots: one row of the N positions
+            return cls(idx, idx, idx, None, 1, M)
+        slot = (idx // T) * M + (active.cumsum(1) - 1).flatten().index_select(0, idx)
+        base = torch.arange(0, B * T, T, device=idx.device).repeat_interleave(M)
+        src = base.index_copy(0, slot, idx)
+        return cls(idx, src, src - base, slot, B, M)
+
+    def take(self, x: Tensor) -> Tensor:
+        """(B, T, ...) -> the active positions in this layout: (N, 1, ...) or (B, M, ...)."""
+        if self.src is None:
+            return x.flatten(0, 1).index_select(0, self.idx).unsqueeze(1)
+        return x.flatten(0, 1).index_select(0, self.src).unflatten(0, (self.batch, self.width))
+
+    def put(self, x: Tensor, rows: Tensor) -> Tensor:
+        """x (B, T, ...) with the active positions replaced by rows (`take`'s layout), out of
+        place."""
+        rows = rows.flatten(0, 1)
+        if self.slot is not None:
+            rows = rows.index_select(0, self.slot)
+        return x.flatten(0, 1).index_copy(0, self.idx, rows).view_as(x)
 
 
 class TRMRecursion(nn.Module):
@@ -240,13 +294,15 @@ class TRMRecursion(nn.Module):
         or, where gathering would cost more than it saves (`gather_pays`), compute every
         position and keep the halted ones as they were (`_frozen_cycle`); the same results."""
         ys, logits = [y], []
-        active = idx = None  # (B, T) still refining, their flat indices; None: every position
+        active = gathered = None  # (B, T) still refining (None: all), how a cycle gathers them
         compiling = torch.compiler.is_compiling()
+        as_rows = gathers_as_rows(y.shape[0], f.k.shape[-2])
+        blocked = isinstance(f.mask, WindowMask) and f.mask.blocked
         for c in range(cycles):
             if active is None:
                 y, z, logit = self.cycle(y, z, f)
-            elif idx is not None:
-                y, z, logit = self._active_cycle(y, z, f, idx, logit)
+            elif gathered is not None:
+                y, z, logit = self._active_cycle(y, z, f, gathered, logit)
             else:
                 y, z, logit = self._frozen_cycle(y, z, f, active, logit)
             ys.append(y)
@@ -257,16 +313,19 @@ class TRMRecursion(nn.Module):
             active = go if active is None else active & go
             if compiling:  # no data-dependent shapes: every later cycle frozen
                 continue
-            idx = active.flatten().nonzero()[:, 0]  # the one host sync per cycle
+            idx = active.flatten().nonzero()[:, 0]  # a host sync (and, as rows, their width)
+            gathered = None
             if idx.numel() == 0:
                 # every position has halted: the remaining cycles would change nothing
                 ys.extend([y] * (cycles - 1 - c))
                 logits.extend([logit] * (cycles - 1 - c))
                 break
             if idx.numel() == active.numel():
-                active = idx = None
-            elif not gather_pays(idx.numel(), active.numel()):
-                idx = None
+                active = None
+            elif as_rows:
+                gathered = _Active.rows(active, idx, blocked)
+            elif gather_pays(idx.numel(), active.numel()):
+                gathered = _Active(idx)
         return ys, logits, z
 
     def _frozen_cycle(
@@ -282,29 +341,61 @@ class TRMRecursion(nn.Module):
         )
 
     def _active_cycle(
-        self, y: Tensor, z: Tensor, f: _Features, idx: Tensor, logit: Tensor
+        self, y: Tensor, z: Tensor, f: _Features, a: _Active, logit: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """One cycle over the active positions idx = b * T + t only, each its own batch row of
-        one query (`_Features.at`: no padding to the longest row), scattered back into y, z,
-        logit."""
-        y_a, z_a, l_a = self.cycle(_rows(y, idx), _rows(z, idx), f.at(idx, y.shape[1]))
-        return _put(y, idx, y_a), _put(z, idx, z_a), _put(logit, idx, l_a)
+        """One cycle over the active positions `a` only, scattered back into y, z, logit: as B
+        rows of M (`_Features.in_rows`: one SDPA call over the dense mask's rows), or each its
+        own batch row of one query (`_Features.at`: each attends to its own key span)."""
+        g = f.in_rows(a) if a.src is not None else f.at(a.idx, y.shape[1])
+        y_a, z_a, l_a = self.cycle(a.take(y), a.take(z), g)
+        return a.put(y, y_a), a.put(z, z_a), a.put(logit, l_a)
 
 
-# When a halting cycle gathers the active positions. A gathered cycle runs ~25 more small ops
-# than a plain one (index arithmetic, gathers, scatters: ~0.2-0.3 ms on one CPU thread), and
-# its per-position attention (one query over its own window) costs more than the blocked one.
-# Measured on the speed model (cognate-tiny, one thread), gathered / plain cycle time: 1.7 at
-# 16 positions whatever the share halted, 0.9-0.97 at 32-64 positions with 70-90% halted,
-# 0.57 / 0.78 / 1.08 at 32 x 24 positions with 72 / 50 / 25% halted.
-GATHER_MIN_HALTED = 32
+# When a halting cycle gathers the active positions, and how (`benchmarks/results/
+# act_gather_crossover.md`: the speed preset, cognate-tiny, window 16, one thread; gathered /
+# plain cycle time, 90 to 25% of the positions halted).
+# - As B rows of M (`_Active.rows`, `gathers_as_rows`), one 4-D SDPA call over the dense
+#   mask's rows. Where the plain cycle runs blocked attention (more new tokens than the
+#   window: 5-D tiles, which SDPA sends to its generic kernel) that is cheaper whatever the
+#   share halted: 0.79-0.84 at 1 x 24, 0.70-0.88 at 1 x 64, 0.60-0.83 at 4 x 64, 0.36-0.78 at
+#   32 x 24, 0.26-0.78 at 32 x 64, 0.24-0.74 at 32 x 256, 0.32-0.98 at 8 x 256. Within one
+#   window both run one dense call: it pays only with many slots left out, 0.66 / 0.84 /
+#   0.96 at 32 x 16 with 5 / 9 / 12 slots per row, 1.08 with 15 (the trained speed model's
+#   batches of 32: 0.60-0.89 at 11-14 positions, 5-9 slots); below that per-op overhead
+#   decides: 1.01-1.12 at 4 x 16, 1.08-1.10 at 1 x 16.
+# - A single sequence of more keys: each active position its own row of one query over its
+#   own key span (~25 more small ops than a plain cycle: it pays only with many positions
+#   halted): 0.68 / 0.75 / 0.93 / 1.10 at 1 x 256. (Rows there: 0.85 / 0.82 / 0.91 at 90 /
+#   72 / 50% halted, measured once: each query attends over all 256 keys.)
+ROWS_MAX_KEYS = 64  # a single sequence
+ROWS_MAX_KEYS_BATCH = 256  # a batch
+ROWS_MIN_SAVED = 128  # rows within one window: slots left out
+GATHER_MIN_HALTED = 32  # one-query rows: positions left out
 GATHER_MAX_ACTIVE_SHARE = 0.5
 
 
-def gather_pays(n_active: int, n_total: int) -> bool:
-    """Whether a cycle should gather its `n_active` of `n_total` positions (else it computes
-    all of them and freezes the halted ones)."""
-    return n_total - n_active >= GATHER_MIN_HALTED and n_active <= GATHER_MAX_ACTIVE_SHARE * n_total
+def gathers_as_rows(batch: int, keys: int) -> bool:
+    """Whether a gathered cycle lays the active positions out as B rows of M (`_Active.rows`)
+    rather than one-query rows over their key spans (`_Features.at`)."""
+    return keys <= (ROWS_MAX_KEYS if batch == 1 else ROWS_MAX_KEYS_BATCH)
 
 
-__all__ = ["RecursionBlock", "RecursionOutput", "TRMRecursion", "fixed_scale", "gather_pays"]
+def gather_pays(n_gathered: int, n_total: int, as_rows: bool = False, blocked: bool = True) -> bool:
+    """Whether a cycle should compute `n_gathered` of its `n_total` positions (the active
+    ones; as B rows of M, the B * M slots) instead of all of them with the halted frozen.
+    as_rows: the B rows of M layout (`gathers_as_rows`); blocked: the plain cycle's
+    attention runs blocked (more new tokens than the window)."""
+    saved = n_total - n_gathered
+    if as_rows:
+        return saved > 0 if blocked else saved >= ROWS_MIN_SAVED
+    return saved >= GATHER_MIN_HALTED and n_gathered <= GATHER_MAX_ACTIVE_SHARE * n_total
+
+
+__all__ = [
+    "RecursionBlock",
+    "RecursionOutput",
+    "TRMRecursion",
+    "fixed_scale",
+    "gather_pays",
+    "gathers_as_rows",
+]
