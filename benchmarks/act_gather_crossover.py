@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cognate_model import CognateConfig, CognateForCausalLM  # noqa: E402
 from cognate_model.recursion import _Active, _Features, gather_pays, gathers_as_rows  # noqa: E402
-from recursion import run_record, write_json  # noqa: E402
+from recursion import record_lines, run_record, write_json  # noqa: E402
 
 
 def _best(fns: dict, rounds: int) -> dict[str, float]:
@@ -85,9 +85,7 @@ def write_markdown(payload: dict, path: Path) -> None:
     lines = [
         "# Halting: gathered vs plain cycle (issue 10)",
         "",
-        f"Command: `{payload['command']}`  ",
-        f"Date: {payload['date']}; load average at start {payload['loadavg_start']}, at end "
-        f"{payload['loadavg_end']}; torch {payload['torch']}, 1 thread; {payload['settings']}.",
+        *record_lines(payload, f"; {payload['settings']}."),
         "",
         "ratio = time(gathered cycle) / time(plain cycle, halted frozen), minimum over rounds;"
         " below 1 the gather pays. `gather_pays` is the rule the model applies.",

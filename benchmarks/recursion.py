@@ -537,9 +537,7 @@ def write_markdown(payload: dict, path: Path) -> None:
     lines = [
         "# Recursion and halting (issue 10)",
         "",
-        f"Command: `{payload['command']}`  ",
-        f"Date: {payload['date']}; load average at start {payload['loadavg_start']}, "
-        f"at end {payload['loadavg_end']}; torch {payload['torch']}, 1 thread.  ",
+        *record_lines(payload, ".  "),
         f"Settings: {json.dumps(payload['settings'])}",
         "",
         "## Goals",
@@ -646,6 +644,16 @@ def run_record(script: str, argv: list[str] | None, load0: tuple[float, ...]) ->
         "torch": torch.__version__,
         "machine": machine_info(1, "cpu"),
     }
+
+
+def record_lines(payload: dict, end: str) -> list[str]:
+    """The Markdown lines for `run_record`'s fields: the command, then date, load and torch
+    (that line closed by `end`)."""
+    return [
+        f"Command: `{payload['command']}`  ",
+        f"Date: {payload['date']}; load average at start {payload['loadavg_start']}, "
+        f"at end {payload['loadavg_end']}; torch {payload['torch']}, 1 thread{end}",
+    ]
 
 
 def write_json(payload: dict, out: Path) -> None:
