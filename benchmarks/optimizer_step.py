@@ -92,13 +92,13 @@ def gpt2_shapes(n_layers: int) -> list[Shape]:
 
 
 def make_params(
-    shapes: list[Shape], seed: int = 0
+    shapes: list[Shape], seed: int = 0, device: str = "cpu"
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same numbers on any device
     muon, rest = [], []
     for shape, use_muon in shapes:
-        p = torch.nn.Parameter(torch.randn(shape, generator=g) * 0.02)
-        p.grad = torch.randn(shape, generator=g) * 1e-3
+        p = torch.nn.Parameter((torch.randn(shape, generator=g) * 0.02).to(device))
+        p.grad = (torch.randn(shape, generator=g) * 1e-3).to(device)
         (muon if use_muon else rest).append(p)
     return muon, rest
 
@@ -122,12 +122,15 @@ class Stepper:
         self.step, self.opts, self.extra_state = step, opts, extra_state
         self.before, self.after = before, after
 
-    def timed_step(self) -> float:
-        """One step; returns its seconds (``before`` / ``after`` not counted)."""
+    def timed_step(self, sync: Callable[[], None] = lambda: None) -> float:
+        """One step; returns its seconds (``before`` / ``after`` not counted). ``sync`` waits
+        for the device (``torch.cuda.synchronize``): the clock reads bracket finished work."""
         if self.before is not None:
             self.before()
+        sync()
         t0 = time.perf_counter()
         self.step()
+        sync()
         dt = time.perf_counter() - t0
         if self.after is not None:
             self.after()
@@ -151,12 +154,13 @@ TUNED = dict(ns_dtype=torch.bfloat16, foreach=True)
 
 
 def mugrokfast_stepper(
-    muon: list, rest: list, grokfast: str | None, window: int, tuned: bool = False
+    muon: list, rest: list, grokfast: str | None, window: int, **overrides: Any
 ) -> Stepper:
+    """MuGrokfast at the benchmark's numbers; ``overrides`` (e.g. ``TUNED``) are passed on."""
     opt = mugrokfast.MuGrokfast(
         [{"params": muon, "use_muon": True}, {"params": rest, "use_muon": False}],
         lr=LR, betas=BETAS, weight_decay=WD, muon_lr=MUON_LR,
-        grokfast=grokfast, grokfast_window=window, **(TUNED if tuned else {}),
+        grokfast=grokfast, grokfast_window=window, **overrides,
     )  # fmt: skip
     return Stepper(opt.step, [opt])
 
@@ -269,7 +273,11 @@ def state_mb(s: Stepper) -> float:
 
 
 def time_steppers(
-    makers: dict[str, Callable[[], Stepper]], reps: int, steps: int, warmup: int
+    makers: dict[str, Callable[[], Stepper]],
+    reps: int,
+    steps: int,
+    warmup: int,
+    sync: Callable[[], None] = lambda: None,
 ) -> dict[str, dict[str, Any]]:
     """Build each stepper, warm it up, then time ``steps`` steps per rep, interleaved."""
     steppers = {}
@@ -277,7 +285,7 @@ def time_steppers(
     for name, make in makers.items():
         s = make()
         for _ in range(warmup):
-            s.timed_step()
+            s.timed_step(sync)
         steppers[name] = s
         out[name] = {"state_mb": round(state_mb(s), 2), "times_ms": []}
     names = list(steppers)
@@ -285,7 +293,7 @@ def time_steppers(
         # rotate the order each repetition so no config always follows the same neighbour
         for name in names[rep % len(names) :] + names[: rep % len(names)]:
             s = steppers[name]
-            elapsed = sum(s.timed_step() for _ in range(steps))
+            elapsed = sum(s.timed_step(sync) for _ in range(steps))
             out[name]["times_ms"].append(elapsed / steps * 1e3)
     for v in out.values():
         v["median_ms"] = round(statistics.median(v["times_ms"]), 3)
@@ -301,8 +309,47 @@ def add_ratios(res: dict[str, dict[str, Any]], base: str) -> None:
         v["extra_state_mb_vs_" + base] = round(v["state_mb"] - res[base]["state_mb"], 2)
 
 
+def unbatched(s: Stepper) -> Stepper:
+    """The stepper with each matrix in its own Newton-Schulz call, as on the CPU (off the CPU
+    same-shaped matrices share one batched call, see ``mugrokfast.muon._shape_batches``): the
+    measurement behind that choice."""
+    import mugrokfast.muon as mm
+
+    batched = mm._shape_batches
+
+    def one_each(params: list, grads: list) -> dict[tuple, list[int]]:
+        # keys stay (shape, dtype, device)-like triples: the dtype slot made unique per matrix
+        return {
+            (flat, (dtype, i), dev): [i]
+            for (flat, dtype, dev), idx in batched(params, grads).items()
+            for i in idx
+        }
+
+    def step() -> None:
+        mm._shape_batches = one_each
+        try:
+            s.step()
+        finally:
+            mm._shape_batches = batched
+
+    return Stepper(step, s.opts)
+
+
+def accelerator_makers(muon: list, rest: list, w: int) -> dict[str, Callable[[], Stepper]]:
+    """Rows only off the CPU: the two per-device choices of the defaults, each against its
+    alternative (fp32 Newton-Schulz; one NS call per matrix instead of batched)."""
+    return {
+        "MuGrokfast(None) ns fp32": lambda: mugrokfast_stepper(
+            muon, rest, None, w, ns_dtype=torch.float32
+        ),
+        "MuGrokfast(None) unbatched NS": lambda: unbatched(mugrokfast_stepper(muon, rest, None, w)),
+        "MuGrokfast(ema) unbatched NS": lambda: unbatched(mugrokfast_stepper(muon, rest, "ema", w)),
+    }
+
+
 def bench_shape_set(name: str, shapes: list[Shape], args: argparse.Namespace) -> dict[str, Any]:
-    muon, rest = make_params(shapes)
+    muon, rest = make_params(shapes, device=args.device)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     n_muon, n_rest = sum(p.numel() for p in muon), sum(p.numel() for p in rest)
     print(
         f"[{name}] {len(muon)} Muon matrices ({n_muon / 1e6:.2f}M), {len(rest)} AdamW params "
@@ -314,15 +361,17 @@ def bench_shape_set(name: str, shapes: list[Shape], args: argparse.Namespace) ->
         "torch Muon+AdamW": lambda: torch_muon_adamw(muon, rest),
         "MuGrokfast(None)": lambda: mugrokfast_stepper(muon, rest, None, w),
         "MuGrokfast(ema)": lambda: mugrokfast_stepper(muon, rest, "ema", w),
-        "MuGrokfast(None) tuned": lambda: mugrokfast_stepper(muon, rest, None, w, True),
-        "MuGrokfast(ema) tuned": lambda: mugrokfast_stepper(muon, rest, "ema", w, True),
+        "MuGrokfast(None) tuned": lambda: mugrokfast_stepper(muon, rest, None, w, **TUNED),
+        "MuGrokfast(ema) tuned": lambda: mugrokfast_stepper(muon, rest, "ema", w, **TUNED),
         f"MuGrokfast(ma, w={w})": lambda: mugrokfast_stepper(muon, rest, "ma", w),
         f"MuGrokfast(dual, w={w})": lambda: mugrokfast_stepper(muon, rest, "dual", w),
     }
+    if args.device != "cpu":
+        makers.update(accelerator_makers(muon, rest, w))
     if args.peers:
         makers.update(peer_makers(muon, rest))
     # MA/dual amplify only once the window is full: warm up past it.
-    muon_res = time_steppers(makers, args.reps, args.steps, warmup=w + 1)
+    muon_res = time_steppers(makers, args.reps, args.steps, warmup=w + 1, sync=sync)
     add_ratios(muon_res, "torch Muon+AdamW")
     print_table(muon_res)
 
@@ -333,7 +382,7 @@ def bench_shape_set(name: str, shapes: list[Shape], args: argparse.Namespace) ->
             "reference-style EMA + AdamW": lambda: reference_ema_stepper(params),
             "Grokfast(AdamW, ema)": lambda: wrapper_stepper(params, "ema"),
         },
-        args.reps, args.steps * 3, warmup=2,
+        args.reps, args.steps * 3, warmup=2, sync=sync,
     )  # fmt: skip
     add_ratios(wrap_res, "reference-style EMA + AdamW")
     print_table(wrap_res)
@@ -349,7 +398,7 @@ def bench_shape_set(name: str, shapes: list[Shape], args: argparse.Namespace) ->
         ma_makers[f"Grokfast(AdamW, ma, w={win})"] = lambda win=win: wrapper_stepper(sub, "ma", win)
     for win in (10, 100, 200):
         ma_makers[f"reference-style MA w={win}"] = lambda win=win: reference_ma_stepper(sub, win)
-    ma_res = time_steppers(ma_makers, args.reps, args.steps * 3, warmup=201)
+    ma_res = time_steppers(ma_makers, args.reps, args.steps * 3, warmup=201, sync=sync)
     add_ratios(ma_res, "Grokfast(AdamW, ma, w=10)")
     print_table(ma_res)
     return {
@@ -419,6 +468,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def device_name(device: str) -> str:
+    if device == "cpu":
+        return "cpu"
+    return f"{device} ({torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda})"
+
+
+def defaults_text(device: str) -> str:
+    ns = mugrokfast.default_ns_dtype(device)
+    if device == "cpu":
+        return (
+            f"no ns_dtype, no foreach: ns_dtype=None -> {ns} on this CPU, foreach=None -> the "
+            "cache-blocked CPU AdamW loop (mugrokfast._blocked)"
+        )
+    return (
+        f"no ns_dtype, no foreach: ns_dtype=None -> {ns} on {device}, foreach=None -> torch's "
+        "default AdamW path there; same-shaped matrices share one batched Newton-Schulz call"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sets", default="cognate-25m,gpt2-small", help="comma list of shape sets")
@@ -434,6 +502,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu or cuda[:N]; off the CPU every step is bracketed by a device synchronize, and "
+        "rows for the per-device choices of the defaults are added (fp32 NS, unbatched NS)",
+    )
+    ap.add_argument(
         "--no-ns",
         action="store_true",
         help="replace Newton-Schulz by a bf16 cast in torch's Muon and MuGrokfast alike, to time "
@@ -444,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", default=None, help="JSON (a .md table is written next to it)")
     args = ap.parse_args(argv)
+    if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
+        print(f"error: --device {args.device}: only cpu, or cuda with a GPU", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     if args.no_ns:
@@ -479,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_1min_before_after": [load_before[0], os.getloadavg()[0]],
             "cpu_count": os.cpu_count(),
             "threads": args.threads,
-            "device": "cpu",
+            "device": device_name(args.device),
         },
         "settings": {
             "lr": LR,
@@ -488,9 +565,7 @@ def main(argv: list[str] | None = None) -> int:
             "betas": BETAS,
             "torch": "torch.optim.Muon (bf16 Newton-Schulz, its only choice) + "
             "torch.optim.AdamW(foreach=True)",
-            "MuGrokfast defaults": "no ns_dtype, no foreach: ns_dtype=None -> "
-            f"{mugrokfast.default_ns_dtype('cpu')} on this CPU, foreach=None -> the "
-            "cache-blocked CPU AdamW loop (mugrokfast._blocked)",
+            "MuGrokfast defaults": defaults_text(args.device),
             "MuGrokfast tuned": "ns_dtype=torch.bfloat16, foreach=True (torch's foreach AdamW "
             "for unfiltered tensors; filtered CPU tensors always take the blocked loop)",
             "reps": args.reps,
@@ -522,7 +597,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"`{result['command']}`  ",
         f"{result['date']}, torch {result['torch']}, {result['machine']['platform']}, "
-        f"{result['machine']['threads']} thread(s), CPU ({result['machine']['cpu']}, native bf16 "
+        f"{result['machine']['threads']} thread(s), device {result['machine']['device']}, "
+        f"CPU ({result['machine']['cpu']}, native bf16 "
         f"matmul: {result['machine']['cpu_native_bf16_matmul']}; 1-min load average before / "
         f"after: {result['machine']['load_average_1min_before_after']}). Median of "
         f"{result['settings']['reps']} interleaved repetitions (order rotated each repetition) "

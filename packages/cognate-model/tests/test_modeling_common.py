@@ -244,12 +244,18 @@ class TestCognateModelCommon:
     "enable", ["gradient_checkpointing_enable", "activation_checkpointing_enable"]
 )
 def test_gradient_checkpointing_gives_the_same_gradients(tester, enable):
+    # transformers renamed gradient_checkpointing_enable to activation_checkpointing_enable
+    # (the old name now warns); older releases in our range have only the old name, silent
+    renamed = hasattr(CognateForCausalLM, "activation_checkpointing_enable")
+    if not renamed and enable.startswith("activation"):
+        pytest.skip("this transformers has no activation_checkpointing_enable")
     config, inputs = tester.prepare_config_and_inputs_for_common()
     grads = []
     for checkpointing in (False, True):
         model = tester.create_model(config).train()
         if checkpointing:
-            with pytest.warns(FutureWarning) if enable.startswith("gradient") else _nullcontext():
+            warns = renamed and enable.startswith("gradient")
+            with pytest.warns(FutureWarning) if warns else _nullcontext():
                 getattr(model, enable)()
             assert all(block.gradient_checkpointing for block in model.model.layers)
         out = model(**inputs, labels=inputs["input_ids"])
