@@ -6,6 +6,13 @@ import pytest
 import torch
 from torch import nn
 
+# torch.compile(opt.step) vs eager, after a few steps. Exact to fp32 rounding on the torch the
+# lock pins; torch 2.11 (seen on its CPU and CUDA builds) traces the bf16 Newton-Schulz so that
+# one rounding differs from eager's, which moves an update by one bf16 ulp: 2**-8 x lr 0.02,
+# a few of them over the steps. Either way a graph break fails the compile itself.
+TORCH_VERSION = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+COMPILED_ATOL = 1e-5 if TORCH_VERSION >= (2, 15) else 1e-3
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():

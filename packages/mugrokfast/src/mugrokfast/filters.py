@@ -379,7 +379,9 @@ def apply_terms(grads: list[Tensor], terms: list[Terms], inplace: bool = False) 
     """The filtered gradients: one foreach pass per term, no temporaries. New tensors where
     amplified, unless ``inplace`` (then written into ``grads`` itself)."""
     out = list(grads)
-    for k in range(max((len(t) for t in terms), default=0)):
+    # max over a list, not a generator with default=: torch.compile (dynamo) before 2.12
+    # cannot trace the latter and breaks the graph
+    for k in range(max([0] + [len(t) for t in terms])):
         by_scale: dict[float, list[int]] = {}
         for i, t in enumerate(terms):
             if len(t) > k:
