@@ -366,11 +366,18 @@ class MuGrokfast(Optimizer):
     def _adamw(
         group: dict, params: list[Tensor], grads: list[Tensor], states: list[dict], terms
     ) -> None:
+        # Under torch.compile off the CPU, torch's AdamW runs in its capturable form with the
+        # step counts on the parameters' device, as dynamo arranges for torch's own optimizers
+        # (a CPU count beside CUDA parameters does not trace). Eager keeps counts on the CPU.
+        compiling = torch.compiler.is_compiling()
         for p, st in zip(params, states, strict=True):
+            on_device = compiling and p.device.type != "cpu"
             if "exp_avg" not in st:
                 st["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
                 st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if on_device and st["step"].device != p.device:
+                st["step"] = st["step"].to(p.device)
         beta1, beta2 = group["betas"]
         hp = dict(
             beta1=beta1,
@@ -383,7 +390,6 @@ class MuGrokfast(Optimizer):
         # terms without a parameter-sized allocation) or at foreach=None; everything else:
         # torch's own AdamW on the filtered gradients
         foreach = group["foreach"]
-        compiling = torch.compiler.is_compiling()
         fused = [
             i
             for i, t in enumerate(terms)
@@ -411,6 +417,7 @@ class MuGrokfast(Optimizer):
             [],
             [states[i]["step"] for i in rest],
             foreach=foreach,
+            capturable=compiling and params[rest[0]].device.type != "cpu",
             amsgrad=False,
             maximize=False,
             **hp,
