@@ -57,17 +57,20 @@ def test_default_ns_dtype_on_cuda_is_bf16_and_close_to_fp32():
 
 
 @cuda
+@pytest.mark.parametrize("ns_dtype", [None, torch.float32], ids=["bf16-default", "fp32"])
 @pytest.mark.parametrize("backend", ["eager", "inductor"])
 @pytest.mark.parametrize("grokfast", [None, "ema", "dual"])
-def test_compiled_step_on_cuda_has_no_graph_break_and_eagers_numbers(grokfast, backend):
+def test_compiled_step_on_cuda_has_no_graph_break_and_eagers_numbers(grokfast, backend, ns_dtype):
     """torch.compile(opt.step, fullgraph=True) raises on any graph break; the numbers are
     eager's (inductor told to round bf16 as eager does: see test_compiled_step_inductor in
-    test_torch_optim_invariants.py for why its default differs)."""
+    test_torch_optim_invariants.py for why its default differs; COMPILED_ATOL in conftest.py
+    for older torch)."""
     torch._dynamo.reset()
     eager_model = TinyLM().cuda()
     model = copy.deepcopy(eager_model)
-    eager = MuGrokfast(param_groups(eager_model), grokfast=grokfast, grokfast_window=2)
-    opt = MuGrokfast(param_groups(model), grokfast=grokfast, grokfast_window=2)
+    kw = dict(grokfast=grokfast, grokfast_window=2, ns_dtype=ns_dtype)
+    eager = MuGrokfast(param_groups(eager_model), **kw)
+    opt = MuGrokfast(param_groups(model), **kw)
     step = torch.compile(opt.step, backend=backend, fullgraph=True)
     with torch._inductor.config.patch(emulate_precision_casts=True):
         for t in range(3):
@@ -75,5 +78,6 @@ def test_compiled_step_on_cuda_has_no_graph_break_and_eagers_numbers(grokfast, b
                 o.zero_grad()
                 lm_loss(m, t).backward()
                 s()
+    atol = 1e-5 if ns_dtype == torch.float32 else COMPILED_ATOL
     for a, b in zip(eager_model.parameters(), model.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=COMPILED_ATOL)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=atol)
