@@ -114,3 +114,29 @@ def test_train_state_round_trips_whole_and_rejects_wrong_types():
         TrainState.from_dict({**st.to_dict(), "step": "7"})
     with pytest.raises(ValueError, match="has no 'tokens_seen'"):
         TrainState.from_dict({k: v for k, v in st.to_dict().items() if k != "tokens_seen"})
+
+
+def test_a_run_flushes_denormals_only_while_it_runs(tmp_path, monkeypatch, single_thread):
+    """Training flushes CPU denormals (they slow decaying optimizer state) and then gives the
+    caller's process its own setting back, whichever it was."""
+    from cognate_train.runtime import flushing_denormals
+
+    inside: list[bool] = []
+    real = engine_mod.Engine.train_step
+
+    def spy(self, batches):
+        inside.append(flushing_denormals())
+        return real(self, batches)
+
+    monkeypatch.setattr(engine_mod.Engine, "train_step", spy)
+    args = ["grok", "--preset", "smoke", "--max-steps", "2", "--eval-every", "2",
+            "--checkpoint-every", "2"]  # fmt: skip
+    try:
+        for before in (False, True):
+            torch.set_flush_denormal(before)
+            assert flushing_denormals() is before  # the probe reads the real setting
+            assert main([*args, "--output-dir", str(tmp_path / str(before))]) == 0
+            assert flushing_denormals() is before
+    finally:
+        torch.set_flush_denormal(False)
+    assert inside == [True] * 4

@@ -29,7 +29,7 @@ import torch
 
 from .config import TrainConfig, specializations
 from .progress import hms
-from .runtime import cpu_threads, resolve_device, setup_device
+from .runtime import cpu_threads, denormals_flushed, resolve_device
 
 
 def _timed_steps(engine: Any, steps: int) -> list[float]:
@@ -97,9 +97,8 @@ def estimate_model(cfg: TrainConfig, spec: str, device: torch.device, steps: int
 def dry_run(cfg: TrainConfig, steps: int = 3, probe: int = 2) -> str:
     """The printed estimate of the whole run of ``cfg`` on its device."""
     lines, grand = [], 0.0
-    with cpu_threads(cfg.threads):
-        device = resolve_device(cfg.device)
-        setup_device(device)
+    device = resolve_device(cfg.device)
+    with cpu_threads(cfg.threads), denormals_flushed(device):
         for spec in specializations(cfg):
             print(f"[{spec}] timing {steps} steps ...", file=sys.stderr, flush=True)
             total, step_s, train_s, eval_s = estimate_model(cfg, spec, device, steps, probe)

@@ -46,7 +46,7 @@ from .optim import (
 )
 from .progress import Progress, RunPlan
 from .qk_clip import QKClip
-from .runtime import cpu_threads, resolve_device, setup_device
+from .runtime import cpu_threads, denormals_flushed, resolve_device
 from .signals import Interrupted, StopSignals
 from .state import Checkpointer, TrainState
 from .task import Task
@@ -66,8 +66,8 @@ def run(
     """Build the task on the configured device and train it; returns the run's summary."""
     with cpu_threads(cfg.threads):
         device = dist.init(resolve_device(cfg.device))
-        setup_device(device)
-        return Engine(make_task(device), cfg, out_dir, log, plan).train()
+        with denormals_flushed(device):
+            return Engine(make_task(device), cfg, out_dir, log, plan).train()
 
 
 class Engine:

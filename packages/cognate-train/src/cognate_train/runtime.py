@@ -36,12 +36,28 @@ def cpu_threads(n: int):
         torch.set_num_threads(old)
 
 
-def setup_device(device: torch.device) -> None:
-    if device.type == "cpu":
-        # Denormal floats (|x| < 1e-38) appear in slowly decaying optimizer and filter state
-        # late in long runs and make CPU arithmetic many times slower; flushing them to zero
-        # changes no result that matters at float32 precision.
-        torch.set_flush_denormal(True)
+def flushing_denormals() -> bool:
+    """Whether this process flushes denormal floats to zero now (torch has no getter)."""
+    return torch.tensor([1e-40]).mul(1.0).item() == 0.0
+
+
+@contextlib.contextmanager
+def denormals_flushed(device: torch.device):
+    """Run the block with denormal floats flushed to zero on the CPU, then restore the
+    process's previous setting (a library call leaves the caller's arithmetic as it was).
+
+    Denormals (|x| < 1e-38) appear in slowly decaying optimizer and filter state late in long
+    runs and make CPU arithmetic many times slower; flushing them changes no result that
+    matters at float32 precision."""
+    if device.type != "cpu":
+        yield
+        return
+    before = flushing_denormals()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
 
 
 def autocast(device: torch.device, enabled: bool):
