@@ -370,7 +370,7 @@ def _time_recursion(model: CognateForCausalLM, inputs: list[tuple], halting: boo
     threshold = model.config.act_threshold if halting else None
     t0 = time.perf_counter()
     for x, attn in inputs:
-        model.recursion(x, *attn, halt_threshold=threshold)
+        model.recursion(x, *attn, halt_threshold=threshold, real=attn.new_mask)
     return time.perf_counter() - t0
 
 

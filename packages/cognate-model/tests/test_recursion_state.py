@@ -129,37 +129,45 @@ def test_gathered_active_update_equals_the_full_update(
     active ones get exactly the update the all-positions run gives them (left padding,
     per-row rotary positions included). The active positions run as B rows of the most any
     row has (batch 1: one row of N), or (one sequence of more than 64 keys) each its own
-    row of one query."""
+    row of one query. Padding is halted from the start: it never enters a cycle."""
     model = _halting_setup(make_tiny)
     _force_gather(monkeypatch, gather)
     ids = _ids(batch, seq)
     kwargs = {}
+    real = torch.ones(batch, seq, dtype=torch.bool)
     if padded:
         mask = torch.ones(batch, seq, dtype=torch.long)
         mask[-1, :17] = 0
         if batch > 1:
             mask[1, :9] = 0
         kwargs = {"attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp_min(0)}
+        real = mask.bool()
     free = model(ids, act_halting=False, output_hidden_states=True, **kwargs)
     threshold = free.halt_probs.flatten().quantile(0.6).item()
     model.config.act_threshold = threshold
     shapes, halting = _block_shapes(model, ids, **kwargs)
     steps = halting_steps(free.halt_probs.logit(), threshold)
-    assert len(steps.unique()) >= 3, "need tokens halting at several cycles"
-    assert torch.equal(halting.act_steps, steps)
+    assert len(steps[real].unique()) >= 3, "need tokens halting at several cycles"
+    assert torch.equal(halting.act_steps[real], steps[real])
     torch.testing.assert_close(
-        halting.logits, _active_reference(free, steps, model), rtol=0, atol=1e-10
+        halting.logits[real], _active_reference(free, steps, model)[real], rtol=0, atol=1e-10
     )
     per_cycle = model.config.trm_micro_steps + 1
-    assert shapes[:per_cycle] == [(batch, seq)] * per_cycle
+    assert shapes[:per_cycle] == [_layout(real, gather)] * per_cycle
     assert len(shapes) > per_cycle
-    expected = (batch, seq)
-    if gather:  # cycle 2 updates the positions not halted after cycle 1
-        active = steps > 1
-        expected = (int(active.sum()), 1)
-        if gathers_as_rows(batch, seq):
-            expected = (batch, int(active.sum(1).max()))
-    assert shapes[per_cycle] == expected
+    assert shapes[per_cycle] == _layout((steps > 1) & real, gather)
+
+
+def _layout(active: torch.Tensor, gather: bool) -> tuple[int, int]:
+    """(rows, positions) of a halting cycle's block calls over the `active` (B, T) positions
+    (`gather`: what `gather_pays` is forced to say): all of them; B rows of the most any row
+    has; or N rows of one query."""
+    batch, seq = active.shape
+    if bool(active.all()) or not gather:
+        return (batch, seq)
+    if gathers_as_rows(batch, seq):
+        return (batch, int(active.sum(1).max()))
+    return (int(active.sum()), 1)
 
 
 @pytest.mark.parametrize(("batch", "seq"), [(4, 40), (1, 80)])

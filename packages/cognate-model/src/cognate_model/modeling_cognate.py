@@ -620,6 +620,7 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
             cache=None if past_key_values is None else past_key_values.recursion,
             state=recursion_state,
             cycles=trm_cycles if trm_cycles is not None else cfg.trm_cycles,
+            real=attn.new_mask,
         )
         out, terms, real = self._outputs(
             base, rec, attn.new_mask, labels, shift_labels, num_items_in_batch, logits_to_keep

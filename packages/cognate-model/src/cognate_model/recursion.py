@@ -249,10 +249,13 @@ class TRMRecursion(nn.Module):
         cache: WindowKV | None = None,
         state: tuple[Tensor, Tensor] | None = None,
         cycles: int | None = None,
+        real: Tensor | None = None,
     ) -> RecursionOutput:
         """x: (B, T, D) features. `halt_threshold` set (and ACT on): halted positions freeze
         and leave the computation. state: (y, z) to start from instead of (x, x).
         cycles: how many cycles to run (default: the configured count; more at test time).
+        real: (B, T) 0/1, the real (non-padding) positions; with halting on, padding never
+        enters the computation (it stays (y, z), its halting logit that of z).
 
         cache: the window of past feature keys/values (decoding); the new ones are appended,
         and `mask` must cover the cached keys too. Per-position updates need nothing else.
@@ -264,7 +267,7 @@ class TRMRecursion(nn.Module):
         y, z = (x, x) if state is None else state
         cycles = self.cycles if cycles is None else cycles
         if halt_threshold is not None and self.act_head is not None:
-            ys, logits, z = self._halting(y, z, f, cycles, halt_threshold)
+            ys, logits, z = self._halting(y, z, f, cycles, halt_threshold, real)
         else:
             ys, logits, z = self._all_cycles(y, z, f, cycles)
         halt_logits = torch.stack(logits) if logits else None
@@ -287,17 +290,30 @@ class TRMRecursion(nn.Module):
         return ys, logits, z
 
     def _halting(
-        self, y: Tensor, z: Tensor, f: _Features, cycles: int, threshold: float
+        self,
+        y: Tensor,
+        z: Tensor,
+        f: _Features,
+        cycles: int,
+        threshold: float,
+        real: Tensor | None = None,
     ) -> tuple[list[Tensor], list[Tensor], Tensor]:
         """ACT at inference: after each cycle, positions with p > threshold freeze (their later
         halting logits repeat the halting one) and later cycles skip them (`_active_cycle`),
         or, where gathering would cost more than it saves (`gather_pays`), compute every
-        position and keep the halted ones as they were (`_frozen_cycle`); the same results."""
+        position and keep the halted ones as they were (`_frozen_cycle`); the same results.
+        Padding (`real` 0) is halted from the start: no position reads another's latents."""
         ys, logits = [y], []
         active = gathered = None  # (B, T) still refining (None: all), how a cycle gathers them
         compiling = torch.compiler.is_compiling()
         as_rows = gathers_as_rows(y.shape[0], f.k.shape[-2])
         blocked = isinstance(f.mask, WindowMask) and f.mask.blocked
+        logit = None
+        if real is not None and not compiling and not bool(real.all()):
+            logit = self.act_head(z)  # what padding reports: the halting logit of its state
+            active, gathered, none_left = _plan(real.bool(), as_rows, blocked)
+            if none_left:  # nothing but padding
+                return [y] * (cycles + 1), [logit] * cycles, z
         for c in range(cycles):
             if active is None:
                 y, z, logit = self.cycle(y, z, f)
@@ -313,19 +329,11 @@ class TRMRecursion(nn.Module):
             active = go if active is None else active & go
             if compiling:  # no data-dependent shapes: every later cycle frozen
                 continue
-            idx = active.flatten().nonzero()[:, 0]  # a host sync (and, as rows, their width)
-            gathered = None
-            if idx.numel() == 0:
-                # every position has halted: the remaining cycles would change nothing
+            active, gathered, none_left = _plan(active, as_rows, blocked)
+            if none_left:  # every position has halted: the remaining cycles change nothing
                 ys.extend([y] * (cycles - 1 - c))
                 logits.extend([logit] * (cycles - 1 - c))
                 break
-            if idx.numel() == active.numel():
-                active = None
-            elif as_rows:
-                gathered = _Active.rows(active, idx, blocked)
-            elif gather_pays(idx.numel(), active.numel()):
-                gathered = _Active(idx)
         return ys, logits, z
 
     def _frozen_cycle(
@@ -349,6 +357,22 @@ class TRMRecursion(nn.Module):
         g = f.in_rows(a) if a.src is not None else f.at(a.idx, y.shape[1])
         y_a, z_a, l_a = self.cycle(a.take(y), a.take(z), g)
         return a.put(y, y_a), a.put(z, z_a), a.put(logit, l_a)
+
+
+def _plan(
+    active: Tensor, as_rows: bool, blocked: bool
+) -> tuple[Tensor | None, _Active | None, bool]:
+    """How the next halting cycle runs the `active` (B, T) positions: (active, None when all
+    are; the gathered layout, None to compute every position with the rest frozen; whether
+    none is left). One host sync (and, as rows, their width)."""
+    idx = active.flatten().nonzero()[:, 0]
+    if idx.numel() == 0:
+        return active, None, True
+    if idx.numel() == active.numel():
+        return None, None, False
+    if as_rows:
+        return active, _Active.rows(active, idx, blocked), False
+    return active, (_Active(idx) if gather_pays(idx.numel(), active.numel()) else None), False
 
 
 # When a halting cycle gathers the active positions, and how (`benchmarks/results/
