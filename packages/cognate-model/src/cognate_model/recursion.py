@@ -309,9 +309,10 @@ class TRMRecursion(nn.Module):
         as_rows = gathers_as_rows(y.shape[0], f.k.shape[-2])
         blocked = isinstance(f.mask, WindowMask) and f.mask.blocked
         logit = None
-        if real is not None and not compiling and not bool(real.all()):
-            logit = self.act_head(z)  # what padding reports: the halting logit of its state
+        if real is not None and not compiling:  # padding halted before the first cycle
             active, gathered, none_left = _plan(real.bool(), as_rows, blocked)
+            if active is not None:
+                logit = self.act_head(z)  # what padding reports: the halting logit of its state
             if none_left:  # nothing but padding
                 return [y] * (cycles + 1), [logit] * cycles, z
         for c in range(cycles):
