@@ -129,7 +129,7 @@ def test_gathered_active_update_equals_the_full_update(
     active ones get exactly the update the all-positions run gives them (left padding,
     per-row rotary positions included). The active positions run as B rows of the most any
     row has (batch 1: one row of N), or (one sequence of more than 64 keys) each its own
-    row of one query. Padding is halted from the start: it never enters a cycle."""
+    row of one query. The first cycle computes every position; padding halts after it."""
     model = _halting_setup(make_tiny)
     _force_gather(monkeypatch, gather)
     ids = _ids(batch, seq)
@@ -153,7 +153,7 @@ def test_gathered_active_update_equals_the_full_update(
         halting.logits[real], _active_reference(free, steps, model)[real], rtol=0, atol=1e-10
     )
     per_cycle = model.config.trm_micro_steps + 1
-    assert shapes[:per_cycle] == [_layout(real, gather)] * per_cycle
+    assert shapes[:per_cycle] == [(batch, seq)] * per_cycle
     assert len(shapes) > per_cycle
     assert shapes[per_cycle] == _layout((steps > 1) & real, gather)
 

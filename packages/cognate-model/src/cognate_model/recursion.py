@@ -254,8 +254,8 @@ class TRMRecursion(nn.Module):
         """x: (B, T, D) features. `halt_threshold` set (and ACT on): halted positions freeze
         and leave the computation. state: (y, z) to start from instead of (x, x).
         cycles: how many cycles to run (default: the configured count; more at test time).
-        real: (B, T) 0/1, the real (non-padding) positions; with halting on, padding never
-        enters the computation (it stays (y, z), its halting logit that of z).
+        real: (B, T) 0/1, the real (non-padding) positions; with halting on, padding halts
+        after the first cycle whatever its halting probability.
 
         cache: the window of past feature keys/values (decoding); the new ones are appended,
         and `mask` must cover the cached keys too. Per-position updates need nothing else.
@@ -302,19 +302,15 @@ class TRMRecursion(nn.Module):
         halting logits repeat the halting one) and later cycles skip them (`_active_cycle`),
         or, where gathering would cost more than it saves (`gather_pays`), compute every
         position and keep the halted ones as they were (`_frozen_cycle`); the same results.
-        Padding (`real` 0) is halted from the start: no position reads another's latents."""
+        Padding (`real` 0) halts after the first cycle whatever its p (no position reads
+        another's latents). The first cycle computes every position: gathered rows would be
+        as wide as the longest row anyway, and deciding that would cost a host sync per call
+        (per generated token, decoding)."""
         ys, logits = [y], []
         active = gathered = None  # (B, T) still refining (None: all), how a cycle gathers them
         compiling = torch.compiler.is_compiling()
         as_rows = gathers_as_rows(y.shape[0], f.k.shape[-2])
         blocked = isinstance(f.mask, WindowMask) and f.mask.blocked
-        logit = None
-        if real is not None and not compiling:  # padding halted before the first cycle
-            active, gathered, none_left = _plan(real.bool(), as_rows, blocked)
-            if active is not None:
-                logit = self.act_head(z)  # what padding reports: the halting logit of its state
-            if none_left:  # nothing but padding
-                return [y] * (cycles + 1), [logit] * cycles, z
         for c in range(cycles):
             if active is None:
                 y, z, logit = self.cycle(y, z, f)
@@ -327,7 +323,10 @@ class TRMRecursion(nn.Module):
             if c == cycles - 1:
                 break
             go = ~(torch.sigmoid(logit) > threshold)
-            active = go if active is None else active & go
+            if active is None:
+                active = go if real is None else go & real.bool()
+            else:
+                active = active & go
             if compiling:  # no data-dependent shapes: every later cycle frozen
                 continue
             active, gathered, none_left = _plan(active, as_rows, blocked)
@@ -366,6 +365,9 @@ def _plan(
     """How the next halting cycle runs the `active` (B, T) positions: (active, None when all
     are; the gathered layout, None to compute every position with the rest frozen; whether
     none is left). One host sync (and, as rows, their width)."""
+    if active.numel() == 1:  # one position (decoding at batch 1): it goes on or it has halted
+        going = bool(active)
+        return (None if going else active), None, not going
     idx = active.flatten().nonzero()[:, 0]
     if idx.numel() == 0:
         return active, None, True
