@@ -348,3 +348,21 @@ def test_a_model_without_a_cache_falls_back_to_the_full_rerun(wrapper, single_th
         for _ in range(-(-lengths.count(n) // 4)):
             expected += [n + 1 + k for k in range(6)]
     assert wrapped.widths == expected
+
+
+def test_cached_answers_may_run_past_max_seq_len(single_thread):
+    # one forward holds at most max_seq_len positions: the full re-run stops there with the
+    # model's error, the cached decoding goes on and equals the re-run of a model with a larger
+    # limit and the same weights
+    from cognate_train.evaluation import _greedy
+
+    tok = build_tokenizer()
+    prompts = ["copy abcdef:", "copy abcdefg:"]
+    short = _tiny_cognate(tok, "speed", max_seq_len=24)
+    wide = _tiny_cognate(tok, "speed", max_seq_len=64)
+    wide.load_state_dict(short.state_dict())
+    cached = _greedy(short, tok, prompts, [20, 20], 4, "cpu")
+    assert cached == _greedy(wide, tok, prompts, [20, 20], 4, "cpu", use_cache=False)
+    assert [len(ids) for ids, _ in cached] == [20, 20]  # 1 + 12 or 13 + 20 > 24 positions
+    with pytest.raises(ValueError, match="max_seq_len=24"):
+        _greedy(short, tok, prompts, [20, 20], 4, "cpu", use_cache=False)

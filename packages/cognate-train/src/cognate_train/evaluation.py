@@ -9,11 +9,16 @@ padding and every row is decoded exactly as it would be alone. Left padding woul
 positions of a model that takes positions from the index rather than the mask, and that would
 make the measured accuracy depend on the batch composition.
 
-Greedy decoding uses the model's KV cache when its forward takes `past_key_values` and
-`use_cache` and returns a cache (HF models, Cognate's `CognateCache`): one prefill of each
-batch's prompts, then one forward per new token over that token alone. A model without one (a
-test double, a plain module) re-runs the whole sequence at every step, as a cached model would
-compute it: the same tokens, at O(T^2) work.
+Greedy decoding uses the model's KV cache when its forward names `past_key_values` and
+`use_cache` and returns a cache (HF models; Cognate's `CognateCache`, which carries the window's
+keys/values, the recursion's feature keys/values and the memory state, so ACT halting and the
+memory decode exactly as in a full forward): one prefill of each batch's prompts, then one
+forward per new token over that token alone. A model without one (a test double, a wrapper whose
+forward takes only **kwargs, a model that returns no cache) re-runs the whole sequence at every
+step instead: the same tokens at O(T^2) work. That full re-run is also `_greedy(...,
+use_cache=False)`, the reference the tests compare the cached path with. One difference: a
+forward holds at most the model's own limit of positions (Cognate's `max_seq_len`), and the
+cached path only needs the prompt to fit, so answers may run past it where the model allows.
 """
 
 from __future__ import annotations
@@ -87,8 +92,8 @@ def _decode(model: Any, ids: torch.Tensor, steps: int, eos: int, use_cache: bool
     every row has produced `eos`.
 
     With `use_cache` and a model that returns a cache (`past_key_values`), one prefill of the
-    prompts, then one forward per new token over that token alone: O(T) work per token instead
-    of O(T^2) overall. The cached calls pass no attention mask (nothing is padded; an all-ones
+    prompts, then one forward per new token over that token alone (its work does not grow with
+    a re-read prefix: O(T^2) overall without the cache). The cached calls pass no attention mask (nothing is padded; an all-ones
     mask would make Cognate track padding flags for nothing). Otherwise (or when the model
     returns no cache) every step re-runs the whole sequence with an all-ones mask: the
     reference the cached path is tested against.
