@@ -157,6 +157,8 @@ def main() -> None:
     lengths = [
         len(ids) for ids in tok([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
     ]
+    git = ["git", "rev-parse", "--short", "HEAD"]
+    commit = subprocess.run(git, capture_output=True, text=True).stdout.strip()
     start, load_before = time.perf_counter(), os.getloadavg()
     rows = [row for preset in args.presets for row in run_model(args, preset, tok, examples)]
     meta = {
@@ -166,9 +168,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, torch "
         f"{torch.__version__}, {torch.get_num_threads()} thread(s)",
         "load_average_before_after": [load_before, os.getloadavg()],
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip(),
+        "commit": commit,
         "settings": {
             **{k: v for k, v in vars(args).items() if k != "out"},
             "families": list(FAMILIES),
