@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from types import SimpleNamespace
 
 import pytest
@@ -229,3 +230,139 @@ def test_cognate_model_decodes_the_same_alone_or_batched():
     prompts = [ex.prompt for ex in _examples()[::9]]  # 4 prompts over 3 families
     batched = generate_answers(model, tok, prompts, max_new_tokens=2, batch_size=64)
     assert generate_answers(model, tok, prompts, max_new_tokens=2, batch_size=1) == batched
+
+
+class _StopAt:
+    """The project tokenizer with another `<eos>`: a token a random model emits often, so rows
+    stop at different steps and a batch can end before its budget."""
+
+    def __init__(self, tokenizer, eos: int) -> None:
+        self.tok, self.bos_token_id, self.eos_token_id = tokenizer, tokenizer.bos_token_id, eos
+
+    def __call__(self, *args, **kwargs):
+        return self.tok(*args, **kwargs)
+
+
+def _tiny_cognate(tok, specialization: str | None, **overrides):
+    """cognate-tiny in float64 (no near-tie argmax can flip between the paths), weights perturbed
+    off their init; the ACT head scaled so that tokens halt after different cycles."""
+    from cognate_model import CognateConfig, CognateForCausalLM
+
+    torch.manual_seed(0)
+    cfg = CognateConfig.from_preset(
+        "cognate-tiny", specialization, vocab_size=len(tok), **overrides
+    )
+    model = CognateForCausalLM(cfg).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        if model.recursion.act_head is not None:
+            model.recursion.act_head.proj.bias.fill_(0.0)
+            model.recursion.act_head.proj.weight.mul_(30.0)
+    return model
+
+
+def _greedy_logged(model, tok, prompts, budgets, use_cache):
+    """`_greedy`'s result, and every forward's (last-position logits, ACT steps, input width)."""
+    from cognate_train.evaluation import _greedy
+
+    log = []
+
+    def hook(module, args, kwargs, out):
+        steps = None if out.act_steps is None else out.act_steps[:, -1]
+        log.append((out.logits[:, -1], steps, kwargs["input_ids"].shape[1]))
+
+    handle = model.register_forward_hook(hook, with_kwargs=True)
+    try:
+        return _greedy(model, tok, prompts, budgets, 4, "cpu", use_cache=use_cache), log
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("specialization", [None, "reasoning", "memory", "speed"])
+def test_cached_greedy_equals_the_full_rerun_for_cognate(specialization, single_thread):
+    # prompts of 4..19 tokens, several per length (batches of up to 4 rows), budgets 3..12 new
+    # tokens: decoding crosses the tiny preset's 16-token window and its titans chunks of 8
+    tok = build_tokenizer()
+    prompts = [ex.prompt for ex in _examples()[::2]]
+    budgets = [3 + 3 * (i % 4) for i in range(len(prompts))]
+    model = _tiny_cognate(tok, specialization)
+    cached, log = _greedy_logged(model, tok, prompts, budgets, use_cache=True)
+    full, ref = _greedy_logged(model, tok, prompts, budgets, use_cache=False)
+    assert cached == full
+    assert len(log) == len(ref)
+    for (logits, steps, width), (ref_logits, ref_steps, ref_width) in zip(log, ref, strict=True):
+        torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-10)
+        if ref_steps is not None:  # ACT at inference: the same halting cycle per token
+            assert torch.equal(steps, ref_steps)
+        assert width == 1 or width == ref_width  # a cached step reads only its new token
+    lengths = Counter(len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"])
+    assert max(lengths.values()) > 1 and len(lengths) > 3  # batches > 1, several lengths
+    batches = sum(-(-n // 4) for n in lengths.values())
+    assert sum(width > 1 for *_, width in log) == batches  # one prefill per batch
+    if model.config.use_act:  # the halting really varies, so it is exercised
+        assert len(torch.unique(torch.cat([s for _, s, _ in log]))) > 1
+    # with an <eos> the model emits: rows stop at different steps, batches end early
+    eos = torch.mode(torch.tensor([t for ids, _ in full for t in ids])).values.item()
+    stop_tok = _StopAt(tok, eos)
+    stopped, _ = _greedy_logged(model, stop_tok, prompts, budgets, use_cache=True)
+    assert stopped == _greedy_logged(model, stop_tok, prompts, budgets, use_cache=False)[0]
+    assert 0 < sum(s for _, s in stopped) < len(prompts)
+
+
+class _NoCacheArgs(torch.nn.Module):
+    """A model whose forward takes no cache arguments at all."""
+
+    def __init__(self, inner) -> None:
+        super().__init__()
+        self.inner, self.widths = inner, []
+
+    def forward(self, input_ids, attention_mask=None):
+        self.widths.append(input_ids.shape[1])
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+
+
+class _ReturnsNoCache(_NoCacheArgs):
+    """A model that takes `past_key_values` / `use_cache` but returns no cache."""
+
+    def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=None):
+        assert past_key_values is None
+        return SimpleNamespace(logits=super().forward(input_ids, attention_mask).logits)
+
+
+@pytest.mark.parametrize("wrapper", [_NoCacheArgs, _ReturnsNoCache])
+def test_a_model_without_a_cache_falls_back_to_the_full_rerun(wrapper, single_thread):
+    from cognate_train.evaluation import _greedy
+
+    tok = build_tokenizer()
+    prompts = [ex.prompt for ex in _examples()[::3]]
+    model = _tiny_cognate(tok, "speed")
+    reference = _greedy(model, tok, prompts, [6] * len(prompts), 4, "cpu", use_cache=False)
+    wrapped = wrapper(model)
+    assert _greedy(wrapped, tok, prompts, [6] * len(prompts), 4, "cpu") == reference
+    # every call re-reads the whole sequence: per batch (length groups in order of appearance,
+    # up to 4 rows), widths <bos> + prompt, then one more per step, 6 calls (no row stops)
+    lengths = [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]]
+    expected = []
+    for n in dict.fromkeys(lengths):
+        for _ in range(-(-lengths.count(n) // 4)):
+            expected += [n + 1 + k for k in range(6)]
+    assert wrapped.widths == expected
+
+
+def test_cached_answers_may_run_past_max_seq_len(single_thread):
+    # one forward holds at most max_seq_len positions: the full re-run stops there with the
+    # model's error, the cached decoding goes on and equals the re-run of a model with a larger
+    # limit and the same weights
+    from cognate_train.evaluation import _greedy
+
+    tok = build_tokenizer()
+    prompts = ["copy abcdef:", "copy abcdefg:"]
+    short = _tiny_cognate(tok, "speed", max_seq_len=24)
+    wide = _tiny_cognate(tok, "speed", max_seq_len=64)
+    wide.load_state_dict(short.state_dict())
+    cached = _greedy(short, tok, prompts, [20, 20], 4, "cpu")
+    assert cached == _greedy(wide, tok, prompts, [20, 20], 4, "cpu", use_cache=False)
+    assert [len(ids) for ids, _ in cached] == [20, 20]  # 1 + 12 or 13 + 20 > 24 positions
+    with pytest.raises(ValueError, match="max_seq_len=24"):
+        _greedy(short, tok, prompts, [20, 20], 4, "cpu", use_cache=False)

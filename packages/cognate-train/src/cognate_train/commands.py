@@ -213,10 +213,8 @@ def cmd_generate(ns: argparse.Namespace) -> int:
             outs = generate_answers(
                 model, tok, ns.prompt, max_new_tokens=ns.max_new_tokens, device=dev
             )
-        except ValueError as exc:  # the model refuses rows longer than its max_seq_len
-            raise ConfigError(
-                f"prompt: {exc}; use a shorter --prompt or fewer --max-new-tokens"
-            ) from None
+        except ValueError as exc:  # the model refuses a prompt longer than its max_seq_len
+            raise ConfigError(f"prompt: {exc}; use a shorter --prompt") from None
     for prompt, out in zip(ns.prompt, outs, strict=True):
         print(format_generation(prompt, out))
     return 0

@@ -8,10 +8,22 @@ Batching without padding, on purpose: prompts are grouped by token length, so no
 padding and every row is decoded exactly as it would be alone. Left padding would shift the
 positions of a model that takes positions from the index rather than the mask, and that would
 make the measured accuracy depend on the batch composition.
+
+Greedy decoding uses the model's KV cache when its forward names `past_key_values` and
+`use_cache` and returns a cache (HF models; Cognate's `CognateCache`, which carries the window's
+keys/values, the recursion's feature keys/values and the memory state, so ACT halting and the
+memory decode exactly as in a full forward): one prefill of each batch's prompts, then one
+forward per new token over that token alone. A model without one (a test double, a wrapper whose
+forward takes only **kwargs, a model that returns no cache) re-runs the whole sequence at every
+step instead: the same tokens at O(T^2) work. That full re-run is also `_greedy(...,
+use_cache=False)`, the reference the tests compare the cached path with. One difference: a
+forward holds at most the model's own limit of positions (Cognate's `max_seq_len`), and the
+cached path only needs the prompt to fit, so answers may run past it where the model allows.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -66,6 +78,48 @@ class EvalMode:
             self.model.train()
 
 
+def _takes_cache(model: Any) -> bool:
+    """Whether `model`'s forward names `past_key_values` and `use_cache` (HF causal LMs do)."""
+    try:
+        params = inspect.signature(getattr(model, "forward", model)).parameters
+    except (TypeError, ValueError):  # a callable without a readable signature
+        return False
+    return "past_key_values" in params and "use_cache" in params
+
+
+def _decode(model: Any, ids: torch.Tensor, steps: int, eos: int, use_cache: bool) -> torch.Tensor:
+    """Greedy tokens (B, n <= steps) after the unpadded prompts `ids` (B, T); stops early once
+    every row has produced `eos`.
+
+    With `use_cache` and a model that returns a cache (`past_key_values`), one prefill of the
+    prompts, then one forward per new token over that token alone (its work does not grow with
+    a re-read prefix: O(T^2) overall without the cache). The cached calls pass no attention mask (nothing is padded; an all-ones
+    mask would make Cognate track padding flags for nothing). Otherwise (or when the model
+    returns no cache) every step re-runs the whole sequence with an all-ones mask: the
+    reference the cached path is tested against.
+    """
+    cached = use_cache and _takes_cache(model)
+    if cached:
+        out = model(input_ids=ids, use_cache=True)
+        cached = getattr(out, "past_key_values", None) is not None
+    else:
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    new: list[torch.Tensor] = []
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    for step in range(steps):
+        nxt = logits_of(out)[:, -1, :].argmax(dim=-1)  # (B,)
+        new.append(nxt)
+        done |= nxt == eos
+        if step == steps - 1 or bool(done.all()):
+            break
+        if cached:
+            out = model(input_ids=nxt[:, None], past_key_values=out.past_key_values, use_cache=True)
+        else:
+            seq = torch.cat([ids, torch.stack(new, dim=1)], dim=1)
+            out = model(input_ids=seq, attention_mask=torch.ones_like(seq))
+    return torch.stack(new, dim=1)
+
+
 def _greedy(
     model: Any,
     tokenizer: Any,
@@ -73,12 +127,14 @@ def _greedy(
     budgets: Sequence[int],
     batch_size: int,
     device: str | torch.device,
+    use_cache: bool = True,
 ) -> list[tuple[list[int], bool]]:
     """Greedy decoding of `<bos> prompt` for each prompt: (new token ids before `<eos>`, stopped).
 
     Prompts are grouped by token length (no padding) and, inside a group, by budget, so a batch
     runs only as many steps as its largest budget needs; a batch also stops once every row has
-    produced `<eos>`. Each row gets at least its own budget of new tokens.
+    produced `<eos>`. Each row gets at least its own budget of new tokens. Decoding uses the
+    model's KV cache where it has one (see `_decode`; `use_cache=False`: the full re-run).
     """
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     if bos is None or eos is None:
@@ -96,17 +152,10 @@ def _greedy(
                 ids = torch.tensor(
                     [[bos, *encoded[i]] for i in chunk], dtype=torch.long, device=device
                 )
-                prompt_len = ids.shape[1]
-                done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
-                for _ in range(max(budgets[i] for i in chunk)):
-                    logits = logits_of(model(input_ids=ids, attention_mask=torch.ones_like(ids)))
-                    nxt = logits[:, -1, :].argmax(dim=-1)  # (B,)
-                    ids = torch.cat([ids, nxt[:, None]], dim=1)
-                    done |= nxt == eos
-                    if bool(done.all()):
-                        break
+                steps = max(budgets[i] for i in chunk)
+                out = _decode(model, ids, steps, eos, use_cache)
                 for row, i in enumerate(chunk):
-                    new = ids[row, prompt_len:].tolist()
+                    new = out[row].tolist()
                     stopped = eos in new
                     results[i] = (new[: new.index(eos)] if stopped else new, stopped)
                 bar.update(len(chunk))
@@ -124,8 +173,9 @@ def generate_answers(
 ) -> list[str]:
     """Greedy continuations of `<bos> prompt`, cut at the first `<eos>`, decoded to text.
 
-    Each step feeds the whole sequence (no KV cache needed) and appends the argmax of the last
-    position's logits, for at most `max_new_tokens` steps. Special tokens other than the stopping
+    One prefill of the prompts, then one cached step per new token (the model's KV cache;
+    a model without one re-runs the whole sequence each step, with the same result), appending
+    the argmax of the last position's logits, for at most `max_new_tokens` steps. Special tokens other than the stopping
     `<eos>` are decoded literally (e.g. "<pad>"), so they can never make a wrong answer look
     right. Results come back in the order of `prompts`.
     """
