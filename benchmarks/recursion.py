@@ -294,8 +294,11 @@ def cycle_metrics(model: CognateForCausalLM, batches: list[dict], extra: int) ->
 
 
 @torch.no_grad()
-def teacher_forced_em(model: CognateForCausalLM, batches: list[dict], **kwargs: Any) -> dict:
-    """Exact match (= greedy's verdict) and mean cycles per real token of the default forward."""
+def teacher_forced_em(
+    model: CognateForCausalLM, batches: list[dict], first: int = 0, **kwargs: Any
+) -> dict:
+    """Exact match (= greedy's verdict) and mean cycles per real token of the default forward
+    (of the tokens at positions >= `first`)."""
     ok, steps, positions = [], 0.0, 0
     for b in batches:
         out = model(
@@ -306,6 +309,7 @@ def teacher_forced_em(model: CognateForCausalLM, batches: list[dict], **kwargs: 
         ok += ((out.logits.argmax(-1) == targets) | ~valid).all(1).tolist()
         if out.act_steps is not None:
             real = b["attention_mask"].bool()
+            real[:, :first] = False
             steps += float(out.act_steps[real].float().sum())
             positions += int(real.sum())
     return {
@@ -396,17 +400,19 @@ def _time_decode(model: CognateForCausalLM, chunks: list[dict], halting: bool) -
 
 
 def _time_decode_recursion(model: CognateForCausalLM, chunks: list[dict], halting: bool) -> float:
-    """The wall time spent inside the recursion during cached decoding (`_time_decode`): where
-    a generated token's cycles go. At batch 1 each step has one new position, so a halted
-    token skips its remaining cycles outright; the backbone's share of a step does not change
-    with halting and is left out (forward hooks around `model.recursion`)."""
-    spent, start = [0.0], [0.0]
+    """The wall time spent inside the recursion in the one-token steps of cached decoding
+    (`_time_decode`; the prefill left out): where a generated token's cycles go. At batch 1
+    such a step has one position, so a halted token skips its remaining cycles outright; the
+    backbone's share of a step does not change with halting and is left out (forward hooks
+    around `model.recursion`)."""
+    spent, start = [0.0], [None]
 
-    def enter(*_: Any) -> None:
-        start[0] = time.perf_counter()
+    def enter(_: Any, args: tuple) -> None:
+        start[0] = time.perf_counter() if args[0].shape[1] == 1 else None
 
     def leave(*_: Any) -> None:
-        spent[0] += time.perf_counter() - start[0]
+        if start[0] is not None:
+            spent[0] += time.perf_counter() - start[0]
 
     hooks = (
         model.recursion.register_forward_pre_hook(enter),
@@ -471,8 +477,11 @@ def act_timing(model: CognateForCausalLM, chunks: list[dict], reps: int) -> dict
         "exact_match_all_cycles": off["exact_match"],
         "goal_accuracy_met": abs(on["exact_match"] - off["exact_match"]) <= 0.01,
     }
-    # the decoding timers run through a subset: their goal uses that subset's mean cycles
-    decoded = teacher_forced_em(model, decode_chunks(chunks), act_halting=True)["mean_cycles"]
+    # the decoding timers run through a subset: their goal uses the mean cycles of its tokens
+    # after the prefill (the one-token steps)
+    decoded = teacher_forced_em(model, decode_chunks(chunks), first=PREFILL, act_halting=True)[
+        "mean_cycles"
+    ]
     out["ideal_ratio_decoded"] = round(decoded / cycles, 4)
     for name, t in times.items():  # the goal on the medians; the minima beside them
         on_s, off_s = t[True][len(t[True]) // 2], t[False][len(t[False]) // 2]
