@@ -39,6 +39,18 @@ def _recall(prompt: str) -> str:
     return table[question.removesuffix("=")]
 
 
+def _hops(prompt: str) -> str:
+    """Parse 'xy xy ...?<start><k>=' and walk the links one at a time."""
+    m = re.fullmatch(r"((?:[a-z]{2} )*[a-z]{2})\?([a-z])(\d)=", prompt)
+    assert m, prompt
+    link = dict(tuple(f) for f in m[1].split())
+    assert len(link) == len(m[1].split())  # one fact per source: the walk is unambiguous
+    node = m[2]
+    for _ in range(int(m[3])):
+        node = link[node]
+    return node
+
+
 def _word(prompt: str) -> str:
     m = re.fullmatch(r"\w+ has (\d+) boxes of (\d+) \w+\. How many\?", prompt)
     if m:
@@ -72,6 +84,7 @@ CHECKERS = {
     "arith_chain": _arith,
     "word_problem": _word,
     "recall_long": _recall,
+    "hops": _hops,
 }
 
 
