@@ -718,7 +718,8 @@ def main(argv: list[str] | None = None) -> None:
         **run_record("recursion.py", argv, load0),
         "settings": {
             "model_preset": "cognate-tiny",
-            "recipe": "quick (mugrokfast lr 3e-3 muon_lr 0.01, batch 32, max_len 64), mixed families",
+            "recipe": "quick (mugrokfast lr 3e-3 muon_lr 0.01, batch 32, max_len 64), "
+            "the families below mixed",
             "steps": args.steps,
             "n_train_per_family": args.n_train,
             "n_val_per_family": args.n_val,
