@@ -40,12 +40,13 @@ def _recall(prompt: str) -> str:
 
 
 def _hops(prompt: str) -> str:
-    """Parse 'xy xy ...?<start><k>=' and walk the links one at a time."""
-    m = re.fullmatch(r"((?:[a-z]{2} )*[a-z]{2})\?([a-z])(\d)=", prompt)
+    """Parse 'Xy' facts (x -> y) then '?<START><k>=' and walk the links one at a time."""
+    m = re.fullmatch(r"((?:[A-Z][a-z])+)\?([A-Z])(\d)=", prompt)
     assert m, prompt
-    link = dict(tuple(f) for f in m[1].split())
-    assert len(link) == len(m[1].split())  # one fact per source: the walk is unambiguous
-    node = m[2]
+    pairs = [m[1][i : i + 2] for i in range(0, len(m[1]), 2)]
+    link = {p[0].lower(): p[1] for p in pairs}
+    assert len(link) == len(pairs)  # one fact per source: the walk is unambiguous
+    node = m[2].lower()
     for _ in range(int(m[3])):
         node = link[node]
     return node

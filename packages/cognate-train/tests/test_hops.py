@@ -13,15 +13,29 @@ from collections import Counter
 import pytest
 from cognate_train.data import encode, example_length, make_split
 from cognate_train.tasks import FAMILIES
-from cognate_train.tasks.hops import MAX_HOPS, N_LETTERS, WINDOW, hop_count, hops
+from cognate_train.tasks.hops import ALPHABET, MAX_HOPS, N_LETTERS, WINDOW, hop_count, hops
 from cognate_train.tokenizer import build_tokenizer
 
-PROMPT = re.compile(r"((?:[a-z]{2} )*[a-z]{2})\?([a-z])(\d)=")
+PROMPT = re.compile(r"((?:[A-Z][a-z])+)\?([A-Z])(\d)=")
+
+
+def _facts(prompt: str) -> list[str]:
+    m = PROMPT.fullmatch(prompt)
+    assert m, prompt
+    return [m[1][i : i + 2] for i in range(0, len(m[1]), 2)]
 
 
 def _draw(n: int = 2000, seed: int = 0) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     return [hops(rng) for _ in range(n)]
+
+
+def test_the_docstring_example():
+    from cognate_train.tasks import hops as module
+
+    assert "'GcHcDaAcCd?C2=' -> 'a'" in module.__doc__
+    link = {f[0].lower(): f[1] for f in _facts("GcHcDaAcCd?C2=")}
+    assert link[link["c"]] == "a"
 
 
 def test_registered_in_the_advanced_stage():
@@ -31,14 +45,13 @@ def test_registered_in_the_advanced_stage():
 
 def test_the_map_is_a_function_of_distinct_letters_without_self_links():
     for prompt, answer in _draw():
-        m = PROMPT.fullmatch(prompt)
-        assert m, prompt
-        facts = m[1].split()
-        sources = [f[0] for f in facts]
+        facts = _facts(prompt)
+        sources = [f[0].lower() for f in facts]
         assert len(facts) == N_LETTERS and len(set(sources)) == N_LETTERS
+        assert set(sources) <= set(ALPHABET)
         # every target is itself a source (no sink: the chain never ends), never the same letter
-        assert all(f[1] in sources and f[1] != f[0] for f in facts)
-        assert m[2] in sources and answer in sources and len(answer) == 1
+        assert all(f[1] in sources and f[1] != f[0].lower() for f in facts)
+        assert prompt[-3].lower() in sources and answer in sources and len(answer) == 1
 
 
 def test_prompt_and_bos_fit_the_window_of_cognate_tiny():
@@ -56,10 +69,10 @@ def test_every_hop_count_is_drawn_and_read_back():
     counts = Counter(hop_count(p) for p, _ in _draw())
     assert set(counts) == set(range(1, MAX_HOPS + 1))
     assert min(counts.values()) > 2000 / MAX_HOPS * 0.8  # roughly uniform
-    assert hop_count("ab ba?a3=") == 3
+    assert hop_count("AbBa?A3=") == 3
 
 
-@pytest.mark.parametrize("prompt", ["copy abc:", "ab ba?a=", "", "ab ba?ax="])
+@pytest.mark.parametrize("prompt", ["copy abc:", "AbBa?A=", "", "AbBa?Ax="])
 def test_hop_count_rejects_other_prompts(prompt):
     with pytest.raises(ValueError, match="not a hops prompt"):
         hop_count(prompt)

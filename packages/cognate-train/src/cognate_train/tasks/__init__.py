@@ -33,7 +33,7 @@ FAMILIES: dict[str, TaskFamily] = {
         _F("arith_chain", "advanced", arithmetic.chain, "3-4 terms of + and -"),
         _F("word_problem", "advanced", language.word_problem, "one-step word problem"),
         _F("recall_long", "advanced", memory.recall_long, "recall 1 of 6-10 facts"),
-        _F("hops", "advanced", hops.hops, "follow 1-4 links of a 4-letter map"),
+        _F("hops", "advanced", hops.hops, "follow 1-4 links of a 5-letter map"),
     )
 }
 
