@@ -297,6 +297,23 @@ def _hops_row(fam_ok: dict, fam_ce: dict) -> dict | None:
     return {**score(HOPS), "by_k": {str(k): score(f"{HOPS}_k{k}") for k in ks}}
 
 
+def no_lookup_baseline(val: list) -> dict | None:
+    """Exact match on the hops validation prompts, overall and per k, of a rule that follows no
+    link (`cognate_train.tasks.hops.no_lookup_guess`): what a model gets from the facts'
+    statistics alone. None without hops."""
+    from cognate_train.tasks.hops import hop_count, no_lookup_guess
+
+    rows = [(hop_count(e.prompt), no_lookup_guess(e.prompt) == e.answer) for e in val
+            if e.family == HOPS]  # fmt: skip
+    if not rows:
+        return None
+    by_k = {k: [ok for kk, ok in rows if kk == k] for k in sorted({k for k, _ in rows})}
+    return {
+        "exact_match": round(sum(ok for _, ok in rows) / len(rows), 4),
+        "by_k": {str(k): round(sum(v) / len(v), 4) for k, v in by_k.items()},
+    }
+
+
 def _aggregate(per_batch: list[list[dict]], trained: int) -> list[dict]:
     rows = []
     for c in range(len(per_batch[0])):
@@ -635,6 +652,15 @@ def write_markdown(payload: dict, path: Path) -> None:
         *record_lines(payload, ".  "),
         f"Settings: {json.dumps(payload['settings'])}",
         "",
+        *(
+            [
+                f"hops, exact match of a rule that follows no link: "
+                f"{json.dumps(payload['hops_no_lookup_baseline'])}",
+                "",
+            ]
+            if payload.get("hops_no_lookup_baseline")
+            else []
+        ),
         "## Goals",
         "",
         "```",
@@ -712,6 +738,7 @@ def main(argv: list[str] | None = None) -> None:
         "train": train_ex,
         "val": val,
         "val_batches": val_batches(tok, val, 64),
+        "hops_baseline": no_lookup_baseline(val),
     }
     results = {v: run_variant(v, args, data) for v in args.variants}
     payload = {
@@ -730,6 +757,7 @@ def main(argv: list[str] | None = None) -> None:
             "reps": args.reps,
             "act_pack": args.act_pack,
         },
+        "hops_no_lookup_baseline": data["hops_baseline"],
         "goals": goals(results),
         "results": results,
     }

@@ -13,7 +13,15 @@ from collections import Counter
 import pytest
 from cognate_train.data import encode, example_length, make_split
 from cognate_train.tasks import FAMILIES
-from cognate_train.tasks.hops import ALPHABET, MAX_HOPS, N_LETTERS, WINDOW, hop_count, hops
+from cognate_train.tasks.hops import (
+    ALPHABET,
+    MAX_HOPS,
+    N_LETTERS,
+    WINDOW,
+    hop_count,
+    hops,
+    no_lookup_guess,
+)
 from cognate_train.tokenizer import build_tokenizer
 
 PROMPT = re.compile(r"((?:[A-Z][a-z])+)\?([A-Z])(\d)=")
@@ -93,3 +101,14 @@ def test_encodes_with_the_answer_as_the_only_label():
     for row, ex in zip(batch["labels"], train, strict=True):
         labelled = [int(t) for t in row if t != -100]
         assert tok.decode(labelled) == ex.answer + tok.eos_token
+
+
+def test_the_no_lookup_guess_is_the_most_frequent_target():
+    # an independent count over the parsed facts; ties go to the alphabetically first letter
+    for prompt, _ in _draw(300, seed=2):
+        targets = [f[1] for f in _facts(prompt)]
+        top = max(targets.count(t) for t in targets)
+        assert no_lookup_guess(prompt) == sorted(t for t in targets if targets.count(t) == top)[0]
+    assert no_lookup_guess("GcHcDaAcCd?C2=") == "c"
+    with pytest.raises(ValueError, match="not a hops prompt"):
+        no_lookup_guess("copy abc:")

@@ -21,12 +21,15 @@ Why this shape (the recursion benchmark of issue 10 uses it):
   (an earlier design with lower-case facts separated by spaces, 'ab cd ...', was not learnt by
   either model at the benchmark's 1800 steps: benchmarks/results/recursion_hops_pure_*).
 
-`hop_count(prompt)` reads k back from a prompt (the benchmark reports CE and exact match per k).
+`hop_count(prompt)` reads k back from a prompt (the benchmark reports CE and exact match per k);
+`no_lookup_guess(prompt)` is the answer of a rule that follows no link (the letter that is most
+often a target): the exact match a model gets without doing any lookup.
 """
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 ALPHABET = "abcdefgh"  # the map's letters are 5 of these 8
 N_LETTERS = 5
@@ -51,3 +54,11 @@ def hop_count(prompt: str) -> int:
     if len(prompt) < 4 or prompt[-4] != "?" or prompt[-1] != "=" or not prompt[-2].isdigit():
         raise ValueError(f"not a hops prompt (expected it to end in '?<LETTER><k>='): {prompt!r}")
     return int(prompt[-2])
+
+
+def no_lookup_guess(prompt: str) -> str:
+    """The letter that is the target of the most facts (ties: alphabetical), whatever the start
+    and k: a baseline that follows no link."""
+    hop_count(prompt)  # the same shape check
+    targets = Counter(prompt[1:-4:2])
+    return min(targets, key=lambda t: (-targets[t], t))
