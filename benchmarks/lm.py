@@ -6,7 +6,7 @@ different ``--optimizer``. For a given seed every optimizer sees the identical s
 batches, so "after the same number of steps" is "after the same number of tokens"; the script
 checks that and records ``train/tokens`` at every evaluation. Reported per run: val loss (mean
 cross-entropy per answer token) and exact-match accuracy (greedy answer == expected, over the
-15 task families) at each evaluation and at the end, and the tokens needed to first reach
+built-in task families: 15 in the committed runs, 16 since `hops` was added) at each evaluation and at the end, and the tokens needed to first reach
 ``--target-loss``.
 
     uv run python benchmarks/lm.py --optimizer adamw,muon,grokfast-adamw,mugrokfast \\
@@ -479,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     same = same_tokens_check(runs)
     print(f"same tokens per seed across optimizers: {same}")
     if args.out:
+        from cognate_train.data import all_families
+
         result = {
             "task": {
                 "what": "cognate-train quick preset, one specialization, built-in curriculum",
@@ -487,8 +489,8 @@ def main(argv: list[str] | None = None) -> int:
                 "model_preset": args.model_preset,
                 "max_steps": args.max_steps,
                 "eval_every": args.eval_every,
-                "val": "n_val 32 per family x 15 families; loss = mean CE per answer token; "
-                "exact match = greedy answer equals the expected one",
+                "val": f"n_val 32 per family x {len(all_families())} families; loss = mean CE "
+                "per answer token; exact match = greedy answer equals the expected one",
                 "target_loss": args.target_loss,
                 "tokens_to_target": "linear interpolation between the evaluations around the "
                 "first crossing",

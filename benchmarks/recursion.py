@@ -5,7 +5,9 @@ batch 32, warmup + cosine, grad clip 1) on the curriculum's task families, mixed
 schedule), then measures on the validation split:
 
 - per cycle c = 0..K (K = trm_cycles + extra, test-time depth): answer-token CE and exact match,
-  overall and on the families that need several steps (multi-digit addition, sorting, chains);
+  overall, on the families that need several steps (multi-digit addition, sorting, chains:
+  `MULTI_STEP`) and on `hops` (pointer chasing, k = 1..4 links: several lookups per answer
+  token), the latter also per hop count k;
   the per-cycle state RMS of y and z, the relative update ||y_c - y_{c-1}|| / ||y_{c-1}||, and
   the share of answer predictions that change at cycle c;
 - ACT (with `--act`): halting on vs off at inference, batch 1 and 32: mean cycles, wall time
@@ -13,6 +15,9 @@ schedule), then measures on the validation split:
   that decoding (interleaved, repeated), exact match; with `--act-pack K` also at batch 32 on
   rows of up to K prompts back to back (longer sequences, where a cycle's arithmetic
   outweighs its per-op overhead).
+
+`--families a,b` trains and scores on those families only (default: all; `--families hops` is
+the pure pointer-chasing run).
 
 `--models DIR` keeps the trained models: a variant found there is loaded instead of trained
 (so a timing can be repeated without retraining; the result says so).
@@ -34,6 +39,8 @@ without grad, CE on the last cycle only) and reasoning_rising (supervision weigh
     uv run python benchmarks/recursion.py --steps 900 --extra-cycles 4 \\
         --variants reasoning,no_recursion,reasoning_prenorm,reasoning_latent_attn,speed \\
         --act speed --out benchmarks/results/recursion.json
+    uv run python benchmarks/recursion.py --variants reasoning --steps 1800 --families hops \\
+        --n-train 20000 --n-val 256 --models /tmp/hops --out /tmp/hops/reasoning.json
 """
 
 from __future__ import annotations
@@ -57,6 +64,8 @@ from cognate_model.recursion import RecursionBlock, fixed_scale  # noqa: E402
 from grokking import machine_info  # noqa: E402
 
 MULTI_STEP = ("arith_add_long", "sort", "arith_chain")
+HOPS = "hops"  # reported on its own (and per hop count): not part of MULTI_STEP, so the
+# multi-step figures stay comparable with the runs made before the family existed
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "reasoning": ("reasoning", {}),
     "speed": ("speed", {}),
@@ -167,13 +176,28 @@ def train(model: CognateForCausalLM, tokenizer: Any, train_ex: list, steps: int,
     return time.perf_counter() - t0
 
 
+def _row_keys(example: Any) -> tuple[str, ...]:
+    """The groups an example is scored in: its family, and for hops also 'hops_k<k>'."""
+    if example.family != HOPS:
+        return (example.family,)
+    from cognate_train.tasks.hops import hop_count
+
+    return (example.family, f"{HOPS}_k{hop_count(example.prompt)}")
+
+
 def val_batches(tokenizer: Any, val: list, max_len: int, size: int = 64) -> list[dict]:
     from cognate_train.data import encode
 
     out = []
     for i in range(0, len(val), size):
         chunk = val[i : i + size]
-        out.append({"families": [e.family for e in chunk], **encode(tokenizer, chunk, max_len)})
+        out.append(
+            {
+                "families": [e.family for e in chunk],
+                "keys": [_row_keys(e) for e in chunk],
+                **encode(tokenizer, chunk, max_len),
+            }
+        )
     return out
 
 
@@ -229,6 +253,7 @@ def _batch_cycle_stats(model: CognateForCausalLM, batch: dict, cycles: int) -> l
             "tokens": int(valid.sum()),
             "ok": ok.tolist(),
             "families": batch["families"],
+            "keys": batch["keys"],
             "ce_rows": (ce * valid).sum(1).tolist(),
             "tok_rows": valid.sum(1).tolist(),
             "rms_y": float(y[real].pow(2).mean(-1).sqrt().sum()),
@@ -246,22 +271,59 @@ def _batch_cycle_stats(model: CognateForCausalLM, batch: dict, cycles: int) -> l
     return stats
 
 
+def _group_scores(parts: list[dict]) -> tuple[dict, dict]:
+    """Per group (family, or hops_k<k>): the rows' exact-match verdicts, [CE sum, tokens]."""
+    fam_ok: dict[str, list[int]] = {}
+    fam_ce: dict[str, list[float]] = {}
+    for p in parts:
+        for keys, ok, ce, n in zip(p["keys"], p["ok"], p["ce_rows"], p["tok_rows"], strict=True):
+            for f in keys:
+                fam_ok.setdefault(f, []).append(int(ok))
+                fam_ce.setdefault(f, [0.0, 0])
+                fam_ce[f][0] += ce
+                fam_ce[f][1] += n
+    return fam_ok, fam_ce
+
+
+def _hops_row(fam_ok: dict, fam_ce: dict) -> dict | None:
+    """CE and exact match on hops, overall and per hop count k (None without hops)."""
+    if HOPS not in fam_ok:
+        return None
+
+    def score(key: str) -> dict:
+        ok, (ce, n) = fam_ok[key], fam_ce[key]
+        return {"ce": round(ce / n, 5), "exact_match": round(sum(ok) / len(ok), 4), "n": len(ok)}
+
+    ks = sorted(int(k.removeprefix(f"{HOPS}_k")) for k in fam_ok if k.startswith(f"{HOPS}_k"))
+    return {**score(HOPS), "by_k": {str(k): score(f"{HOPS}_k{k}") for k in ks}}
+
+
+def no_lookup_baseline(val: list) -> dict | None:
+    """Exact match on the hops validation prompts, overall and per k, of a rule that follows no
+    link (`cognate_train.tasks.hops.no_lookup_guess`): what a model gets from the facts'
+    statistics alone. None without hops."""
+    from cognate_train.tasks.hops import hop_count, no_lookup_guess
+
+    rows = [(hop_count(e.prompt), no_lookup_guess(e.prompt) == e.answer) for e in val
+            if e.family == HOPS]  # fmt: skip
+    if not rows:
+        return None
+    by_k = {k: [ok for kk, ok in rows if kk == k] for k in sorted({k for k, _ in rows})}
+    return {
+        "exact_match": round(sum(ok for _, ok in rows) / len(rows), 4),
+        "by_k": {str(k): round(sum(v) / len(v), 4) for k, v in by_k.items()},
+    }
+
+
 def _aggregate(per_batch: list[list[dict]], trained: int) -> list[dict]:
     rows = []
     for c in range(len(per_batch[0])):
         parts = [b[c] for b in per_batch]
         tokens = sum(p["tokens"] for p in parts)
         positions = sum(p["positions"] for p in parts)
-        fam_ok: dict[str, list[int]] = {}
-        fam_ce: dict[str, list[float]] = {}
-        for p in parts:
-            for f, ok, ce, n in zip(
-                p["families"], p["ok"], p["ce_rows"], p["tok_rows"], strict=True
-            ):
-                fam_ok.setdefault(f, []).append(int(ok))
-                fam_ce.setdefault(f, [0.0, 0])
-                fam_ce[f][0] += ce
-                fam_ce[f][1] += n
+        fam_ok, fam_ce = _group_scores(parts)
+        families = {f for p in parts for f in p["families"]}
+        n_rows = sum(len(p["ok"]) for p in parts)
         ms = [f for f in MULTI_STEP if f in fam_ok]
         ms_ok = [o for f in ms for o in fam_ok[f]]
         rows.append(
@@ -269,14 +331,18 @@ def _aggregate(per_batch: list[list[dict]], trained: int) -> list[dict]:
                 "cycle": c,
                 "test_time_extra": c > trained,
                 "val_ce": round(sum(p["ce_sum"] for p in parts) / tokens, 5),
-                "exact_match": round(
-                    sum(sum(v) for v in fam_ok.values()) / sum(len(v) for v in fam_ok.values()), 4
-                ),
+                "exact_match": round(sum(sum(fam_ok[f]) for f in families) / n_rows, 4),
+                # None when the run has none of the MULTI_STEP families (e.g. --families hops)
                 "multi_step_ce": round(
-                    sum(fam_ce[f][0] for f in ms) / max(1, sum(fam_ce[f][1] for f in ms)), 5
-                ),
-                "multi_step_exact_match": round(sum(ms_ok) / max(1, len(ms_ok)), 4),
-                "family_exact_match": {f: round(sum(v) / len(v), 4) for f, v in fam_ok.items()},
+                    sum(fam_ce[f][0] for f in ms) / sum(fam_ce[f][1] for f in ms), 5
+                )
+                if ms
+                else None,
+                "multi_step_exact_match": round(sum(ms_ok) / len(ms_ok), 4) if ms else None,
+                "hops": _hops_row(fam_ok, fam_ce),
+                "family_exact_match": {
+                    f: round(sum(v) / len(v), 4) for f, v in fam_ok.items() if f in families
+                },
                 "rms_y": round(sum(p["rms_y"] for p in parts) / positions, 4),
                 "rms_z": round(sum(p["rms_z"] for p in parts) / positions, 4),
                 "rel_update": round(sum(p["rel_update"] for p in parts) / positions, 5),
@@ -568,15 +634,61 @@ def goals(results: dict[str, dict]) -> dict[str, Any]:
                 "val_ce_delta": round(best["val_ce"] - ce[c], 5),
                 "exact_match_delta": round(best["exact_match"] - r["cycles"][c]["exact_match"], 4),
             }
-        if base is not None:
-            a, b = r["cycles"][c], base["cycles"][1]
+        if r["cycles"][c].get("hops"):
+            out.update(_hops_goals(name, r, c))
+        if base is None:
+            continue
+        a, b = r["cycles"][c], base["cycles"][1]
+        if a["multi_step_ce"] is not None:
             out[f"{name}_vs_no_recursion_multi_step"] = {
                 "ce": [a["multi_step_ce"], b["multi_step_ce"]],
                 "exact_match": [a["multi_step_exact_match"], b["multi_step_exact_match"]],
                 "beats": a["multi_step_ce"] < b["multi_step_ce"]
                 and a["multi_step_exact_match"] >= b["multi_step_exact_match"],
             }
+        if a.get("hops") and b.get("hops"):
+            ha, hb = a["hops"], b["hops"]
+            out[f"{name}_vs_no_recursion_hops"] = {
+                "ce": [ha["ce"], hb["ce"]],
+                "exact_match": [ha["exact_match"], hb["exact_match"]],
+                "exact_match_by_k": {
+                    k: [v["exact_match"], hb["by_k"][k]["exact_match"]]
+                    for k, v in ha["by_k"].items()
+                },
+                "beats": ha["ce"] < hb["ce"] and ha["exact_match"] >= hb["exact_match"],
+            }
     return out
+
+
+def _hops_goals(name: str, r: dict, c: int) -> dict[str, Any]:
+    """The cycle-CE goal on the hops family alone (cycles 1..C of its CE)."""
+    ce = [row["hops"]["ce"] for row in r["cycles"]]
+    return {
+        f"{name}_hops_each_cycle_lowers_ce": all(ce[i + 1] < ce[i] for i in range(c)),
+        f"{name}_hops_cycle_C_vs_1": round(ce[c] / ce[1] - 1, 4),
+        f"{name}_hops_cycle_C_5pct_below_1": ce[c] <= 0.95 * ce[1],
+    }
+
+
+def _hops_table(cycles: list[dict]) -> list[str]:
+    """The hops family per cycle: CE and exact match, overall and per hop count k."""
+    if not cycles[0].get("hops"):
+        return []
+    ks = list(cycles[0]["hops"]["by_k"])
+    n = ", ".join(f"k={k}: {cycles[0]['hops']['by_k'][k]['n']}" for k in ks)
+    lines = [
+        "",
+        f"hops ({cycles[0]['hops']['n']} prompts; {n}):",
+        "",
+        "| cycle | hops CE | hops EM | " + " | ".join(f"CE k={k} | EM k={k}" for k in ks) + " |",
+        "|---" * (3 + 2 * len(ks)) + "|",
+    ]
+    for row in cycles:
+        h = row["hops"]
+        per_k = " | ".join(f"{h['by_k'][k]['ce']} | {h['by_k'][k]['exact_match']}" for k in ks)
+        mark = " (test-time)" if row["test_time_extra"] else ""
+        lines.append(f"| {row['cycle']}{mark} | {h['ce']} | {h['exact_match']} | {per_k} |")
+    return lines
 
 
 def write_markdown(payload: dict, path: Path) -> None:
@@ -586,6 +698,15 @@ def write_markdown(payload: dict, path: Path) -> None:
         *record_lines(payload, ".  "),
         f"Settings: {json.dumps(payload['settings'])}",
         "",
+        *(
+            [
+                f"hops, exact match of a rule that follows no link: "
+                f"{json.dumps(payload['hops_no_lookup_baseline'])}",
+                "",
+            ]
+            if payload.get("hops_no_lookup_baseline")
+            else []
+        ),
         "## Goals",
         "",
         "```",
@@ -608,6 +729,7 @@ def write_markdown(payload: dict, path: Path) -> None:
                 f"{row['multi_step_ce']} | {row['multi_step_exact_match']} | {row['rms_y']} | "
                 f"{row['rms_z']} | {row['rel_update']} | {row['changed_predictions']} |"
             )
+        lines += _hops_table(r["cycles"])
         lines += ["", f"Greedy check: {json.dumps(r['greedy_check'])}"]
         for bs, a in r.get("act", {}).items():
             lines += ["", f"ACT at batch {bs}: `{json.dumps(a)}`"]
@@ -620,6 +742,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--act", default="", help="variants to time with halting on/off")
     p.add_argument("--steps", type=int, default=900)
     p.add_argument("--extra-cycles", type=int, default=4)
+    p.add_argument(
+        "--families", default="", help="comma-separated task families (default: all of them)"
+    )
     p.add_argument("--n-train", type=int, default=400)
     p.add_argument("--n-val", type=int, default=32)
     p.add_argument("--reps", type=int, default=5)
@@ -647,30 +772,38 @@ def main(argv: list[str] | None = None) -> None:
     from cognate_train.data import all_families, make_split
     from cognate_train.tokenizer import build_tokenizer
 
+    families = [f for f in args.families.split(",") if f] or all_families()
+    unknown = [f for f in families if f not in all_families()]
+    if unknown:
+        p.error(f"--families: unknown {unknown}; known: {all_families()}")
     tok = build_tokenizer()
     load0 = os.getloadavg()
-    train_ex, val = make_split(all_families(), args.n_train, args.n_val, args.seed, 64)
+    train_ex, val = make_split(families, args.n_train, args.n_val, args.seed, 64)
     data = {
         "tokenizer": tok,
         "train": train_ex,
         "val": val,
         "val_batches": val_batches(tok, val, 64),
+        "hops_baseline": no_lookup_baseline(val),
     }
     results = {v: run_variant(v, args, data) for v in args.variants}
     payload = {
         **run_record("recursion.py", argv, load0),
         "settings": {
             "model_preset": "cognate-tiny",
-            "recipe": "quick (mugrokfast lr 3e-3 muon_lr 0.01, batch 32, max_len 64), mixed families",
+            "recipe": "quick (mugrokfast lr 3e-3 muon_lr 0.01, batch 32, max_len 64), "
+            "the families below mixed",
             "steps": args.steps,
             "n_train_per_family": args.n_train,
             "n_val_per_family": args.n_val,
             "extra_cycles": args.extra_cycles,
-            "multi_step_families": list(MULTI_STEP),
+            "families": families,
+            "multi_step_families": [f for f in MULTI_STEP if f in families],
             "seed": args.seed,
             "reps": args.reps,
             "act_pack": args.act_pack,
         },
+        "hops_no_lookup_baseline": data["hops_baseline"],
         "goals": goals(results),
         "results": results,
     }

@@ -39,6 +39,19 @@ def _recall(prompt: str) -> str:
     return table[question.removesuffix("=")]
 
 
+def _hops(prompt: str) -> str:
+    """Parse 'Xy' facts (x -> y) then '?<START><k>=' and walk the links one at a time."""
+    m = re.fullmatch(r"((?:[A-Z][a-z])+)\?([A-Z])(\d)=", prompt)
+    assert m, prompt
+    pairs = [m[1][i : i + 2] for i in range(0, len(m[1]), 2)]
+    link = {p[0].lower(): p[1] for p in pairs}
+    assert len(link) == len(pairs)  # one fact per source: the walk is unambiguous
+    node = m[2].lower()
+    for _ in range(int(m[3])):
+        node = link[node]
+    return node
+
+
 def _word(prompt: str) -> str:
     m = re.fullmatch(r"\w+ has (\d+) boxes of (\d+) \w+\. How many\?", prompt)
     if m:
@@ -72,6 +85,7 @@ CHECKERS = {
     "arith_chain": _arith,
     "word_problem": _word,
     "recall_long": _recall,
+    "hops": _hops,
 }
 
 

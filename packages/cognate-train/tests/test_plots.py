@@ -34,7 +34,7 @@ def _records(families, steps=(100, 200, 300)):
 
 def test_every_family_has_its_own_colour_and_the_legend_is_outside(tmp_path, figures):
     families = sorted(FAMILIES)
-    assert len(families) == 15
+    assert len(families) == 16
     plots.plot_run(_records(families), tmp_path)
     ax = figures["accuracy.png"].axes[0]
     lines = {ln.get_label(): ln.get_color() for ln in ax.get_lines()}

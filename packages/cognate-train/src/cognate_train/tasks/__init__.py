@@ -6,7 +6,7 @@ on it, and a stage trains on its own families plus all earlier ones.
 
 from __future__ import annotations
 
-from . import arithmetic, language, memory, sequence
+from . import arithmetic, hops, language, memory, sequence
 from .base import TaskFamily
 
 STAGES: tuple[str, ...] = ("foundation", "reasoning", "advanced")
@@ -28,11 +28,12 @@ FAMILIES: dict[str, TaskFamily] = {
         _F("arith_mul", "reasoning", arithmetic.multiply, "1-3 digits times 1 digit"),
         _F("mod_arith", "reasoning", arithmetic.modular, "(a+b)%m or (a*b)%m"),
         _F("recall", "reasoning", memory.recall, "recall 1 of 2-4 key=value facts"),
-        # advanced: long carries, multi-step, text, long-context recall
+        # advanced: long carries, multi-step, text, long-context recall, pointer chasing
         _F("arith_add_long", "advanced", arithmetic.add_long, "add two 3-5 digit numbers"),
         _F("arith_chain", "advanced", arithmetic.chain, "3-4 terms of + and -"),
         _F("word_problem", "advanced", language.word_problem, "one-step word problem"),
         _F("recall_long", "advanced", memory.recall_long, "recall 1 of 6-10 facts"),
+        _F("hops", "advanced", hops.hops, "follow 1-4 links of a 5-letter map"),
     )
 }
 
