@@ -47,7 +47,9 @@ from .filters import (
     group_terms,
     params_with_grad,
     set_grokfast_lambda,
+    update_ema_,
     validate_filter_args,
+    validate_place,
 )
 from .muon import muon_group_options, muon_step, validate_muon_args
 from .newton_schulz import DEFAULT_NS_COEFFICIENTS, DEFAULT_NS_EPS
@@ -60,6 +62,7 @@ _FILTER_NAMES = (
     "grokfast_ma_lambda",
     "grokfast_warmup_steps",
     "grokfast_history_dtype",
+    "grokfast_place",
 )
 _MUON_NAMES = (
     "lr",
@@ -143,6 +146,7 @@ class MuGrokfast(Optimizer):
         ns_coefficients: tuple[float, float, float] = DEFAULT_NS_COEFFICIENTS,
         ns_eps: float = DEFAULT_NS_EPS,
         grokfast_history_dtype: torch.dtype | None = None,
+        grokfast_place: str = "grad",
         foreach: bool | None = None,
         distributed: bool | Any = False,
     ) -> None:
@@ -172,6 +176,7 @@ class MuGrokfast(Optimizer):
             grokfast_ma_lambda=grokfast_ma_lambda,
             grokfast_warmup_steps=grokfast_warmup_steps,
             grokfast_history_dtype=grokfast_history_dtype,
+            grokfast_place=grokfast_place,
             foreach=foreach,
         )
         self._validate(defaults | {"use_muon": False, "user_group": 0})
@@ -210,6 +215,7 @@ class MuGrokfast(Optimizer):
             g["grokfast_ma_lambda"], g["grokfast_warmup_steps"], g["grokfast_history_dtype"],
             names=_FILTER_NAMES,
         )  # fmt: skip
+        validate_place(g["grokfast_place"], g["grokfast"])
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; without ``use_muon`` it is split by ``ndim`` (see the class docstring).
@@ -332,9 +338,12 @@ class MuGrokfast(Optimizer):
             if group["use_muon"]:
                 check_not_sharded(params)
             states = [self.state[p] for p in params]
-            # the filter's state is updated here; the amplification g + lambda*h is added
-            # inside the update that writes a fresh tensor anyway (see grokfast_terms)
-            terms = group_terms(group, grads, states)
+            if group["use_muon"] and group["grokfast_place"] == "update":
+                terms = [[] for _ in params]  # the EMA acts on the orthogonalised update
+            else:
+                # the filter's state is updated here; the amplification g + lambda*h is added
+                # inside the update that writes a fresh tensor anyway (see grokfast_terms)
+                terms = group_terms(group, grads, states)
             if group["use_muon"]:
                 self._muon(group, params, grads, states, terms, process_group)
             else:
@@ -360,7 +369,22 @@ class MuGrokfast(Optimizer):
             # attached: it cycles betas[0] of every group, as it would cycle torch.optim.Muon's
             # momentum; follow it (see the class docstring)
             opts["momentum"] = group["betas"][0]
-        muon_step(params, grads, bufs, terms=terms, process_group=process_group, **opts)
+        update_filter = None
+        if group["grokfast"] == "ema" and group["grokfast_place"] == "update":
+
+            def update_filter(idx: list[int], updates: list[Tensor]) -> list[Tensor]:
+                return update_ema_(
+                    updates,
+                    [states[i] for i in idx],
+                    alpha=group["grokfast_alpha"],
+                    lamb=group["grokfast_lambda"],
+                    warmup_steps=group["grokfast_warmup_steps"],
+                )
+
+        muon_step(
+            params, grads, bufs, terms=terms, process_group=process_group,
+            update_filter=update_filter, **opts,
+        )  # fmt: skip
 
     @staticmethod
     def _adamw(
