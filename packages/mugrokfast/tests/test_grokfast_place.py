@@ -21,10 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from mugrokfast import MuGrokfast, zeropower_via_newtonschulz
-from mugrokfast.muon import adjust_lr
 from torch import nn
-
-from .conftest import TinyLM, lm_loss
 
 # two (8, 6) matrices batched together, a non-square (6, 8), a conv kernel, a tall (10, 3)
 SHAPES = [(8, 6), (8, 6), (6, 8), (4, 3, 2), (10, 3)]
