@@ -230,3 +230,50 @@ def test_resume_is_bit_identical(dtype):
             assert (torch.equal(v, w) and v.dtype == w.dtype) if torch.is_tensor(v) else v == w
     h = opt2.state[fresh[0]]["grokfast_update_ema"]
     assert h.dtype == dtype and opt2.param_groups[0]["grokfast_place"] == "update"
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(grokfast_place="momentum"), r"grokfast_place must be one of \('grad', 'update'\)"),
+        (dict(grokfast_place=None), "grokfast_place must be one of"),
+        (dict(grokfast_place="update", grokfast="ma"), 'supports grokfast="ema" only'),
+        (dict(grokfast_place="update", grokfast="dual"), "got grokfast='dual'"),
+    ],
+)
+def test_bad_place_is_refused_naming_it(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MuGrokfast([nn.Parameter(torch.zeros(3, 3))], **kwargs)
+    # as a per-group value too, and the refused group is not added
+    opt = MuGrokfast([nn.Parameter(torch.zeros(2, 2))])
+    with pytest.raises(ValueError, match=match):
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(3, 3))], **kwargs})
+    assert len(opt.param_groups) == 1
+
+
+def test_place_is_a_per_group_option():
+    start, stream = _start(), _stream()
+    params = [nn.Parameter(p.clone()) for p in start]
+    groups = [
+        {"params": params[:2], "use_muon": True, "grokfast_place": "update"},
+        {"params": params[2 : len(SHAPES)], "use_muon": True},
+        {"params": params[len(SHAPES) :], "use_muon": False, "grokfast": "ma"},
+    ]
+    opt = MuGrokfast(groups, **HP, ns_dtype=torch.float64, grokfast="ema", grokfast_alpha=0.9)
+    assert [g["grokfast_place"] for g in opt.param_groups] == ["update", "grad", "grad"]
+    _run(params, opt, stream)
+    upd = _reference(start, stream, "update", 0.9, 2.0)
+    grad = _reference(start, stream, "grad", 0.9, 2.0)
+    _close(params[: len(SHAPES)], upd[:2] + grad[2:])
+
+
+def test_a_state_dict_without_the_place_loads_as_the_papers_filter():
+    """A checkpoint written before grokfast_place existed: its groups get "grad"."""
+    start, stream = _start(), _stream(steps=2)
+    params, opt = _ours(start, stream)
+    sd = copy.deepcopy(opt.state_dict())
+    for g in sd["param_groups"]:
+        del g["grokfast_place"]
+    fresh = _make([nn.Parameter(p.detach().clone()) for p in params])
+    fresh.load_state_dict(sd)
+    assert [g["grokfast_place"] for g in fresh.param_groups] == ["grad", "grad"]
