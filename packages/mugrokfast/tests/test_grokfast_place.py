@@ -194,8 +194,9 @@ def test_equals_the_benchmarks_slow_muon_when_present(monkeypatch):
         for p, g in zip(mats, grads, strict=False):
             p.grad = g.clone()
         slow.step()
-    # the same operations in the same order: bit for bit
-    assert all(torch.equal(a, b) for a, b in zip(ours, mats, strict=False))
+    # the same operations in the same order (bit for bit on the machine this was written on;
+    # the library takes the norms of a contiguous copy, SlowMuon of NS's transposed output)
+    _close(ours[: len(SHAPES)], [p.detach() for p in mats])
 
 
 def _roundtrip(obj):

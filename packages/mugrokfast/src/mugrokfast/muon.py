@@ -150,7 +150,7 @@ def muon_step(
     every rank must call with the same parameters and gradients. ``None``: all work here.
 
     ``update_filter(idx, updates)``: maps the orthogonalised updates of the matrices ``idx``
-    (in their parameters' dtype and shape) to the updates applied instead, e.g.
+    (contiguous, in their parameters' dtype and shape) to the updates applied instead, e.g.
     :func:`mugrokfast.filters.update_ema_`. Called with a whole batch where Newton-Schulz ran
     batched, else one matrix at a time; under ``process_group`` after the ``all_gather``, so
     every rank filters every matrix from the same inputs.
@@ -186,9 +186,19 @@ def muon_step(
     def apply(chunk: list[tuple[int, Tensor]]) -> None:
         updates = [ortho.view(params[i].shape) for i, ortho in chunk]
         if update_filter is not None:
+            # contiguous: NS hands tall matrices back transposed, an all_gather may not, and a
+            # norm's rounding follows the memory layout; every rank must filter the same bits
+            # (.to with the same dtype returns u itself, whatever memory_format says)
             idx = [i for i, _ in chunk]
+            fmt = torch.contiguous_format
             updates = update_filter(
-                idx, [u.to(params[i].dtype) for i, u in zip(idx, updates, strict=True)]
+                idx,
+                [
+                    u.contiguous()
+                    if u.dtype == params[i].dtype
+                    else u.to(params[i].dtype, memory_format=fmt)
+                    for i, u in zip(idx, updates, strict=True)
+                ],
             )
         for (i, _), update in zip(chunk, updates, strict=True):
             p = params[i]
