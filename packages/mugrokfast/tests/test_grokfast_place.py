@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -278,3 +279,10 @@ def test_a_state_dict_without_the_place_loads_as_the_papers_filter():
     fresh = _make([nn.Parameter(p.detach().clone()) for p in params])
     fresh.load_state_dict(sd)
     assert [g["grokfast_place"] for g in fresh.param_groups] == ["grad", "grad"]
+
+
+def test_readme_example_runs():
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    section = readme.read_text().split("## Where the filter acts (`grokfast_place`)", 1)[1]
+    block = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], flags=re.S)[0]
+    exec(compile(block, str(readme), "exec"), {"__name__": "readme"})  # asserts the loss
