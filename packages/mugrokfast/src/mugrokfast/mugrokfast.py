@@ -295,7 +295,8 @@ class MuGrokfast(Optimizer):
     def set_grokfast_lambda(self, lamb: float, ma_lamb: float | None = None) -> None:
         """Set the amplification of every group (e.g. boost it when grokking stalls).
 
-        Writes ``grokfast_lambda`` (the EMA term) into every group. Groups filtering with
+        Writes ``grokfast_lambda`` (the EMA term; in ``grokfast_place="update"`` Muon groups
+        the relative weight) into every group. Groups filtering with
         ``"ma"`` alone have no EMA term, so there it also sets ``grokfast_ma_lambda``; pass
         ``ma_lamb`` to set ``grokfast_ma_lambda`` of every group explicitly.
         """

@@ -186,20 +186,9 @@ def muon_step(
     def apply(chunk: list[tuple[int, Tensor]]) -> None:
         updates = [ortho.view(params[i].shape) for i, ortho in chunk]
         if update_filter is not None:
-            # contiguous: NS hands tall matrices back transposed, an all_gather may not, and a
-            # norm's rounding follows the memory layout; every rank must filter the same bits
-            # (.to with the same dtype returns u itself, whatever memory_format says)
             idx = [i for i, _ in chunk]
-            fmt = torch.contiguous_format
-            updates = update_filter(
-                idx,
-                [
-                    u.contiguous()
-                    if u.dtype == params[i].dtype
-                    else u.to(params[i].dtype, memory_format=fmt)
-                    for i, u in zip(idx, updates, strict=True)
-                ],
-            )
+            updates = [_contiguous(u, params[i].dtype) for i, u in zip(idx, updates, strict=True)]
+            updates = update_filter(idx, updates)
         for (i, _), update in zip(chunk, updates, strict=True):
             p = params[i]
             p.mul_(1 - lr * weight_decay)
@@ -221,6 +210,16 @@ def muon_step(
             results = ([pair] for pair in dealer.gather(idx, owners, done, empty))
         for chunk in results:
             apply(chunk)
+
+
+def _contiguous(u: Tensor, dtype: torch.dtype) -> Tensor:
+    """``u`` in ``dtype`` and contiguous (a copy only where needed). NS hands tall matrices back
+    transposed and an all_gather may not, and a norm's rounding follows the memory layout: a
+    filter must see the same bits on every rank. (``u.to(u.dtype, memory_format=...)``
+    returns ``u`` itself whatever its layout, hence ``contiguous()`` there.)"""
+    if u.dtype == dtype:
+        return u.contiguous()
+    return u.to(dtype, memory_format=torch.contiguous_format)
 
 
 def _shape_batches(params: list[Tensor], grads: list[Tensor]) -> dict[tuple, list[int]]:
