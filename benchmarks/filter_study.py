@@ -17,8 +17,10 @@ is updated but not added. The other parameters (embeddings, head, gains, biases)
 only the Muon side changes between variants. With ``place="grad", relative=0`` the whole
 optimizer equals ``MuGrokfast(grokfast="ema")``: :func:`check_against_mugrokfast` asserts it.
 
-This is a benchmark-side study (``grokking.py --optimizer muon-slow --hp muon-slow.place=...``);
-a variant moves into ``mugrokfast`` only if the measurements support it.
+This is a benchmark-side study (``grokking.py --optimizer muon-slow --hp muon-slow.place=...``).
+Its best variant, ``place="update", relative=1``, is in ``mugrokfast`` as an opt-in:
+``MuGrokfast(grokfast="ema", grokfast_place="update")`` (equal to SlowMuon in float64, see
+``packages/mugrokfast/tests/test_grokfast_place.py``).
 """
 
 from __future__ import annotations

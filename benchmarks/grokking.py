@@ -207,6 +207,7 @@ OPTIMIZERS: dict[str, dict[str, Any]] = {
             "window": 100,
             "ma_lamb": 5.0,
             "warmup_steps": 0,
+            "place": "grad",
         },
         "kind": "mugrokfast.MuGrokfast",
     },
@@ -234,6 +235,11 @@ OPTIMIZERS: dict[str, dict[str, Any]] = {
     # Maintained peers at their documented defaults (benchmarks/peers.py).
     **{name: {"hp": dict(e["hp"]), "kind": e["kind"]} for name, e in peers.PEERS.items()},
 }
+
+
+# hp fields added after results were written, with the value that reproduces those runs (so
+# --reuse still finds them): mugrokfast's "place" (grokfast_place) arrived with "grad".
+ADDED_HP: dict[str, dict[str, Any]] = {"mugrokfast": {"place": "grad"}}
 
 
 def build_optimizer(name: str, model: Decoder, hp: dict[str, Any]) -> torch.optim.Optimizer:
@@ -281,6 +287,7 @@ def build_optimizer(name: str, model: Decoder, hp: dict[str, Any]) -> torch.opti
             grokfast_window=hp.get("window", 100),
             grokfast_ma_lambda=hp.get("ma_lamb", 5.0),
             grokfast_warmup_steps=hp.get("warmup_steps", 0),
+            grokfast_place=hp.get("place", "grad"),
         )
     raise ValueError(f"unknown optimizer {name!r}")
 
@@ -693,7 +700,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if r.get("operation", "mul") != args.operation:
                 continue
-            key = (r["optimizer"], r["seed"], json.dumps(r["hp"], sort_keys=True))
+            hp = ADDED_HP.get(r["optimizer"], {}) | r["hp"]  # runs written before a field existed
+            key = (r["optimizer"], r["seed"], json.dumps(hp, sort_keys=True))
             reused[key] = {**r, "reused_from": {"file": path, "command": old.get("command")}}
     todo, runs = [], []
     for job in jobs:

@@ -44,6 +44,19 @@ def make_optimizers(params_a, params_b, distributed):
     return mgf, muon
 
 
+def make_update_optimizer(params, distributed):
+    """The EMA on the orthogonalised update (filtered after the all_gather, on every rank)."""
+    return MuGrokfast(
+        [{"params": params[:-1], "use_muon": True}, {"params": params[-1:], "use_muon": False}],
+        grokfast="ema",
+        grokfast_place="update",
+        grokfast_lambda=0.5,
+        grokfast_warmup_steps=1,
+        ns_dtype=torch.float32,
+        distributed=distributed,
+    )
+
+
 def _worker(rank: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -57,8 +70,9 @@ def _worker(rank: int, out: str) -> None:
         return real_ns(*args, **kwargs)
 
     muon_mod.newtonschulz_ = counting_ns
-    params_a, params_b = make_params(), make_params()
+    params_a, params_b, params_c = make_params(), make_params(), make_params()
     mgf, muon = make_optimizers(params_a, params_b, distributed=True)
+    upd = make_update_optimizer(params_c, distributed=True)
     for step in range(STEPS):
         grads = local_grads(rank, step)
         for g in grads:  # DDP's average
@@ -68,13 +82,18 @@ def _worker(rank: int, out: str) -> None:
             p.grad = g.clone()
         for p, g in zip(params_b[:-2], grads[:-2], strict=True):
             p.grad = g.clone()
+        for p, g in zip(params_c, grads, strict=True):
+            p.grad = g.clone()
         mgf.step()
         muon.step()
+        upd.step()
     result = {
         "params_a": [p.detach() for p in params_a],
         "params_b": [p.detach() for p in params_b],
+        "params_c": [p.detach() for p in params_c],
         "state_a": mgf.state_dict(),
         "state_b": muon.state_dict(),
+        "state_c": upd.state_dict(),
         "ns_calls": calls[0],
         **_dtensor_checks(),
     }

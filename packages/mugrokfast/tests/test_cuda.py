@@ -47,6 +47,29 @@ def test_cuda_matches_cpu_and_resumes_bit_identically():
 
 
 @cuda
+def test_update_place_on_cuda_matches_cpu_and_resumes_bit_identically():
+    """grokfast_place="update" with same-shaped matrices batched on CUDA (one at a time on CPU)."""
+    kw = dict(grokfast="ema", grokfast_place="update", grokfast_lambda=0.5, ns_dtype=torch.float32)
+    cpu = TinyLM()
+    gpu = copy.deepcopy(cpu).cuda()
+    _train(cpu, MuGrokfast(param_groups(cpu), **kw), 5)
+    opt = MuGrokfast(param_groups(gpu), **kw)
+    _train(gpu, opt, 5)
+    for a, b in zip(cpu.parameters(), gpu.parameters(), strict=True):
+        torch.testing.assert_close(a, b.cpu(), rtol=1e-3, atol=1e-3)
+    assert opt.state[gpu.fc1.weight]["grokfast_update_ema"].is_cuda
+    resumed = copy.deepcopy(gpu)
+    sd = copy.deepcopy(opt.state_dict())
+    _train(gpu, opt, 3, start=5)
+    opt2 = MuGrokfast(param_groups(resumed), **kw)
+    opt2.load_state_dict(sd)
+    _train(resumed, opt2, 3, start=5)
+    assert all(
+        torch.equal(a, b) for a, b in zip(gpu.parameters(), resumed.parameters(), strict=True)
+    )
+
+
+@cuda
 def test_default_ns_dtype_on_cuda_is_bf16_and_close_to_fp32():
     model = TinyLM().cuda()
     ref = copy.deepcopy(model)
@@ -59,7 +82,7 @@ def test_default_ns_dtype_on_cuda_is_bf16_and_close_to_fp32():
 @cuda
 @pytest.mark.parametrize("ns_dtype", [None, torch.float32], ids=["bf16-default", "fp32"])
 @pytest.mark.parametrize("backend", ["eager", "inductor"])
-@pytest.mark.parametrize("grokfast", [None, "ema", "dual"])
+@pytest.mark.parametrize("grokfast", [None, "ema", "dual", "ema-update"])
 def test_compiled_step_on_cuda_has_no_graph_break_and_eagers_numbers(grokfast, backend, ns_dtype):
     """torch.compile(opt.step, fullgraph=True) raises on any graph break; the numbers are
     eager's (inductor told to round bf16 as eager does: see test_compiled_step_inductor in
@@ -69,6 +92,8 @@ def test_compiled_step_on_cuda_has_no_graph_break_and_eagers_numbers(grokfast, b
     eager_model = TinyLM().cuda()
     model = copy.deepcopy(eager_model)
     kw = dict(grokfast=grokfast, grokfast_window=2, ns_dtype=ns_dtype)
+    if grokfast == "ema-update":  # the EMA on the orthogonalised update
+        kw |= dict(grokfast="ema", grokfast_place="update")
     eager = MuGrokfast(param_groups(eager_model), **kw)
     opt = MuGrokfast(param_groups(model), **kw)
     step = torch.compile(opt.step, backend=backend, fullgraph=True)

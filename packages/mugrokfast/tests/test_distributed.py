@@ -30,8 +30,9 @@ def ranks(tmp_path_factory) -> list[dict]:
 
 def _single_process() -> dict:
     """The reference: one process, distributed=False, fed the averaged gradients."""
-    params_a, params_b = w.make_params(), w.make_params()
+    params_a, params_b, params_c = w.make_params(), w.make_params(), w.make_params()
     mgf, muon = w.make_optimizers(params_a, params_b, distributed=False)
+    upd = w.make_update_optimizer(params_c, distributed=False)
     for step in range(w.STEPS):
         local = [w.local_grads(r, step) for r in range(w.WORLD)]
         grads = [(a + b) / w.WORLD for a, b in zip(*local, strict=True)]
@@ -39,9 +40,18 @@ def _single_process() -> dict:
             p.grad = g.clone()
         for p, g in zip(params_b[:-2], grads[:-2], strict=True):
             p.grad = g.clone()
+        for p, g in zip(params_c, grads, strict=True):
+            p.grad = g.clone()
         mgf.step()
         muon.step()
-    return {"params_a": params_a, "params_b": params_b, "state_a": mgf.state_dict()}
+        upd.step()
+    return {
+        "params_a": params_a,
+        "params_b": params_b,
+        "params_c": params_c,
+        "state_a": mgf.state_dict(),
+        "state_c": upd.state_dict(),
+    }
 
 
 def _assert_states_equal(a, b) -> None:
@@ -60,27 +70,31 @@ def _assert_states_equal(a, b) -> None:
 def test_distributed_step_equals_single_process_step(ranks):
     ref = _single_process()
     for rank in ranks:
-        for key in ("params_a", "params_b"):
+        for key in ("params_a", "params_b", "params_c"):
             for p, q in zip(rank[key], ref[key], strict=True):
                 assert torch.equal(p, q.detach())
         _assert_states_equal(rank["state_a"], ref["state_a"])
+        _assert_states_equal(rank["state_c"], ref["state_c"])  # grokfast_place="update"
 
 
 def test_parameters_and_filter_state_identical_on_both_ranks(ranks):
     r0, r1 = ranks
-    for key in ("params_a", "params_b"):
+    for key in ("params_a", "params_b", "params_c"):
         assert all(torch.equal(p, q) for p, q in zip(r0[key], r1[key], strict=True))
     _assert_states_equal(r0["state_a"], r1["state_a"])  # momentum, EMA h, MA ring, steps
     _assert_states_equal(r0["state_b"], r1["state_b"])
+    _assert_states_equal(r0["state_c"], r1["state_c"])  # the EMA of the updates too
     ema = [s["grokfast_ema"] for s in r0["state_a"]["state"].values() if "grokfast_ema" in s]
     assert ema, "the dual filter's EMA state is in the compared state dict"
+    h = [s for s in r0["state_c"]["state"].values() if "grokfast_update_ema" in s]
+    assert len(h) == 6, "the update EMA of every non-empty matrix is in the compared state"
 
 
 def test_each_rank_orthogonalises_only_its_share(ranks):
-    # per optimizer per step: 6 non-empty matrices (the (0, 4) one is skipped) for MuGrokfast,
-    # the same 6 for Muon; dealt round-robin across 2 ranks -> 3 + 3 each
+    # per optimizer per step: 6 non-empty matrices (the (0, 4) one is skipped) for each of the
+    # two MuGrokfast and for Muon; dealt round-robin across 2 ranks -> 3 + 3 each
     calls = [r["ns_calls"] for r in ranks]
-    assert sum(calls) == 2 * 6 * w.STEPS
+    assert sum(calls) == 3 * 6 * w.STEPS
     assert calls[0] == calls[1]
 
 

@@ -46,6 +46,7 @@ def _train(model, opt, sched, steps, start=0):
 CASES = [
     ("mugrokfast", dict(grokfast=None)),
     ("mugrokfast", dict(grokfast="ema", grokfast_warmup_steps=2)),
+    ("mugrokfast", dict(grokfast="ema", grokfast_place="update", grokfast_warmup_steps=2)),
     ("mugrokfast", dict(grokfast="ma", grokfast_window=4)),
     ("mugrokfast", dict(grokfast="dual", grokfast_window=4)),
     ("mugrokfast", dict(grokfast="ma", grokfast_window=4, grokfast_history_dtype=torch.bfloat16)),

@@ -45,8 +45,10 @@ class OptimInfo:
         return self.name
 
 
-def _mugrokfast(mode: str | None) -> Callable[..., Optimizer]:
-    return lambda params, **kw: MuGrokfast(params, grokfast=mode, grokfast_window=2, **kw)
+def _mugrokfast(mode: str | None, place: str = "grad") -> Callable[..., Optimizer]:
+    return lambda params, **kw: MuGrokfast(
+        params, grokfast=mode, grokfast_window=2, grokfast_place=place, **kw
+    )
 
 
 def _wrapped(base: type[Optimizer], mode: str, **base_kw: Any) -> Callable[..., Optimizer]:
@@ -85,6 +87,7 @@ OPTIMS = [
     OptimInfo("Muon", Muon, MUON_INPUTS, matrices_only=True),
     *(OptimInfo(f"MuGrokfast({m})", _mugrokfast(m), MUGROKFAST_INPUTS)
       for m in (None, "ema", "ma", "dual")),
+    OptimInfo("MuGrokfast(ema,update)", _mugrokfast("ema", "update"), MUGROKFAST_INPUTS),
     OptimInfo("Grokfast(AdamW,ema)", _wrapped(torch.optim.AdamW, "ema"), ADAMW_INPUTS),
     OptimInfo("Grokfast(AdamW,dual)", _wrapped(torch.optim.AdamW, "dual"), ADAMW_INPUTS),
     OptimInfo("Grokfast(SGD,ma)", _wrapped(torch.optim.SGD, "ma", lr=1e-4, momentum=0.9),
@@ -570,7 +573,11 @@ def _compiled_matches_eager(info, backend, steps=4):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=COMPILED_ATOL)
 
 
-FAST_COMPILE = ("MuGrokfast(dual)", "Grokfast(AdamW,dual)")  # the fast suite's cousins
+FAST_COMPILE = (
+    "MuGrokfast(dual)",
+    "MuGrokfast(ema,update)",
+    "Grokfast(AdamW,dual)",
+)  # the fast suite's cousins
 
 
 @pytest.mark.parametrize(

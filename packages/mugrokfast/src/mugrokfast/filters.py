@@ -451,3 +451,65 @@ def set_grokfast_lambda(
             group["grokfast_ma_lambda"] = float(ma_lamb)
         elif group["grokfast"] == "ma":
             group["grokfast_ma_lambda"] = float(lamb)
+
+
+# --------------------------------------------------------------------------------------------
+# The EMA on Muon's orthogonalised update (grokfast_place="update")
+# --------------------------------------------------------------------------------------------
+
+PLACES = ("grad", "update")
+TINY = 1e-30  # floor of the norms divided by (a zero update stays zero)
+
+
+def validate_place(place: Any, filter: Any) -> None:
+    """ValueError unless ``grokfast_place`` is known and fits the filter ``grokfast``."""
+    if place not in PLACES:
+        raise ValueError(f"grokfast_place must be one of {PLACES} (got {place!r})")
+    if place == "update" and filter not in (None, "ema"):
+        raise ValueError(
+            f'grokfast_place="update" supports grokfast="ema" only (an EMA of the '
+            f"orthogonalised update; the MA filter acts on gradients), got grokfast={filter!r}; "
+            'use grokfast_place="grad" for "ma" and "dual"'
+        )
+
+
+@torch.no_grad()
+def update_ema_(
+    updates: list[Tensor], states: list[dict], *, alpha: float, lamb: float, warmup_steps: int
+) -> list[Tensor]:
+    """Grokfast's EMA on Muon's orthogonalised updates ``o`` (one per matrix, in the
+    parameter's dtype and shape), with a relative weight::
+
+        h <- alpha*h + (1-alpha)*o                        (h starts at the first o)
+        a  = o + lamb * (|o| / |h|) * h                   (|.|: Frobenius norm)
+        o <- a * |o| / |a|
+
+    Newton-Schulz normalises whatever it is given, so an absolute ``g + lamb*h`` before it only
+    matters through the ratio of the slow part to the gradient; here ``lamb`` is that ratio
+    itself, and the step keeps Muon's size (the filter tilts the direction towards the slow
+    component). The state ``h`` is ``state["grokfast_update_ema"]``; ``state["grokfast_step"]``
+    counts the updates seen, and during the first ``warmup_steps`` of them (or at ``lamb=0``)
+    ``h`` is updated but ``o`` returned as it is. Returns the updates to apply: new tensors
+    where amplified, ``updates[i]`` itself elsewhere.
+    """
+    old = [i for i, st in enumerate(states) if "grokfast_update_ema" in st]
+    for i, st in enumerate(states):
+        if "grokfast_update_ema" not in st:
+            st["grokfast_update_ema"] = updates[i].clone()
+    if old:
+        torch._foreach_lerp_(
+            [states[i]["grokfast_update_ema"] for i in old], [updates[i] for i in old], 1 - alpha
+        )
+    for st in states:
+        st["grokfast_step"] = st.get("grokfast_step", 0) + 1
+    out = list(updates)
+    live = [i for i, st in enumerate(states) if st["grokfast_step"] > warmup_steps]
+    if lamb == 0 or not live:
+        return out
+    o = [updates[i] for i in live]
+    h = [states[i]["grokfast_update_ema"] for i in live]
+    norm_o, norm_h = torch._foreach_norm(o), torch._foreach_norm(h)
+    for k, i in enumerate(live):
+        a = o[k] + (lamb * norm_o[k] / norm_h[k].clamp(min=TINY)) * h[k]
+        out[i] = a.mul_(norm_o[k] / a.norm().clamp(min=TINY))
+    return out

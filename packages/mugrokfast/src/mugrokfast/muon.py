@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -43,6 +43,9 @@ from .newton_schulz import (
 # Batch same-shaped matrices into one Newton-Schulz call on CPU too (tests use it to exercise
 # the batched path without an accelerator; off by default because it is slower on CPU).
 BATCH_ON_CPU = False
+
+# update_filter(idx, updates) -> the updates to apply (see muon_step)
+UpdateFilter = Callable[[list[int], list[Tensor]], list[Tensor]]
 
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw", "spectral_unclamped")
 # group keys in validate_muon_args order
@@ -132,6 +135,7 @@ def muon_step(
     ns_dtype: torch.dtype | None,
     terms: list[Terms] | None = None,
     process_group: Any = None,
+    update_filter: UpdateFilter | None = None,
 ) -> None:
     """Functional Muon update (see the module docstring) on lists of tensors, in place.
 
@@ -144,6 +148,12 @@ def muon_step(
     ``process_group`` (a ``torch.distributed`` group, see :mod:`mugrokfast.distributed`): the
     Newton-Schulz work is split across its ranks and the results shared with ``all_gather``;
     every rank must call with the same parameters and gradients. ``None``: all work here.
+
+    ``update_filter(idx, updates)``: maps the orthogonalised updates of the matrices ``idx``
+    (contiguous, in their parameters' dtype and shape) to the updates applied instead, e.g.
+    :func:`mugrokfast.filters.update_ema_`. Called with a whole batch where Newton-Schulz ran
+    batched, else one matrix at a time; under ``process_group`` after the ``all_gather``, so
+    every rank filters every matrix from the same inputs.
     """
     if not params:
         return
@@ -157,7 +167,8 @@ def muon_step(
     batches = _shape_batches(params, grads)
 
     def orthogonalise(idx: list[int], flat: tuple[int, int], dtype: torch.dtype):
-        """Yield ``(i, NS(update_i))`` for ``idx``: batched, or one at a time on CPU."""
+        """Yield chunks ``[(i, NS(update_i)), ...]`` for ``idx``: the batch at once, or one
+        matrix at a time on CPU."""
         if not idx:
             return
         if len(idx) == 1 or (grads[idx[0]].device.type == "cpu" and not BATCH_ON_CPU):
@@ -165,12 +176,23 @@ def muon_step(
                 X = _ns_input(
                     grads[i], momentum_buffers[i], terms[i], momentum, nesterov, flat, dtype
                 )
-                yield i, newtonschulz_(X, ns_steps, ns_coefficients, eps)
+                yield [(i, newtonschulz_(X, ns_steps, ns_coefficients, eps))]
             return
         # stack straight into the compute dtype: one copy of the updates, not two
         X = torch.empty((len(idx), *flat), dtype=dtype, device=grads[idx[0]].device)
         torch.stack([direction(i)[0].reshape(flat) for i in idx], out=X)
-        yield from zip(idx, newtonschulz_(X, ns_steps, ns_coefficients, eps), strict=True)
+        yield list(zip(idx, newtonschulz_(X, ns_steps, ns_coefficients, eps), strict=True))
+
+    def apply(chunk: list[tuple[int, Tensor]]) -> None:
+        updates = [ortho.view(params[i].shape) for i, ortho in chunk]
+        if update_filter is not None:
+            idx = [i for i, _ in chunk]
+            updates = [_contiguous(u, params[i].dtype) for i, u in zip(idx, updates, strict=True)]
+            updates = update_filter(idx, updates)
+        for (i, _), update in zip(chunk, updates, strict=True):
+            p = params[i]
+            p.mul_(1 - lr * weight_decay)
+            p.add_(update, alpha=-adjust_lr(lr, adjust_lr_fn, tuple(p.shape)))
 
     dealer = None if process_group is None else Dealer(process_group)
     for (flat, _, device), idx in batches.items():
@@ -183,13 +205,21 @@ def muon_step(
             for i, r in zip(idx, owners, strict=True):
                 if r != dealer.rank:
                     direction(i)
-            done = dict(orthogonalise(mine, flat, dtype))
+            done = dict(pair for chunk in orthogonalise(mine, flat, dtype) for pair in chunk)
             empty = torch.zeros(flat, dtype=dtype, device=device)
-            results = dealer.gather(idx, owners, done, empty)
-        for i, ortho in results:
-            p = params[i]
-            p.mul_(1 - lr * weight_decay)
-            p.add_(ortho.view(p.shape), alpha=-adjust_lr(lr, adjust_lr_fn, tuple(p.shape)))
+            results = ([pair] for pair in dealer.gather(idx, owners, done, empty))
+        for chunk in results:
+            apply(chunk)
+
+
+def _contiguous(u: Tensor, dtype: torch.dtype) -> Tensor:
+    """``u`` in ``dtype`` and contiguous (a copy only where needed). NS hands tall matrices back
+    transposed and an all_gather may not, and a norm's rounding follows the memory layout: a
+    filter must see the same bits on every rank. (``u.to(u.dtype, memory_format=...)``
+    returns ``u`` itself whatever its layout, hence ``contiguous()`` there.)"""
+    if u.dtype == dtype:
+        return u.contiguous()
+    return u.to(dtype, memory_format=torch.contiguous_format)
 
 
 def _shape_batches(params: list[Tensor], grads: list[Tensor]) -> dict[tuple, list[int]]:
