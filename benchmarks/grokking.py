@@ -155,7 +155,10 @@ def _muon_groups(model: Decoder, hp: dict[str, Any]) -> list[dict[str, Any]]:
     g_muon: dict[str, Any] = {"params": muon, "use_muon": True}
     if hp.get("muon_weight_decay") is not None:  # None: the same weight_decay as AdamW
         g_muon["weight_decay"] = hp["muon_weight_decay"]
-    return [g_muon, {"params": rest, "use_muon": False}]
+    g_rest: dict[str, Any] = {"params": rest, "use_muon": False}
+    if hp.get("adamw_lamb") is not None:  # None: the same grokfast_lambda as the Muon groups
+        g_rest["grokfast_lambda"] = hp["adamw_lamb"]
+    return [g_muon, g_rest]
 
 
 # Each entry: hyperparameters (overridable with --hp) and a builder (model, hp) -> optimizer.
@@ -208,6 +211,7 @@ OPTIMIZERS: dict[str, dict[str, Any]] = {
             "ma_lamb": 5.0,
             "warmup_steps": 0,
             "place": "grad",
+            "adamw_lamb": None,  # the AdamW groups' grokfast_lambda; None: the same as lamb
         },
         "kind": "mugrokfast.MuGrokfast",
     },
@@ -238,8 +242,9 @@ OPTIMIZERS: dict[str, dict[str, Any]] = {
 
 
 # hp fields added after results were written, with the value that reproduces those runs (so
-# --reuse still finds them): mugrokfast's "place" (grokfast_place) arrived with "grad".
-ADDED_HP: dict[str, dict[str, Any]] = {"mugrokfast": {"place": "grad"}}
+# --reuse still finds them): mugrokfast's "place" (grokfast_place) arrived with "grad", its
+# "adamw_lamb" (a per-group grokfast_lambda for the AdamW groups) with None.
+ADDED_HP: dict[str, dict[str, Any]] = {"mugrokfast": {"place": "grad", "adamw_lamb": None}}
 
 
 def build_optimizer(name: str, model: Decoder, hp: dict[str, Any]) -> torch.optim.Optimizer:
