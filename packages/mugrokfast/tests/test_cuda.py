@@ -22,10 +22,10 @@ def _train(model, opt, steps, start=0):
         opt.step()
 
 
-@cuda
-def test_cuda_matches_cpu_and_resumes_bit_identically():
-    kw = dict(grokfast="dual", grokfast_window=3, grokfast_history_dtype=torch.bfloat16,
-              ns_dtype=torch.float32)  # fmt: skip
+def _matches_cpu_and_resumes(kw):
+    """Train a TinyLM 5 steps on CPU and on CUDA with MuGrokfast(**kw): the parameters agree;
+    then 3 more CUDA steps equal a fresh optimizer resumed from the state dict, bit for bit.
+    Returns fc1.weight's optimizer state on CUDA (for the caller's dtype/device checks)."""
     cpu = TinyLM()
     gpu = copy.deepcopy(cpu).cuda()
     _train(cpu, MuGrokfast(param_groups(cpu), **kw), 5)
@@ -33,8 +33,7 @@ def test_cuda_matches_cpu_and_resumes_bit_identically():
     _train(gpu, opt, 5)
     for a, b in zip(cpu.parameters(), gpu.parameters(), strict=True):
         torch.testing.assert_close(a, b.cpu(), rtol=1e-3, atol=1e-3)
-    assert opt.state[gpu.fc1.weight]["grokfast_ma_buffer"].dtype == torch.bfloat16
-    # resume on the GPU
+    state = dict(opt.state[gpu.fc1.weight])
     resumed = copy.deepcopy(gpu)
     sd = copy.deepcopy(opt.state_dict())
     _train(gpu, opt, 3, start=5)
@@ -44,29 +43,23 @@ def test_cuda_matches_cpu_and_resumes_bit_identically():
     assert all(
         torch.equal(a, b) for a, b in zip(gpu.parameters(), resumed.parameters(), strict=True)
     )
+    return state
+
+
+@cuda
+def test_cuda_matches_cpu_and_resumes_bit_identically():
+    kw = dict(grokfast="dual", grokfast_window=3, grokfast_history_dtype=torch.bfloat16,
+              ns_dtype=torch.float32)  # fmt: skip
+    state = _matches_cpu_and_resumes(kw)
+    assert state["grokfast_ma_buffer"].dtype == torch.bfloat16
 
 
 @cuda
 def test_update_place_on_cuda_matches_cpu_and_resumes_bit_identically():
     """grokfast_place="update" with same-shaped matrices batched on CUDA (one at a time on CPU)."""
     kw = dict(grokfast="ema", grokfast_place="update", grokfast_lambda=0.5, ns_dtype=torch.float32)
-    cpu = TinyLM()
-    gpu = copy.deepcopy(cpu).cuda()
-    _train(cpu, MuGrokfast(param_groups(cpu), **kw), 5)
-    opt = MuGrokfast(param_groups(gpu), **kw)
-    _train(gpu, opt, 5)
-    for a, b in zip(cpu.parameters(), gpu.parameters(), strict=True):
-        torch.testing.assert_close(a, b.cpu(), rtol=1e-3, atol=1e-3)
-    assert opt.state[gpu.fc1.weight]["grokfast_update_ema"].is_cuda
-    resumed = copy.deepcopy(gpu)
-    sd = copy.deepcopy(opt.state_dict())
-    _train(gpu, opt, 3, start=5)
-    opt2 = MuGrokfast(param_groups(resumed), **kw)
-    opt2.load_state_dict(sd)
-    _train(resumed, opt2, 3, start=5)
-    assert all(
-        torch.equal(a, b) for a, b in zip(gpu.parameters(), resumed.parameters(), strict=True)
-    )
+    state = _matches_cpu_and_resumes(kw)
+    assert state["grokfast_update_ema"].is_cuda
 
 
 @cuda
