@@ -91,14 +91,15 @@ def _decode(model: Any, ids: torch.Tensor, steps: int, eos: int, use_cache: bool
     """Greedy tokens (B, n <= steps) after the unpadded prompts `ids` (B, T); stops early once
     every row has produced `eos`.
 
-    With `use_cache` and a model that returns a cache (`past_key_values`), one prefill of the
-    prompts, then one forward per new token over that token alone (its work does not grow with
-    a re-read prefix: O(T^2) overall without the cache). The cached calls pass no attention mask (nothing is padded; an all-ones
-    mask would make Cognate track padding flags for nothing). Otherwise (or when the model
-    returns no cache) every step re-runs the whole sequence with an all-ones mask: the
-    reference the cached path is tested against.
+    With `use_cache` (the caller checked `_takes_cache`) and a model that returns a cache
+    (`past_key_values`), one prefill of the prompts, then one forward per new token over that
+    token alone (its work does not grow with a re-read prefix: O(T^2) overall without the
+    cache). The cached calls pass no attention mask (nothing is padded; an all-ones mask would
+    make Cognate track padding flags for nothing). Otherwise (or when the model returns no
+    cache) every step re-runs the whole sequence with an all-ones mask: the reference the
+    cached path is tested against.
     """
-    cached = use_cache and _takes_cache(model)
+    cached = use_cache
     if cached:
         out = model(input_ids=ids, use_cache=True)
         cached = getattr(out, "past_key_values", None) is not None
@@ -139,6 +140,7 @@ def _greedy(
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     if bos is None or eos is None:
         raise ValueError("tokenizer needs bos_token_id and eos_token_id")
+    use_cache = use_cache and _takes_cache(model)  # once, not per batch
     encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
     groups: dict[int, list[int]] = defaultdict(list)
     for i, ids in enumerate(encoded):
@@ -175,9 +177,9 @@ def generate_answers(
 
     One prefill of the prompts, then one cached step per new token (the model's KV cache;
     a model without one re-runs the whole sequence each step, with the same result), appending
-    the argmax of the last position's logits, for at most `max_new_tokens` steps. Special tokens other than the stopping
-    `<eos>` are decoded literally (e.g. "<pad>"), so they can never make a wrong answer look
-    right. Results come back in the order of `prompts`.
+    the argmax of the last position's logits, for at most `max_new_tokens` steps. Special
+    tokens other than the stopping `<eos>` are decoded literally (e.g. "<pad>"), so they can
+    never make a wrong answer look right. Results come back in the order of `prompts`.
     """
     _check_positive("max_new_tokens", max_new_tokens)
     _check_positive("batch_size", batch_size)
