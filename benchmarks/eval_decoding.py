@@ -4,9 +4,9 @@
 equal-length prompts, then one token per step); `use_cache=False` re-runs the whole sequence
 at every step (the path before the cache, kept as the reference). This times both through the
 public functions on validation prompts of every curriculum family (what a full-curriculum
-evaluation scores), at the default evaluation batch size (64): `exact_match` at its default budgets (answer tokens + 1) and `generate_answers` with
-exactly N new tokens (N = 8, 32, 64 by default; an untrained model emits no `<eos>`, so every
-row decodes its whole budget). Models: randomly initialised Cognate presets with a
+evaluation scores), at the default evaluation batch size (64): `exact_match` at its default
+budgets (answer tokens + 1) and `generate_answers` with exactly N new tokens (N = 8, 32, 64
+by default; an untrained model emits no `<eos>`, so every row decodes its whole budget). Models: randomly initialised Cognate presets with a
 specialization (default `cognate-tiny` and `cognate-small`, `reasoning`: what `cognate-train
 train` evaluates). Untrained, ACT never halts early, so every token runs all cycles.
 

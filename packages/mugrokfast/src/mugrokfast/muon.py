@@ -227,9 +227,10 @@ def _shape_batches(params: list[Tensor], grads: list[Tensor]) -> dict[tuple, lis
 
     Same-shaped matrices share one NS call (one bmm per product) per batch, which saves kernel
     launches on accelerators: on an H200 the whole step costs 0.25-0.29x torch's Muon + AdamW
-    pair this way, and about 1x with one call per matrix (benchmarks/results/optimizer_step_cuda.md). Not on CPU: there a batched bf16/fp32 bmm is ~10% slower than the
-    same products one matrix at a time (one thread, cognate-25m shapes), and the numbers are
-    the same either way.
+    pair this way, and about 1x with one call per matrix
+    (benchmarks/results/optimizer_step_cuda.md). Not on CPU: there a batched bf16/fp32 bmm is
+    ~10% slower than the same products one matrix at a time (one thread, cognate-25m shapes),
+    and the numbers are the same either way.
     """
     batches: dict[tuple, list[int]] = defaultdict(list)
     for i, p in enumerate(params):
@@ -307,7 +308,8 @@ class Muon(Optimizer):
     dtype (``None``: :func:`~mugrokfast.newton_schulz.default_ns_dtype`, bf16 on CUDA and on
     CPUs with native bf16 matmul, where the numbers equal torch's bit for bit; fp32 on other
     CPUs); ``distributed=True`` (or a process group) splits the Newton-Schulz work across
-    data-parallel ranks (:mod:`mugrokfast.distributed`). Like torch's there is no ``maximize``, and complex or sparse gradients raise.
+    data-parallel ranks (:mod:`mugrokfast.distributed`). Like torch's there is no
+    ``maximize``, and complex or sparse gradients raise.
     ``params`` may be plain or named (``model.named_parameters()``). Use it for hidden matrices
     only; embeddings, the output head, gains and biases belong to AdamW (see
     :func:`mugrokfast.param_groups` and :class:`mugrokfast.MuGrokfast`).
