@@ -1,13 +1,16 @@
-"""``--grokfast {ema,ma,dual,none}`` and ``--grokfast-warmup-steps`` reach the optimizer the
-trainer builds: it steps exactly as a MuGrokfast / Grokfast(AdamW) built by hand."""
+"""``--grokfast {ema,ma,dual,none}``, ``--grokfast-warmup-steps`` and ``--grokfast-place`` reach
+the optimizer the trainer builds: it steps exactly as a MuGrokfast / Grokfast(AdamW) built by
+hand."""
 
 from __future__ import annotations
 
 import copy
+import json
 
 import mugrokfast
 import pytest
 import torch
+from cognate_train import checkpoints as ck
 from cognate_train import engine as engine_mod
 from cognate_train.cli import _config, build_parser, main
 from cognate_train.config import ConfigError, build_config
@@ -72,6 +75,35 @@ def test_mugrokfast_gets_the_filter_and_warmup(tmp_path, filt, single_thread):
     _same_steps(eng.task.model, eng.optimizer, model, by_hand)
 
 
+@pytest.mark.parametrize("place", ["grad", "update"])
+def test_mugrokfast_gets_the_place(tmp_path, place, single_thread):
+    eng, model, cfg = _engine(tmp_path, ["--optimizer", "mugrokfast", "--grokfast-place", place])
+    assert cfg.grokfast_place == place
+    groups = eng.optimizer.param_groups
+    assert [g["use_muon"] for g in groups] == [True, False]
+    assert [g["grokfast_place"] for g in groups] == [place, place]  # AdamW's: read for Muon only
+    by_hand = mugrokfast.MuGrokfast(
+        mugrokfast.param_groups(model),
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        weight_decay=cfg.weight_decay,
+        muon_lr=cfg.muon_lr,
+        grokfast="ema",
+        grokfast_alpha=cfg.grokfast_alpha,
+        grokfast_lambda=cfg.grokfast_lambda,
+        grokfast_place=place,
+    )
+    assert _groups(eng.optimizer) == _groups(by_hand)
+    _same_lr(by_hand, eng.optimizer)
+    _same_steps(eng.task.model, eng.optimizer, model, by_hand)
+    # the update place keeps an EMA of the orthogonalised update on the Muon matrices only
+    for group in groups:
+        for p in group["params"]:
+            st = eng.optimizer.state[p]
+            assert ("grokfast_update_ema" in st) == (place == "update" and group["use_muon"])
+            assert ("grokfast_ema" in st) == (place == "grad" or not group["use_muon"])
+
+
 @pytest.mark.parametrize("filt", FILTERS)
 def test_grokfast_adamw_gets_the_filter_and_warmup(tmp_path, filt, single_thread):
     argv = ["--optimizer", "grokfast-adamw", "--grokfast", filt, "--grokfast-warmup-steps", "2"]
@@ -108,6 +140,20 @@ def test_toml_keys(tmp_path):
     toml.write_text('optimizer = "mugrokfast"\ngrokfast = "dual"\ngrokfast_warmup_steps = 50\n')
     cfg = build_config("train", None, str(toml), {})
     assert (cfg.grokfast, cfg.grokfast_warmup_steps) == ("dual", 50)
+    toml.write_text('optimizer = "mugrokfast"\ngrokfast_place = "update"\n')
+    assert build_config("train", None, str(toml), {}).grokfast_place == "update"
+    assert build_config("grok", None, str(toml), {}).grokfast_place == "update"
+    # a flag overrides the file
+    assert build_config("train", None, str(toml), {"grokfast_place": "grad"}).grokfast_place == (
+        "grad"
+    )
+
+
+def test_place_default_is_grad():
+    for kind in ("train", "grok"):
+        assert build_config(kind, None, None, {"optimizer": "mugrokfast"}).grokfast_place == "grad"
+    for preset in ("smoke", "quick", "phase1"):
+        assert build_config("train", preset, None, {}).grokfast_place == "grad"
 
 
 @pytest.mark.parametrize(
@@ -118,6 +164,16 @@ def test_toml_keys(tmp_path):
         (["--optimizer", "adamw", "--grokfast", "ma"], "optimizer adamw has no Grokfast filter"),
         (["--optimizer", "muon", "--grokfast", "ema"], "optimizer muon has no Grokfast filter"),
         (["--optimizer", "muon", "--grokfast-warmup-steps", "5"], "muon has no Grokfast"),
+        (["--grokfast-place", "middle"], "--grokfast-place: invalid choice: 'middle'"),
+        (["--optimizer", "muon", "--grokfast-place", "update"], "which optimizer muon does not"),
+        (["--optimizer", "adamw", "--grokfast-place", "update"], "which optimizer adamw does"),
+        (
+            ["--optimizer", "grokfast-adamw", "--grokfast-place", "update"],
+            "grokfast-place: update needs --optimizer mugrokfast",
+        ),
+        (["--grokfast", "ma", "--grokfast-place", "update"], "update takes --grokfast ema only"),
+        (["--grokfast", "dual", "--grokfast-place", "update"], "grokfast-place: update takes"),
+        (["--grokfast", "none", "--grokfast-place", "update"], "grokfast-place: update takes"),
     ],
 )
 def test_bad_or_ignored_filter_settings_are_errors(argv, message, capsys, tmp_path):
@@ -129,6 +185,19 @@ def test_bad_or_ignored_filter_settings_are_errors(argv, message, capsys, tmp_pa
 def test_no_filter_is_allowed_with_unfiltered_optimizers():
     cfg = build_config("train", None, None, {"optimizer": "adamw", "grokfast": "none"})
     assert cfg.grokfast == "none"
+    cfg = build_config("train", None, None, {"optimizer": "muon", "grokfast_place": "grad"})
+    assert cfg.grokfast_place == "grad"  # the default place: nothing to refuse
+
+
+@pytest.mark.parametrize("optimizer", ["muon", "adamw", "grokfast-adamw"])
+def test_update_place_from_a_file_is_refused_naming_the_file(tmp_path, optimizer):
+    toml = tmp_path / "run.toml"
+    toml.write_text('grokfast_place = "update"\n')
+    with pytest.raises(ConfigError, match=r"run.toml: grokfast-place: update needs") as exc:
+        build_config("train", None, str(toml), {"optimizer": optimizer})
+    assert exc.value.field == "grokfast_place"
+    with pytest.raises(ConfigError, match="grokfast-place: update takes --grokfast ema only"):
+        build_config("grok", None, str(toml), {"optimizer": "mugrokfast", "grokfast": "ma"})
 
 
 def test_help_says_what_they_do(capsys):
@@ -137,6 +206,7 @@ def test_help_says_what_they_do(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--grokfast {ema,ma,dual,none}" in text
     assert "--grokfast-warmup-steps GROKFAST_WARMUP_STEPS steps during which" in text
+    assert "--grokfast-place {grad,update} where mugrokfast's EMA acts" in text
     assert "--qk-clip TAU QK-clip (MuonClip)" in text
 
 
@@ -148,3 +218,26 @@ def test_boost_on_grokking_amplifies_the_ma_term(tmp_path, single_thread):
     assert "5 -> 7.5" in msg
     assert {g["grokfast_ma_lambda"] for g in eng.optimizer.param_groups} == {7.5}
     assert grokfast_lambda(eng.optimizer) == 7.5
+
+
+def test_resume_with_another_place_is_refused_or_applied_with_override(tmp_path, capsys):
+    """A changed place is a changed setting like a changed filter: refused on resume, taken
+    with --override (the Muon groups then start their update EMA at the resume step)."""
+    out = tmp_path / "run"
+    base = ["grok", "--preset", "smoke", "--optimizer", "mugrokfast", "--output-dir", str(out)]
+    assert main([*base, "--max-steps", "10"]) == 0
+    changed = [*base, "--max-steps", "14", "--grokfast-place", "update"]
+    assert main(changed) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "settings differ" in err and "grokfast_place 'grad' -> 'update'" in err
+    assert main([*changed, "--override"]) == 0
+    step = out / "checkpoints" / "step-000014"
+    ts = json.loads((step / "trainer_state.json").read_text())
+    event = [e for e in ts["events"] if e["event"] == "override"]
+    assert event[0]["changed"]["grokfast_place"] == ["grad", "update"]
+    saved = ck.load_torch_state(step)["optimizer"]
+    for group in saved["param_groups"]:
+        assert group["grokfast_place"] == "update"
+        for i in group["params"]:
+            has = "grokfast_update_ema" in saved["state"][i]
+            assert has == group["use_muon"]

@@ -36,6 +36,7 @@ LOG_BACKENDS: tuple[str, ...] = ("wandb", "tensorboard")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 LOSS_ON: tuple[str, ...] = ("answers", "all")
 GROKFAST_FILTERS: tuple[str, ...] = ("ema", "ma", "dual", "none")
+GROKFAST_PLACES: tuple[str, ...] = ("grad", "update")
 # optimizers without a Grokfast filter: --grokfast / --grokfast-warmup-steps given with them
 # would be ignored, so build_config refuses them
 UNFILTERED: tuple[str, ...] = ("adamw", "muon")
@@ -86,6 +87,13 @@ class RunConfig:
     )
     grokfast_warmup_steps: int = opt(
         0, "steps during which the Grokfast filter state is updated but not applied"
+    )
+    grokfast_place: str = opt(
+        "grad",
+        "where mugrokfast's EMA acts in the Muon groups: grad (the raw gradient, the paper's "
+        "filter) or update (Muon's orthogonalised update, lambda a relative weight; needs "
+        "--grokfast ema; AdamW groups filter the gradient either way)",
+        choices=GROKFAST_PLACES,
     )
     grokfast_alpha: float = opt(0.98, "EMA decay of the Grokfast filter")
     grokfast_lambda: float = opt(0.1, "Grokfast amplification (ema, dual: of the EMA term)")

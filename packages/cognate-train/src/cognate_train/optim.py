@@ -4,7 +4,8 @@
 
 * ``mugrokfast``: ``mugrokfast.MuGrokfast`` over ``mugrokfast.param_groups(model)``: the Grokfast
   filter (``--grokfast``, EMA by default) on the raw gradients, then Muon for hidden matrices
-  and AdamW for embeddings, the head, norms and biases.
+  and AdamW for embeddings, the head, norms and biases. ``--grokfast-place update`` moves the
+  Muon groups' EMA onto the orthogonalised update (``MuGrokfast(grokfast_place="update")``).
 * ``muon``: the same routing with the filter off (``grokfast=None``).
 * ``grokfast-adamw``: ``mugrokfast.Grokfast`` (the ``--grokfast`` filter) in front of
   ``torch.optim.AdamW``.
@@ -98,6 +99,8 @@ def build_optimizer(name: str, model: torch.nn.Module, cfg: Any) -> torch.optim.
             grokfast_alpha=cfg.grokfast_alpha,
             grokfast_lambda=cfg.grokfast_lambda,
             grokfast_warmup_steps=cfg.grokfast_warmup_steps,
+            # muon: no filter, so no place (validation refuses "update" with it)
+            grokfast_place=cfg.grokfast_place if name == "mugrokfast" else "grad",
             distributed=True,  # under torchrun: Newton-Schulz split across ranks
         )
     raise ValueError(

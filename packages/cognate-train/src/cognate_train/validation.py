@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .config import (
     GROKFAST_FILTERS,
+    GROKFAST_PLACES,
     LOG_BACKENDS,
     OPTIMIZERS,
     PRECISIONS,
@@ -66,6 +67,7 @@ def _validate_run(cfg: RunConfig) -> None:
         f"must be one of {', '.join(GROKFAST_FILTERS)}, got {cfg.grokfast!r}",
     )
     c(cfg.grokfast_warmup_steps >= 0, "grokfast_warmup_steps", "must be >= 0")
+    _validate_place(cfg)
     c(1 <= cfg.lambda_boost < math.inf, "lambda_boost", "must be >= 1 (1 disables the boost)")
     c(cfg.warmup_steps >= 0, "warmup_steps", "must be >= 0")
     c(0 <= cfg.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]")
@@ -101,6 +103,24 @@ def _validate_run(cfg: RunConfig) -> None:
         raise ConfigError(
             "early-stopping-patience: grokking-aware mode runs without early stopping; set it to 0"
         )
+
+
+def _validate_place(cfg: RunConfig) -> None:
+    """``grokfast_place="update"`` filters Muon's orthogonalised update with the EMA filter:
+    only ``mugrokfast`` has that update (``grokfast-adamw`` wraps AdamW, ``muon`` and ``adamw``
+    have no filter), and only ``ema`` has a place (the MA and dual filters stay on the
+    gradient). Refused rather than ignored."""
+    c = lambda cond, msg: _check(cfg, cond, "grokfast_place", msg)  # noqa: E731
+    place = cfg.grokfast_place
+    c(place in GROKFAST_PLACES, f"must be one of {', '.join(GROKFAST_PLACES)}, got {place!r}")
+    if place == "grad":
+        return
+    c(
+        cfg.optimizer == "mugrokfast",
+        f"update needs --optimizer mugrokfast (it filters Muon's orthogonalised update, "
+        f"which optimizer {cfg.optimizer} does not have)",
+    )
+    c(cfg.grokfast == "ema", f"update takes --grokfast ema only, got {cfg.grokfast}")
 
 
 def _validate_grok(cfg: GrokConfig) -> None:
