@@ -14,7 +14,9 @@ built-in task families: 15 in the committed runs, 16 since `hops` was added) at 
 
 An optimizer spec may carry overrides of the run's config fields (``TrainConfig`` names), which
 is how the tuning sweep was run: ``--optimizer adamw:lr=0.01,muon:muon_lr=0.02``. Each spec is
-a separate row, labelled as written.
+a separate row, labelled as written. ``mugrokfast`` takes ``grokfast_place`` too (``grad``, the
+default, or ``update``: ``MuGrokfast(grokfast_place="update")``, the EMA on Muon's
+orthogonalised update): ``--optimizer mugrokfast:grokfast_place=update:grokfast_lambda=0.5``.
 
 Benchmark-side optimizers (not ``cognate-train`` choices) run through the same trainer: the
 config is the ``muon`` run's, and the optimizer is swapped for one built over the same routing
@@ -77,7 +79,12 @@ DEFAULT_HP: dict[str, dict[str, Any]] = {
     **{name: dict(e["hp"]) for name, e in peers.PEERS.items()},
 }
 # fields a spec may override (the optimizer's own knobs; the task stays fixed)
-HP_FIELDS = ("lr", "muon_lr", "weight_decay", "grokfast_alpha", "grokfast_lambda", "grad_clip")
+HP_FIELDS = (
+    *("lr", "muon_lr", "weight_decay", "grokfast_alpha", "grokfast_lambda", "grokfast_place"),
+    "grad_clip",
+)
+# fields whose value is a word, kept as a string (the rest are numbers)
+STRING_FIELDS = ("place", "grokfast_place")
 # the TrainConfig fields a benchmark-side optimizer takes from its hp (the rest is the builder's)
 CONFIG_FIELDS = ("lr", "muon_lr", "weight_decay", "grad_clip")
 
@@ -98,7 +105,7 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
                 f"--optimizer {spec!r}: expected NAME:FIELD=VALUE with FIELD one of "
                 f"{', '.join(dict.fromkeys(fields))}"
             )
-        if key == "place":
+        if key in STRING_FIELDS:
             hp[key] = value
             continue
         try:
