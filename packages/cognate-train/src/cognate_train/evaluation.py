@@ -129,6 +129,7 @@ def _greedy(
     batch_size: int,
     device: str | torch.device,
     use_cache: bool = True,
+    max_prompt_tokens: int | None = None,
 ) -> list[tuple[list[int], bool]]:
     """Greedy decoding of `<bos> prompt` for each prompt: (new token ids before `<eos>`, stopped).
 
@@ -136,12 +137,17 @@ def _greedy(
     runs only as many steps as its largest budget needs; a batch also stops once every row has
     produced `<eos>`. Each row gets at least its own budget of new tokens. Decoding uses the
     model's KV cache where it has one (see `_decode`; `use_cache=False`: the full re-run).
+    `max_prompt_tokens` keeps only each prompt's last tokens (a left cut, before grouping; the
+    real-data metrics' `greedy_generate` uses it).
     """
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     if bos is None or eos is None:
         raise ValueError("tokenizer needs bos_token_id and eos_token_id")
     use_cache = use_cache and _takes_cache(model)  # once, not per batch
     encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
+    if max_prompt_tokens is not None:
+        keep = _check_positive("max_prompt_tokens", max_prompt_tokens)
+        encoded = [ids[-keep:] for ids in encoded]
     groups: dict[int, list[int]] = defaultdict(list)
     for i, ids in enumerate(encoded):
         groups[len(ids)].append(i)

@@ -1,7 +1,10 @@
-"""Batched greedy generation for the number and code datasets' metrics.
+"""Greedy generation for the number and code datasets' metrics (gsm8k, svamp, mbpp pass@1).
 
-Batching pads on the right: in a causal model a position never sees later ones, so padding
-after a row's last real token cannot change that row's logits or its greedy continuation.
+The curriculum evaluation's decoding (`cognate_train.evaluation._greedy`), shared rather than
+repeated: prompts are grouped by token length, so no batch holds padding and every row decodes
+exactly as it would alone; each batch is prefilled once, then decodes one token per step with
+the model's KV cache. A model whose forward takes no cache (or returns none) re-runs the whole
+sequence each step instead, with the same tokens.
 """
 
 from __future__ import annotations
@@ -11,22 +14,7 @@ from typing import Any
 
 import torch
 
-from ..evaluation import EvalMode, logits_of
-
-
-def right_pad(rows: Sequence[Sequence[int]], pad: int, device: Any) -> tuple[torch.Tensor, ...]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return ids.to(device), mask.to(device)
-
-
-def pad_id(tokenizer: Any) -> int:
-    pad = tokenizer.pad_token_id
-    return int(pad if pad is not None else tokenizer.eos_token_id)
+from .. import evaluation
 
 
 @torch.no_grad()
@@ -41,41 +29,16 @@ def greedy_generate(
 ) -> list[str]:
     """Greedy continuation of `<bos> prompt` until `<eos>` or `max_new_tokens`, decoded.
 
-    Rows are right-padded and each row has its own cursor: a step appends the argmax at the
-    row's last real position. With `max_len`, a prompt is cut from the left so that prompt and
-    generation fit it. Results come back in the order of `prompts`.
+    The text before the first `<eos>`, other special tokens decoded literally. With `max_len`,
+    a prompt is cut from the left to its last max(1, max_len - max_new_tokens - 1) tokens, so
+    that `<bos>`, prompt and generation fit it. Results come back in the order of `prompts`.
     """
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError("max_new_tokens and batch_size must be positive")
-    bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, pad_id(tokenizer)
-    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
     keep = None if max_len is None else max(1, max_len - max_new_tokens - 1)
-    rows = [[bos, *(ids[-keep:] if keep else ids)] for ids in encoded]
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
-    out: list[str] = [""] * len(rows)
-    with EvalMode(model):
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            starts = [len(rows[i]) for i in chunk]
-            ids, _ = right_pad([rows[i] + [pad] * max_new_tokens for i in chunk], pad, device)
-            lens = torch.tensor(starts, device=ids.device)
-            mask = (torch.arange(ids.shape[1], device=ids.device)[None] < lens[:, None]).long()
-            done = torch.zeros(len(chunk), dtype=torch.bool, device=ids.device)
-            arange = torch.arange(len(chunk), device=ids.device)
-            for _ in range(max_new_tokens):
-                width = int(lens.max())
-                logits = logits_of(model(input_ids=ids[:, :width], attention_mask=mask[:, :width]))
-                nxt = logits[arange, lens - 1].argmax(dim=-1)
-                live = ~done
-                ids[arange[live], lens[live]] = nxt[live]
-                mask[arange[live], lens[live]] = 1
-                lens = lens + live.long()
-                done |= nxt == eos
-                if bool(done.all()):
-                    break
-            for row, i in enumerate(chunk):
-                new = ids[row, starts[row] : int(lens[row])].tolist()
-                if eos in new:
-                    new = new[: new.index(eos)]
-                out[i] = tokenizer.decode(new, skip_special_tokens=False)
-    return out
+    budgets = [max_new_tokens] * len(prompts)
+    # looked up on the module at call time: benchmarks/eval_decoding.py swaps in use_cache=False
+    out = evaluation._greedy(
+        model, tokenizer, prompts, budgets, batch_size, device, max_prompt_tokens=keep
+    )
+    return [tokenizer.decode(ids, skip_special_tokens=False) for ids, _ in out]

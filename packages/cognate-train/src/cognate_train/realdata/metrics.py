@@ -18,9 +18,10 @@
   subprocess is a resource limit, not a security sandbox: enable execution only for code you
   are willing to run.
 
-Batching pads on the right: in a causal model a position never sees later ones, so padding
-after a row's last real token cannot change that row's logits (the tests check batched results
-against one-row computations).
+Scoring (choices, loss) batches pad on the right: in a causal model a position never sees
+later ones, so padding after a row's last real token cannot change that row's logits (the tests
+check batched results against one-row computations). Generation batches equal-length prompts
+without padding and decodes with the model's KV cache (`generation`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from ..data import IGNORE_INDEX
 from ..evaluation import EvalMode, logits_of
 from .execution import run_program
-from .generation import greedy_generate, pad_id, right_pad
+from .generation import greedy_generate
 from .packing import TokenizedSplit
 from .templates import TEMPLATES, Record
 
@@ -56,6 +57,24 @@ __all__ = [
     "split_answer_loss",
     "split_examples",
 ]
+
+
+def right_pad(rows: Sequence[Sequence[int]], pad: int, device: Any) -> tuple[torch.Tensor, ...]:
+    """(ids, mask), each (B, longest row): the rows padded on the right with `pad`."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The tokenizer's padding id, else its `<eos>` id."""
+    pad = tokenizer.pad_token_id
+    return int(pad if pad is not None else tokenizer.eos_token_id)
+
 
 _NUMBER = re.compile(r"-?[\d,]*\.?\d+")
 DEFAULT_NEW_TOKENS = {"gsm8k": 256, "svamp": 48, "mbpp": 256}
