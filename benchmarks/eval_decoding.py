@@ -12,9 +12,20 @@ train` evaluates). Untrained, ACT never halts early, so every token runs all cyc
 
 Runs are interleaved (every setting cached then uncached, the order flipped every rep), after
 one warm-up of each; the median of `--reps` per setting and the median of the per-rep ratios
-uncached / cached are reported, and the two paths' answers are checked to be identical.
+uncached / cached are reported, and the paths' answers are checked to be identical.
+
+`--realdata` times the real-data metrics' generation instead (`realdata.greedy_generate`, which
+gsm8k / svamp exact match and mbpp pass@1 use, with `max_len` = the model's `max_seq_len`) on
+--n-val synthetic prompts per generating dataset, tokenised by a BPE trained on other synthetic
+rows: cached, uncached, and the right-padded full re-run that `greedy_generate` was before it
+shared the cached decoding (mixed-length batches, so larger ones than the cached path's
+equal-length groups). The synthetic prompts take few distinct lengths; `--spread` gives
+nearly every prompt its own (filler words in front): the bad case for the cached path's
+grouping, closer to real prompts, whose lengths spread widely.
 
     uv run python benchmarks/eval_decoding.py --out benchmarks/results/eval_decoding.json
+    uv run python benchmarks/eval_decoding.py --realdata --presets cognate-tiny \
+        --out benchmarks/results/eval_decoding_realdata.json
 """
 
 from __future__ import annotations
@@ -38,8 +49,15 @@ import torch
 from cognate_model import CognateConfig, CognateForCausalLM
 from cognate_train import evaluation
 from cognate_train.data import make_split
+from cognate_train.realdata.generation import greedy_generate
+from cognate_train.realdata.metrics import pad_id, right_pad
+from cognate_train.realdata.synthetic import synthetic_rows
+from cognate_train.realdata.templates import TEMPLATES
+from cognate_train.realdata.tokenizer import train_bpe
 from cognate_train.tasks import FAMILIES
 from cognate_train.tokenizer import build_tokenizer
+
+REALDATA = ("gsm8k", "svamp", "mbpp")  # the datasets whose metrics generate
 
 
 @contextlib.contextmanager
@@ -53,63 +71,121 @@ def uncached() -> Iterator[None]:
         evaluation._greedy = greedy
 
 
+def without_cache(fn: Callable[[], Any]) -> Callable[[], Any]:
+    def call() -> Any:
+        with uncached():
+            return fn()
+
+    return call
+
+
+@torch.no_grad()
+def right_padded_generate(
+    model: Any, tok: Any, prompts: list[str], max_new_tokens: int, batch_size: int, max_len: int
+) -> list[str]:
+    """`greedy_generate` before it shared the cached decoding (commit 1e68002), the baseline:
+    prompts sorted by length and right-padded in batches, every step re-running the whole
+    prefix with a per-row cursor (no cache)."""
+    bos, eos, pad = tok.bos_token_id, tok.eos_token_id, pad_id(tok)
+    keep = max(1, max_len - max_new_tokens - 1)
+    rows = [[bos, *ids[-keep:]] for ids in tok(prompts, add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+    out = [""] * len(rows)
+    with evaluation.EvalMode(model):
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            starts = [len(rows[i]) for i in chunk]
+            ids, _ = right_pad([rows[i] + [pad] * max_new_tokens for i in chunk], pad, "cpu")
+            lens = torch.tensor(starts)
+            mask = (torch.arange(ids.shape[1])[None] < lens[:, None]).long()
+            done = torch.zeros(len(chunk), dtype=torch.bool)
+            arange = torch.arange(len(chunk))
+            for _ in range(max_new_tokens):
+                width = int(lens.max())
+                out_ = model(input_ids=ids[:, :width], attention_mask=mask[:, :width])
+                nxt = evaluation.logits_of(out_)[arange, lens - 1].argmax(dim=-1)
+                live = ~done
+                ids[arange[live], lens[live]] = nxt[live]
+                mask[arange[live], lens[live]] = 1
+                lens = lens + live.long()
+                done |= nxt == eos
+                if bool(done.all()):
+                    break
+            for row, i in enumerate(chunk):
+                new = ids[row, starts[row] : int(lens[row])].tolist()
+                new = new[: new.index(eos)] if eos in new else new
+                out[i] = tok.decode(new, skip_special_tokens=False)
+    return out
+
+
 def model_for(preset: str, specialization: str, vocab: int) -> CognateForCausalLM:
     torch.manual_seed(0)
     config = CognateConfig.from_preset(preset, specialization, vocab_size=vocab)
     return CognateForCausalLM(config).eval()
 
 
-def settings(args: argparse.Namespace, model: Any, tok: Any, examples: list) -> dict[str, Any]:
-    """name -> a call returning what it computed (to compare the two paths)."""
+Variants = dict[str, Callable[[], Any]]
+
+
+def settings(args: argparse.Namespace, model: Any, tok: Any, examples: list) -> dict[str, Variants]:
+    """name -> {"cached": call, "uncached": call, ...}, each call returning what it computed (to
+    compare the paths). With --realdata, `examples` are prompts and a third variant, "padded",
+    is the right-padded re-run that `greedy_generate` was before."""
     bs = args.batch_size
-    prompts = [ex.prompt for ex in examples]
-    out: dict[str, Callable[[], Any]] = {
-        "exact_match": lambda: evaluation.exact_match(model, tok, examples, bs),
+    out: dict[str, Callable[[], Any]] = {}
+    extra: dict[str, Variants] = {}
+    if args.realdata:
+        max_len = model.config.max_seq_len
+        for n in args.new_tokens:
+            out[f"greedy_generate_{n}"] = functools.partial(
+                greedy_generate, model, tok, examples, n, bs, max_len=max_len
+            )
+            extra[f"greedy_generate_{n}"] = {
+                "padded": functools.partial(
+                    right_padded_generate, model, tok, examples, n, bs, max_len
+                )
+            }
+    else:
+        prompts = [ex.prompt for ex in examples]
+        out["exact_match"] = lambda: evaluation.exact_match(model, tok, examples, bs)
+        for n in args.new_tokens:
+            out[f"generate_{n}"] = lambda n=n: evaluation.generate_answers(
+                model, tok, prompts, max_new_tokens=n, batch_size=bs
+            )
+    return {
+        k: {"cached": fn, "uncached": without_cache(fn), **extra.get(k, {})}
+        for k, fn in out.items()
     }
-    for n in args.new_tokens:
-        out[f"generate_{n}"] = lambda n=n: evaluation.generate_answers(
-            model, tok, prompts, max_new_tokens=n, batch_size=bs
-        )
-    return out
-
-
-def timed(fn: Callable[[], Any], cache: bool) -> tuple[float, Any]:
-    with contextlib.nullcontext() if cache else uncached():
-        start = time.perf_counter()
-        result = fn()
-        return time.perf_counter() - start, result
 
 
 def run_model(args: argparse.Namespace, preset: str, tok: Any, examples: list) -> list[dict]:
     model = model_for(preset, args.specialization, len(tok))
     calls = settings(args, model, tok, examples)
-    for cache in (True, False):  # warm-up: one short call each
-        timed(lambda: evaluation.generate_answers(model, tok, ["1+1="], 2), cache)
-    times: dict[tuple[str, bool], list[float]] = {(k, c): [] for k in calls for c in (1, 0)}
+    warm = functools.partial(evaluation.generate_answers, model, tok, ["1+1="], 2)
+    warm(), without_cache(warm)()  # warm-up: one short call each
+    times = {(k, v): [] for k, variants in calls.items() for v in variants}
     same: dict[str, bool] = dict.fromkeys(calls, True)
     for rep in range(args.reps):
-        for name, fn in calls.items():
+        for name, variants in calls.items():
             results = {}
-            for cache in (True, False) if rep % 2 == 0 else (False, True):
-                seconds, results[cache] = timed(fn, cache)
-                times[(name, int(cache))].append(seconds)
-            same[name] &= results[True] == results[False]
+            for v in list(variants) if rep % 2 == 0 else list(variants)[::-1]:
+                start = time.perf_counter()
+                results[v] = variants[v]()
+                times[(name, v)].append(time.perf_counter() - start)
+            same[name] &= all(r == results["cached"] for r in results.values())
         print(f"[{preset}] rep {rep + 1}/{args.reps} done", file=sys.stderr, flush=True)
     rows = []
-    for name in calls:
-        c, u = times[(name, 1)], times[(name, 0)]
-        rows.append(
-            {
-                "preset": preset,
-                "setting": name,
-                "cached_s": statistics.median(c),
-                "uncached_s": statistics.median(u),
-                "speedup": statistics.median(b / a for a, b in zip(c, u, strict=True)),
-                "cached_all": c,
-                "uncached_all": u,
-                "same_output": same[name],
-            }
-        )
+    for name, variants in calls.items():
+        c = times[(name, "cached")]
+        row = {"preset": preset, "setting": name, "cached_s": statistics.median(c)}
+        for v in variants:
+            if v != "cached":
+                t = times[(name, v)]
+                row[f"{v}_s"] = statistics.median(t)
+                speedup = "speedup" if v == "uncached" else f"speedup_{v}"
+                row[speedup] = statistics.median(b / a for a, b in zip(c, t, strict=True))
+        rows.append({**row, **{f"{v}_all": times[(name, v)] for v in variants}})
+        rows[-1]["same_output"] = same[name]
     return rows
 
 
@@ -119,6 +195,7 @@ def write(args: argparse.Namespace, rows: list[dict], meta: dict[str, Any]) -> N
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(out)
+    padded = "padded_s" in rows[0]
     md = [
         "# Evaluation decoding: KV cache vs full re-run (CPU)",
         "",
@@ -128,16 +205,40 @@ def write(args: argparse.Namespace, rows: list[dict], meta: dict[str, Any]) -> N
         f"- load average before/after: {meta['load_average_before_after']}",
         f"- settings: {json.dumps(meta['settings'])}",
         "- speed-up: median over reps of uncached / cached wall time of the same call",
-        "",
-        "| preset | call | cached s | uncached s | speed-up | same answers |",
-        "|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    if padded:
         md.append(
-            f"| {r['preset']} | {r['setting']} | {r['cached_s']:.3f} | {r['uncached_s']:.3f} "
-            f"| {r['speedup']:.2f}x | {r['same_output']} |"
+            "- real-data `greedy_generate` (synthetic prompts); right-padded: the algorithm it "
+            "replaced (mixed-length batches padded on the right, whole prefix re-run every step)"
         )
+    head = "| preset | call | cached s | uncached s | speed-up |"
+    head += " right-padded s | speed-up vs right-padded |" if padded else ""
+    md += ["", head + " same answers |", "|---" * (head.count("|")) + "|"]
+    for r in rows:
+        line = f"| {r['preset']} | {r['setting']} | {r['cached_s']:.3f} | {r['uncached_s']:.3f} "
+        line += f"| {r['speedup']:.2f}x |"
+        if padded:
+            line += f" {r['padded_s']:.3f} | {r['speedup_padded']:.2f}x |"
+        md.append(line + f" {r['same_output']} |")
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
+
+
+def curriculum_prompts(args: argparse.Namespace) -> tuple[Any, list, list[str]]:
+    """The project tokenizer, --n-val validation examples per curriculum family, their prompts."""
+    _, examples = make_split(list(FAMILIES), n_train=0, n_val=args.n_val, seed=0)
+    return build_tokenizer(), examples, [ex.prompt for ex in examples]
+
+
+def realdata_prompts(args: argparse.Namespace) -> tuple[Any, list[str], list[str]]:
+    """A BPE trained on 200 synthetic rows per generating dataset, and --n-val other rows'
+    prompts per dataset (made-up text in the hub schemas: `realdata.synthetic`)."""
+    train = [TEMPLATES[n].build(r) for n in REALDATA for r in synthetic_rows(n, 200, seed=1)]
+    tok = train_bpe([r.prompt + r.answer for r in train], args.vocab_size)
+    rows = [TEMPLATES[n].build(r) for n in REALDATA for r in synthetic_rows(n, args.n_val, 0)]
+    prompts = [r.prompt for r in rows]
+    if args.spread:  # prompt i gets i filler words in front: few prompts share a length
+        prompts = ["x " * i + p for i, p in enumerate(prompts)]
+    return tok, prompts, prompts
 
 
 def main() -> None:
@@ -149,14 +250,24 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--realdata",
+        action="store_true",
+        help="time the real-data metrics' greedy_generate on synthetic gsm8k/svamp/mbpp prompts "
+        "(--n-val per dataset, a BPE of --vocab-size), also against the right-padded re-run",
+    )
+    p.add_argument("--vocab-size", type=int, default=1024, help="--realdata: the BPE's size")
+    p.add_argument(
+        "--spread",
+        action="store_true",
+        help="--realdata: prompt i gets i filler words, so few prompts share a length (the "
+        "cached path's bad case: batches of about one row; real prompts' lengths spread widely)",
+    )
     p.add_argument("--out", default="benchmarks/results/eval_decoding.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    tok = build_tokenizer()
-    _, examples = make_split(list(FAMILIES), n_train=0, n_val=args.n_val, seed=0)
-    lengths = [
-        len(ids) for ids in tok([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
-    ]
+    tok, examples, prompts = realdata_prompts(args) if args.realdata else curriculum_prompts(args)
+    lengths = [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]]
     git = ["git", "rev-parse", "--short", "HEAD"]
     commit = subprocess.run(git, capture_output=True, text=True).stdout.strip()
     start, load_before = time.perf_counter(), os.getloadavg()
@@ -171,8 +282,8 @@ def main() -> None:
         "commit": commit,
         "settings": {
             **{k: v for k, v in vars(args).items() if k != "out"},
-            "families": list(FAMILIES),
-            "prompts": len(examples),
+            "families": list(REALDATA if args.realdata else FAMILIES),
+            "prompts": len(prompts),
             "prompt_tokens_min_max": [min(lengths), max(lengths)],
             "distinct_prompt_lengths": len(set(lengths)),
         },
