@@ -42,6 +42,21 @@ def _same_steps(model_a, opt_a, model_b, opt_b, steps: int = 6) -> None:
         torch.testing.assert_close(pa, pb, rtol=0, atol=0, msg=name)
 
 
+def _by_hand(model, cfg, **filter_kw) -> mugrokfast.MuGrokfast:
+    """MuGrokfast built from the library over `model`'s routing, with the run's optimizer
+    settings and the filter settings given: the reference the trainer's optimizer must equal."""
+    return mugrokfast.MuGrokfast(
+        mugrokfast.param_groups(model),
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        weight_decay=cfg.weight_decay,
+        muon_lr=cfg.muon_lr,
+        grokfast_alpha=cfg.grokfast_alpha,
+        grokfast_lambda=cfg.grokfast_lambda,
+        **filter_kw,
+    )
+
+
 def _groups(opt) -> list[dict]:
     """Every group setting but the schedule's (the engine's LambdaLR has scaled `lr` by its
     warmup factor and added `initial_lr`)."""
@@ -58,16 +73,8 @@ def _same_lr(opt, like) -> None:
 def test_mugrokfast_gets_the_filter_and_warmup(tmp_path, filt, single_thread):
     argv = ["--grokfast", filt, "--grokfast-warmup-steps", "3"]
     eng, model, cfg = _engine(tmp_path, argv)
-    by_hand = mugrokfast.MuGrokfast(
-        mugrokfast.param_groups(model),
-        lr=cfg.lr,
-        betas=tuple(cfg.betas),
-        weight_decay=cfg.weight_decay,
-        muon_lr=cfg.muon_lr,
-        grokfast=None if filt == "none" else filt,
-        grokfast_alpha=cfg.grokfast_alpha,
-        grokfast_lambda=cfg.grokfast_lambda,
-        grokfast_warmup_steps=3,
+    by_hand = _by_hand(
+        model, cfg, grokfast=None if filt == "none" else filt, grokfast_warmup_steps=3
     )
     assert cfg.grokfast == filt and cfg.grokfast_warmup_steps == 3
     assert _groups(eng.optimizer) == _groups(by_hand)
@@ -82,17 +89,7 @@ def test_mugrokfast_gets_the_place(tmp_path, place, single_thread):
     groups = eng.optimizer.param_groups
     assert [g["use_muon"] for g in groups] == [True, False]
     assert [g["grokfast_place"] for g in groups] == [place, place]  # AdamW's: read for Muon only
-    by_hand = mugrokfast.MuGrokfast(
-        mugrokfast.param_groups(model),
-        lr=cfg.lr,
-        betas=tuple(cfg.betas),
-        weight_decay=cfg.weight_decay,
-        muon_lr=cfg.muon_lr,
-        grokfast="ema",
-        grokfast_alpha=cfg.grokfast_alpha,
-        grokfast_lambda=cfg.grokfast_lambda,
-        grokfast_place=place,
-    )
+    by_hand = _by_hand(model, cfg, grokfast="ema", grokfast_place=place)
     assert _groups(eng.optimizer) == _groups(by_hand)
     _same_lr(by_hand, eng.optimizer)
     _same_steps(eng.task.model, eng.optimizer, model, by_hand)
