@@ -31,10 +31,13 @@ Variants (`--variants`): reasoning, speed, memory (the specializations), no_recu
 reasoning config with 1 cycle x 1 micro step: the same parameters, no recursion), and two
 design probes on the reasoning config: reasoning_prenorm (the earlier pre-norm recursion
 block, h + f(norm h), for the before/after scale figures) and reasoning_latent_attn (the latent
-update also attends causally to the other positions' latents: does it help?), and two
-variants for the cycle-CE goal: reasoning_last_cycle (TRM's deep recursion: cycles 1..C-1
-without grad, CE on the last cycle only) and reasoning_rising (supervision weights 0, 1, 2, 4,
-8 for y0..y4).
+update also attends causally to the other positions' latents: does it help?), and variants
+for the cycle-CE goal: reasoning_last_cycle (TRM's deep recursion: cycles 1..C-1 without grad,
+CE on the last cycle only), reasoning_rising (supervision weights 0, 1, 2, 4, 8 for y0..y4),
+reasoning_per_cycle (every cycle from a detached (y, z), the default supervision weights:
+the reasoning specialization before 2026-12-01), reasoning_full_grad(_rising)
+(`recursion_gradient="all_cycles"`: backward through every cycle) and three probes with TRM's
+input injection (reasoning_inject, reasoning_inject_full_grad(_rising): z = net(z + y + x)).
 
     uv run python benchmarks/recursion.py --steps 900 --extra-cycles 4 \\
         --variants reasoning,no_recursion,reasoning_prenorm,reasoning_latent_attn,speed \\
@@ -66,21 +69,38 @@ from grokking import machine_info  # noqa: E402
 MULTI_STEP = ("arith_add_long", "sort", "arith_chain")
 HOPS = "hops"  # reported on its own (and per hop count): not part of MULTI_STEP, so the
 # multi-step figures stay comparable with the runs made before the family existed
+RISING = [0, 1, 2, 4, 8]  # deep-supervision weights for y0..y4 that double with the cycle
+PER_CYCLE = {"recursion_gradient": "per_cycle", "deep_supervision_weights": None}
+ALL_CYCLES = {"recursion_gradient": "all_cycles"}
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "reasoning": ("reasoning", {}),
     "speed": ("speed", {}),
     "memory": ("memory", {}),
-    "no_recursion": ("reasoning", {"trm_cycles": 1, "trm_micro_steps": 1}),
+    "no_recursion": (
+        "reasoning",
+        {"trm_cycles": 1, "trm_micro_steps": 1, "deep_supervision_weights": None},
+    ),
     "reasoning_prenorm": ("reasoning", {}),
     "reasoning_latent_attn": ("reasoning", {}),
     # what makes later cycles lower val CE? (the cycle-CE goal of issue 10)
+    # every cycle from a detached (y, z), default weights 0.33 .. 1 (reasoning until 2026-12-01)
+    "reasoning_per_cycle": ("reasoning", PER_CYCLE),
     # TRM's deep recursion: cycles 1..C-1 without grad, the last with grad and the only CE term
     "reasoning_last_cycle": (
         "reasoning",
-        {"detach_between_cycles": False, "deep_supervision_weights": [0, 0, 0, 0, 1]},
+        {"recursion_gradient": "last_cycle", "deep_supervision_weights": [0, 0, 0, 0, 1]},
     ),
-    # deep supervision whose weights double with the cycle (no y0 term)
-    "reasoning_rising": ("reasoning", {"deep_supervision_weights": [0, 1, 2, 4, 8]}),
+    "reasoning_rising": ("reasoning", {**PER_CYCLE, "deep_supervision_weights": RISING}),
+    # backward through every cycle: later cycles' CE also trains what earlier ones hand on
+    "reasoning_full_grad": ("reasoning", {**ALL_CYCLES, "deep_supervision_weights": None}),
+    "reasoning_full_grad_rising": ("reasoning", {**ALL_CYCLES, "deep_supervision_weights": RISING}),
+    # TRM's input injection, z = net(z + y + x, attend to x) (`inject_input`)
+    "reasoning_inject": ("reasoning", PER_CYCLE),
+    "reasoning_inject_full_grad": ("reasoning", {**ALL_CYCLES, "deep_supervision_weights": None}),
+    "reasoning_inject_full_grad_rising": (
+        "reasoning",
+        {**ALL_CYCLES, "deep_supervision_weights": RISING},
+    ),
 }
 
 
@@ -133,9 +153,36 @@ def build(variant: str, vocab: int, tokenizer: Any, seed: int) -> CognateForCaus
         model.recursion.block = LatentAttnBlock(*dims)
         # halted positions cannot leave the computation when the others attend to them:
         # inference halting runs every cycle for every position in this probe
-        rec = model.recursion
-        rec._halting = lambda y, z, f, cycles, threshold: rec._all_cycles(y, z, f, cycles)
+        no_gathering(model.recursion)
+    if variant.startswith("reasoning_inject"):
+        inject_input(model.recursion)
     return model
+
+
+def inject_input(rec: Any) -> None:
+    """TRM's input injection on `rec`: the latent update also reads the position's own
+    features, z = net(z + y + x, attend to x). Inference halting then runs every cycle for
+    every position (the patched cycle reads x whole)."""
+    forward = rec.forward
+
+    def forward_keeping_x(x, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        rec._x = x
+        return forward(x, *args, **kwargs)
+
+    def cycle(y, z, f):  # noqa: ANN001, ANN202
+        for _ in range(rec.micro_steps):
+            z = rec.block(z + y + rec._x, f.k, f.v, f.mask, f.cos, f.sin)
+        y = rec.block(y + z)
+        return y, z, rec.act_head(z) if rec.act_head is not None else None
+
+    rec.forward, rec.cycle = forward_keeping_x, cycle
+    no_gathering(rec)
+
+
+def no_gathering(rec: Any) -> None:
+    """Inference halting on `rec` runs every cycle for every position (outputs as without
+    halting): for probes whose cycles cannot run on gathered positions alone."""
+    rec._halting = lambda y, z, f, cycles, *_: rec._all_cycles(y, z, f, cycles)
 
 
 def train_config() -> Any:
@@ -572,6 +619,20 @@ def greedy_check(model: CognateForCausalLM, tokenizer: Any, val: list, batches: 
     }
 
 
+def load_weights(model: CognateForCausalLM, saved: Path) -> None:
+    """The weights `save_pretrained` wrote into `model` as `build` made it (with the probe's
+    block or patch in place, which `from_pretrained` would not rebuild); eval mode."""
+    from safetensors.torch import load_file
+
+    missing, unexpected = model.load_state_dict(
+        load_file(saved / "model.safetensors"), strict=False
+    )
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise ValueError(f"{saved}: weights do not fit: {missing=} {unexpected=}")
+    model.tie_weights()
+    model.eval()
+
+
 def run_variant(name: str, args: argparse.Namespace, data: dict) -> dict:
     tok = data["tokenizer"]
     model = build(name, len(tok), tok, args.seed)
@@ -579,7 +640,7 @@ def run_variant(name: str, args: argparse.Namespace, data: dict) -> dict:
     saved = Path(args.models) / name if args.models else None
     loaded = saved is not None and (saved / "train.json").exists()
     if loaded:  # trained by an earlier invocation with the same settings
-        model = type(model).from_pretrained(saved).eval()
+        load_weights(model, saved)
         wall = json.loads((saved / "train.json").read_text())["train_wall_s"]
     else:
         wall = train(model, tok, data["train"], args.steps, args.seed)
@@ -626,6 +687,12 @@ def goals(results: dict[str, dict]) -> dict[str, Any]:
         out[f"{name}_each_cycle_lowers_ce"] = all(ce[i + 1] < ce[i] for i in range(c))
         out[f"{name}_cycle_C_vs_1"] = round(ce[c] / ce[1] - 1, 4)
         out[f"{name}_cycle_C_5pct_below_1"] = ce[c] <= 0.95 * ce[1]
+        multi = [row["multi_step_ce"] for row in r["cycles"]]
+        if multi[0] is not None:  # the same on the multi-step families alone
+            out[f"{name}_multi_step_each_cycle_lowers_ce"] = all(
+                multi[i + 1] < multi[i] for i in range(c)
+            )
+            out[f"{name}_multi_step_cycle_C_vs_1"] = round(multi[c] / multi[1] - 1, 4)
         extra = r["cycles"][c + 1 :]
         if extra:
             best = min(extra, key=lambda row: row["val_ce"])

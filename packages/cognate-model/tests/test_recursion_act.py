@@ -155,9 +155,9 @@ def test_speed_specialization_uses_fewer_cycles_than_reasoning():
     assert steps_s <= speed.config.trm_cycles < reasoning.config.trm_cycles
 
 
-@pytest.mark.parametrize("detach", [True, False])
-def test_gradients_reach_every_parameter(make_tiny, detach):
-    model = make_tiny(detach_between_cycles=detach).train()
+@pytest.mark.parametrize("mode", ["per_cycle", "all_cycles", "last_cycle"])
+def test_gradients_reach_every_parameter(make_tiny, mode):
+    model = make_tiny(recursion_gradient=mode).train()
     ids = _ids()
     model(ids, labels=ids).loss.backward()
     for name, p in model.named_parameters():
@@ -176,14 +176,35 @@ def test_untied_head_gets_its_own_gradient(make_tiny):
 
 
 def test_gradient_modes_of_the_cycles(make_tiny):
-    """detach_between_cycles=True: every cycle's answer carries gradient. False (TRM deep
+    """per_cycle and all_cycles: every cycle's answer carries gradient. last_cycle (TRM deep
     recursion): the intermediate cycles run under no_grad, only y_0 and the last do."""
     ids = _ids()
-    ys = make_tiny(detach_between_cycles=True).train()(ids, output_hidden_states=True)
-    assert all(y.requires_grad for y in ys.recursion_states)
-    ys = make_tiny(detach_between_cycles=False).train()(ids, output_hidden_states=True)
+    for mode in ("per_cycle", "all_cycles"):
+        ys = make_tiny(recursion_gradient=mode).train()(ids, output_hidden_states=True)
+        assert all(y.requires_grad for y in ys.recursion_states)
+    ys = make_tiny(recursion_gradient="last_cycle").train()(ids, output_hidden_states=True)
     flags = [y.requires_grad for y in ys.recursion_states]
     assert flags == [True, False, False, True]
+
+
+@pytest.mark.parametrize("mode, reaches", [("per_cycle", False), ("all_cycles", True)])
+def test_only_all_cycles_backpropagates_into_earlier_cycles(make_tiny, mode, reaches):
+    """The last answer's gradient reaches y_1 through the cycles between (all_cycles) or not at
+    all (per_cycle: each cycle starts from a detached (y, z))."""
+    model = make_tiny(recursion_gradient=mode).train()
+    ys = model(_ids(), output_hidden_states=True).recursion_states
+    (grad,) = torch.autograd.grad(ys[-1].sum(), ys[1], allow_unused=True)
+    assert (grad is not None and bool(grad.abs().max() > 0)) == reaches
+
+
+def test_detach_between_cycles_is_read_as_the_old_name_of_recursion_gradient():
+    from cognate_model import CognateConfig
+
+    for old, new in ((True, "per_cycle"), (False, "last_cycle")):
+        with pytest.warns(FutureWarning, match="recursion_gradient"):
+            assert CognateConfig(detach_between_cycles=old).recursion_gradient == new
+    with pytest.raises(ValueError, match="recursion_gradient must be one of"):
+        CognateConfig(recursion_gradient="every")
 
 
 def test_metrics_are_floats_with_the_trainer_prefixes(make_tiny):

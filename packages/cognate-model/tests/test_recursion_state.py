@@ -23,7 +23,7 @@ def test_every_cycle_state_has_rms_one_whatever_the_input_scale():
     """TRM's post-norm residuals: y_c and z_c have RMS 1 per position at every cycle, even when
     the features come in 100x too large (pre-norm residual sums grew ~3.7x per cycle)."""
     torch.manual_seed(0)
-    rec = TRMRecursion(32, 4, 64, 1e-6, 0.0, 4, 2, True, True).double()
+    rec = TRMRecursion(32, 4, 64, 1e-6, 0.0, 4, 2, "per_cycle", True).double()
     x = 100 * torch.randn(2, 10, 32, dtype=torch.float64)
     mask = torch.ones(1, 1, 10, 10, dtype=torch.bool).tril()
     cos, sin = torch.ones(10, 8, dtype=torch.float64), torch.zeros(10, 8, dtype=torch.float64)
@@ -265,3 +265,53 @@ def test_cached_decoding_at_test_time_depth_equals_a_full_forward(make_tiny, mon
         nxt = model(ref, use_cache=False, trm_cycles=7).logits[:, -1].argmax(-1, keepdim=True)
         ref = torch.cat((ref, nxt), 1)
     assert torch.equal(out, ref)
+
+
+def _rms(h, eps):
+    return h / (h.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+
+
+def _cross_attention(attn, h, feats, mask):
+    """Softmax attention of h's queries over feats' keys/values, written out (no rotary)."""
+    B, T, D = h.shape
+    H, hd = attn.n_heads, attn.head_dim
+    q = (h @ attn.q_proj.weight.T).view(B, T, H, hd).transpose(1, 2)
+    k = (feats @ attn.k_proj.weight.T).view(B, -1, H, hd).transpose(1, 2)
+    v = (feats @ attn.v_proj.weight.T).view(B, -1, H, hd).transpose(1, 2)
+    scores = (q @ k.transpose(-1, -2)) / hd**0.5
+    weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    return (weights @ v).transpose(1, 2).reshape(B, T, D) @ attn.o_proj.weight.T
+
+
+def test_cycles_follow_the_recursion_pseudocode():
+    """ys against the loop written out in float64: (y, z) = (x, x); per cycle n times
+    z = net(z + y, attend to x), then y = net(y + z); net: post-norm residuals with a
+    weightless RMS norm (the attention's keys/values from the RMS-normed, weighted features)."""
+    torch.manual_seed(0)
+    D, T, eps, n, C = 32, 9, 1e-6, 2, 3
+    rec = TRMRecursion(D, 4, 64, eps, 0.0, C, n, "per_cycle", False).double()
+    with torch.no_grad():
+        rec.block.kv_norm.weight.uniform_(0.5, 1.5)
+    blk = rec.block
+    x = torch.randn(2, T, D, dtype=torch.float64)
+    mask = torch.ones(1, 1, T, T, dtype=torch.bool).tril().triu(-3)  # a window of 4
+    cos, sin = torch.ones(T, 8, dtype=torch.float64), torch.zeros(T, 8, dtype=torch.float64)
+    feats = _rms(x, eps) * blk.kv_norm.weight
+
+    def net(h, attend):
+        if attend:
+            h = _rms(h + _cross_attention(blk.attn, h, feats, mask), eps)
+        return _rms(h + blk.mlp(h), eps)
+
+    y, z, want = x, x, [x]
+    for _ in range(C):
+        for _ in range(n):
+            z = net(z + y, attend=True)
+        y = net(y + z, attend=False)
+        want.append(y)
+    with torch.no_grad():
+        got = rec(x, mask, cos, sin)
+    assert len(got.ys) == C + 1
+    for a, b in zip(got.ys, want, strict=True):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got.state[1], z.detach(), rtol=1e-10, atol=1e-10)

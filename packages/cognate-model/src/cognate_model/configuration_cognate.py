@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from typing import Any, ClassVar
 
 from transformers import PretrainedConfig
 
 LTM_TYPES = ("ema", "titans")
+GRADIENT_MODES = ("per_cycle", "all_cycles", "last_cycle")  # recursion_gradient's values
 
 # The default deep-supervision weights for y0..y3 (3 cycles), from the original design.
 DEFAULT_SUPERVISION_WEIGHTS: tuple[float, ...] = (0.33, 0.5, 0.75, 1.0)
@@ -127,10 +129,13 @@ class CognateConfig(PretrainedConfig):
         every query besides its window; 0, the default, for none), ltm_conv_size (taps of the
         depthwise causal convolution after the memory's q/k/v projections; 1 for none).
     TRM recursion:
-        trm_cycles, trm_micro_steps, detach_between_cycles (True: every cycle runs with gradient
-        from a detached (y, z), so each deep-supervision term trains its own cycle; False: TRM's
-        deep recursion, all but the last cycle under no_grad), deep_supervision_weights (one per
-        answer y0..y_cycles; None picks the default curve), normalised to sum to 1 in the loss.
+        trm_cycles, trm_micro_steps, recursion_gradient ("per_cycle": every cycle runs with
+        gradient from a detached (y, z), so each deep-supervision term trains its own cycle;
+        "all_cycles": backward through every cycle, so later cycles' terms also train what the
+        earlier ones hand on; "last_cycle": TRM's deep recursion, all but the last cycle under
+        no_grad), deep_supervision_weights (one per answer y0..y_cycles; None picks the default
+        curve), normalised to sum to 1 in the loss. (`detach_between_cycles`, its name before
+        2026-12-01, is still read: True is "per_cycle", False "last_cycle".)
     ACT halting:
         use_act, act_threshold (a token halts at the first cycle whose halting probability
         exceeds it; at inference its y and z freeze there), act_loss_weight (BCE of the halting
@@ -178,7 +183,7 @@ class CognateConfig(PretrainedConfig):
 
     trm_cycles: int = 3
     trm_micro_steps: int = 2
-    detach_between_cycles: bool = True
+    recursion_gradient: str = "per_cycle"
     deep_supervision_weights: list[float] | None = None
 
     use_act: bool = True
@@ -198,6 +203,15 @@ class CognateConfig(PretrainedConfig):
     pad_token_id: int | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
+        legacy = kwargs.pop("detach_between_cycles", None)
+        if legacy is not None:  # configs saved before recursion_gradient replaced it
+            warnings.warn(
+                "detach_between_cycles is deprecated: use recursion_gradient "
+                f"({'per_cycle' if legacy else 'last_cycle'!r} for {legacy!r})",
+                FutureWarning,
+                stacklevel=2,
+            )
+            self.recursion_gradient = "per_cycle" if legacy else "last_cycle"
         super().__post_init__(**kwargs)
         self.validate()
 
@@ -242,6 +256,11 @@ class CognateConfig(PretrainedConfig):
             raise ValueError(
                 "ltm_decay_min and ltm_decay_max must satisfy 0 < ltm_decay_min <= ltm_decay_max "
                 f"< 1, got ltm_decay_min={self.ltm_decay_min!r}, ltm_decay_max={self.ltm_decay_max!r}"
+            )
+        if self.recursion_gradient not in GRADIENT_MODES:
+            raise ValueError(
+                f"recursion_gradient must be one of {list(GRADIENT_MODES)}, "
+                f"got {self.recursion_gradient!r}"
             )
         if not 0.0 < self.act_threshold < 1.0:
             raise ValueError(f"act_threshold must be in (0, 1), got {self.act_threshold!r}")

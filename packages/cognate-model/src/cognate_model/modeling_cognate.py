@@ -524,7 +524,7 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
             config.dropout,
             config.trm_cycles,
             config.trm_micro_steps,
-            config.detach_between_cycles,
+            config.recursion_gradient,
             config.use_act,
         )
         self.out_norm = RMSNorm(config.d_model, eps=config.rms_norm_eps)

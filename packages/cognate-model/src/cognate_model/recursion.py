@@ -22,11 +22,15 @@ a position's (y, z) after any cycle is a function of its own (y_0, z_0) and of t
 keys/values in its window. Keys/values of x are projected once and reused by all C * n
 latent updates (and, decoding, held in the cache's `recursion` window).
 
-Gradients (`detach_between_cycles`):
-- True (default): every cycle runs with gradient, starting from a detached (y, z) after the
-  first, so cycle c's supervision trains one refinement step (TRM's deep supervision, folded
-  into one optimizer step); memory grows with C, not with C * n through one graph.
-- False: TRM's deep recursion: cycles 1..C-1 under `torch.no_grad`, only the last with
+Gradients (`gradient`, the config's `recursion_gradient`):
+- "per_cycle" (default): every cycle runs with gradient, starting from a detached (y, z) after
+  the first, so cycle c's supervision trains one refinement step (TRM's deep supervision,
+  folded into one optimizer step); backward runs through one cycle at a time.
+- "all_cycles": no detach: backward runs through every cycle, so a later cycle's CE also
+  trains what the earlier cycles hand on in (y, z) (the reasoning specialization: with it,
+  and no weight on y_0, each cycle lowered val CE, `benchmarks/results/recursion_gradient.md`).
+  Activation memory grows with C * (n + 1) block calls.
+- "last_cycle": TRM's deep recursion: cycles 1..C-1 under `torch.no_grad`, only the last with
   gradient; the intermediate supervision terms are then measured but carry no gradient.
 
 ACT at inference (`halt_threshold` set): a position whose halting probability exceeds the
@@ -61,6 +65,7 @@ from .attention import (
     residual_dropout,
 )
 from .cache import WindowKV
+from .configuration_cognate import GRADIENT_MODES
 from .heads import ACTHead
 
 
@@ -222,15 +227,17 @@ class TRMRecursion(nn.Module):
         dropout: float,
         cycles: int,
         micro_steps: int,
-        detach_between_cycles: bool,
+        gradient: str,
         use_act: bool,
     ) -> None:
         super().__init__()
+        if gradient not in GRADIENT_MODES:
+            raise ValueError(f"gradient must be one of {GRADIENT_MODES}, got {gradient!r}")
         self.block = RecursionBlock(d_model, n_heads, d_ff, eps, dropout)
         self.act_head = ACTHead(d_model, eps) if use_act else None
         self.cycles = cycles
         self.micro_steps = micro_steps
-        self.detach_between_cycles = detach_between_cycles
+        self.gradient = gradient
 
     def cycle(self, y: Tensor, z: Tensor, f: _Features) -> tuple[Tensor, Tensor, Tensor | None]:
         """One refinement cycle: n latent updates, one answer update, the halting logit."""
@@ -279,9 +286,9 @@ class TRMRecursion(nn.Module):
         """Every position through every cycle (training, or inference without halting)."""
         ys, logits = [y], []
         for c in range(cycles):
-            if c > 0 and self.detach_between_cycles:
+            if c > 0 and self.gradient == "per_cycle":
                 y, z = y.detach(), z.detach()
-            no_grad = not self.detach_between_cycles and c < cycles - 1
+            no_grad = self.gradient == "last_cycle" and c < cycles - 1
             with torch.no_grad() if no_grad else contextlib.nullcontext():
                 y, z, logit = self.cycle(y, z, f)
             ys.append(y)
