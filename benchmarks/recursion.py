@@ -70,8 +70,10 @@ MULTI_STEP = ("arith_add_long", "sort", "arith_chain")
 HOPS = "hops"  # reported on its own (and per hop count): not part of MULTI_STEP, so the
 # multi-step figures stay comparable with the runs made before the family existed
 RISING = [0, 1, 2, 4, 8]  # deep-supervision weights for y0..y4 that double with the cycle
-PER_CYCLE = {"recursion_gradient": "per_cycle", "deep_supervision_weights": None}
-ALL_CYCLES = {"recursion_gradient": "all_cycles"}
+# the reasoning specialization until 2026-12-01: 4 cycles, each from a detached (y, z), the
+# default weights 0.33 .. 1 (the earlier runs' `reasoning`; the probes below start from it)
+BEFORE = {"trm_cycles": 4, "recursion_gradient": "per_cycle", "deep_supervision_weights": None}
+FULL = {**BEFORE, "recursion_gradient": "all_cycles"}
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "reasoning": ("reasoning", {}),
     "speed": ("speed", {}),
@@ -80,26 +82,25 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         "reasoning",
         {"trm_cycles": 1, "trm_micro_steps": 1, "deep_supervision_weights": None},
     ),
-    "reasoning_prenorm": ("reasoning", {}),
-    "reasoning_latent_attn": ("reasoning", {}),
+    "reasoning_prenorm": ("reasoning", BEFORE),
+    "reasoning_latent_attn": ("reasoning", BEFORE),
     # what makes later cycles lower val CE? (the cycle-CE goal of issue 10)
-    # every cycle from a detached (y, z), default weights 0.33 .. 1 (reasoning until 2026-12-01)
-    "reasoning_per_cycle": ("reasoning", PER_CYCLE),
+    "reasoning_per_cycle": ("reasoning", BEFORE),
     # TRM's deep recursion: cycles 1..C-1 without grad, the last with grad and the only CE term
     "reasoning_last_cycle": (
         "reasoning",
-        {"recursion_gradient": "last_cycle", "deep_supervision_weights": [0, 0, 0, 0, 1]},
+        {**BEFORE, "recursion_gradient": "last_cycle", "deep_supervision_weights": [0, 0, 0, 0, 1]},
     ),
-    "reasoning_rising": ("reasoning", {**PER_CYCLE, "deep_supervision_weights": RISING}),
+    "reasoning_rising": ("reasoning", {**BEFORE, "deep_supervision_weights": RISING}),
     # backward through every cycle: later cycles' CE also trains what earlier ones hand on
-    "reasoning_full_grad": ("reasoning", {**ALL_CYCLES, "deep_supervision_weights": None}),
-    "reasoning_full_grad_rising": ("reasoning", {**ALL_CYCLES, "deep_supervision_weights": RISING}),
+    "reasoning_full_grad": ("reasoning", FULL),
+    "reasoning_full_grad_rising": ("reasoning", {**FULL, "deep_supervision_weights": RISING}),
     # TRM's input injection, z = net(z + y + x, attend to x) (`inject_input`)
-    "reasoning_inject": ("reasoning", PER_CYCLE),
-    "reasoning_inject_full_grad": ("reasoning", {**ALL_CYCLES, "deep_supervision_weights": None}),
+    "reasoning_inject": ("reasoning", BEFORE),
+    "reasoning_inject_full_grad": ("reasoning", FULL),
     "reasoning_inject_full_grad_rising": (
         "reasoning",
-        {**ALL_CYCLES, "deep_supervision_weights": RISING},
+        {**FULL, "deep_supervision_weights": RISING},
     ),
 }
 
@@ -193,6 +194,16 @@ def train_config() -> Any:
     for key, value in TRAIN_PRESETS["quick"].items():
         setattr(cfg, key, value)
     return cfg
+
+
+def recipe() -> str:
+    """The training recipe in words, read off `train_config` (the quick preset's optimizer:
+    MuGrokfast with its filter off since 2026-11-30 18:01 UTC, `--optimizer muon`)."""
+    c = train_config()
+    return (
+        f"quick ({c.optimizer} lr {c.lr:g} muon_lr {c.muon_lr:g}, batch {c.batch_size}, "
+        f"max_len {c.max_len}), the families below mixed"
+    )
 
 
 def train(model: CognateForCausalLM, tokenizer: Any, train_ex: list, steps: int, seed: int):
@@ -858,8 +869,7 @@ def main(argv: list[str] | None = None) -> None:
         **run_record("recursion.py", argv, load0),
         "settings": {
             "model_preset": "cognate-tiny",
-            "recipe": "quick (mugrokfast lr 3e-3 muon_lr 0.01, batch 32, max_len 64), "
-            "the families below mixed",
+            "recipe": recipe(),
             "steps": args.steps,
             "n_train_per_family": args.n_train,
             "n_val_per_family": args.n_val,

@@ -67,7 +67,9 @@ def test_specializations_differ_only_in_config():
     r, m, s = (
         CognateConfig.from_preset("cognate-25m", x) for x in ("reasoning", "memory", "speed")
     )
-    assert s.trm_cycles < base.trm_cycles < r.trm_cycles
+    assert s.trm_cycles < base.trm_cycles == r.trm_cycles
+    assert base.recursion_gradient == "per_cycle" and r.recursion_gradient == "all_cycles"
+    assert r.supervision_weights() == (0.0, 1 / 7, 2 / 7, 4 / 7)  # no weight on y0
     assert s.act_threshold < base.act_threshold < r.act_threshold
     assert s.ponder_weight > base.ponder_weight
     assert base.ltm_type == "ema" and m.ltm_type == "titans" and m.memory_layers() == (7,)
