@@ -95,6 +95,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # backward through every cycle: later cycles' CE also trains what earlier ones hand on
     "reasoning_full_grad": ("reasoning", FULL),
     "reasoning_full_grad_rising": ("reasoning", {**FULL, "deep_supervision_weights": RISING}),
+    # the reasoning specialization with some weight on y0 (does the backbone learn sooner?)
+    "reasoning_y0": ("reasoning", {"deep_supervision_weights": [0.5, 1, 2, 4]}),
     # TRM's input injection, z = net(z + y + x, attend to x) (`inject_input`)
     "reasoning_inject": ("reasoning", BEFORE),
     "reasoning_inject_full_grad": ("reasoning", FULL),
