@@ -36,8 +36,9 @@ for the cycle-CE goal: reasoning_last_cycle (TRM's deep recursion: cycles 1..C-1
 CE on the last cycle only), reasoning_rising (supervision weights 0, 1, 2, 4, 8 for y0..y4),
 reasoning_per_cycle (every cycle from a detached (y, z), the default supervision weights:
 the reasoning specialization before 2026-12-01), reasoning_full_grad(_rising)
-(`recursion_gradient="all_cycles"`: backward through every cycle) and three probes with TRM's
-input injection (reasoning_inject, reasoning_inject_full_grad(_rising): z = net(z + y + x)).
+(`recursion_gradient="all_cycles"`: backward through every cycle), reasoning_y0 (the
+reasoning specialization with weight 0.5 on y0) and three probes with TRM's input injection
+(reasoning_inject, reasoning_inject_full_grad(_rising): z = net(z + y + x)).
 
     uv run python benchmarks/recursion.py --steps 900 --extra-cycles 4 \\
         --variants reasoning,no_recursion,reasoning_prenorm,reasoning_latent_attn,speed \\
