@@ -69,8 +69,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 SPECIALIZATIONS: dict[str, dict[str, Any]] = {
     # backward through every cycle and no weight on y0, so each cycle is trained to improve
-    # on the one before (benchmarks/results/recursion_gradient.md: each of the 3 cycles lowered
-    # val CE on 3 of 3 seeds; with 4 the fourth was flat)
+    # on the one before (benchmarks/results/recursion_gradient*.md: each of the 3 cycles lowered
+    # val CE on 5 of 5 seeds; with 4 the fourth was flat)
     "reasoning": dict(
         trm_cycles=3,
         trm_micro_steps=2,
