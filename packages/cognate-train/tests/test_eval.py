@@ -232,17 +232,6 @@ def test_cognate_model_decodes_the_same_alone_or_batched():
     assert generate_answers(model, tok, prompts, max_new_tokens=2, batch_size=1) == batched
 
 
-class _StopAt:
-    """The project tokenizer with another `<eos>`: a token a random model emits often, so rows
-    stop at different steps and a batch can end before its budget."""
-
-    def __init__(self, tokenizer, eos: int) -> None:
-        self.tok, self.bos_token_id, self.eos_token_id = tokenizer, tokenizer.bos_token_id, eos
-
-    def __call__(self, *args, **kwargs):
-        return self.tok(*args, **kwargs)
-
-
 def _tiny_cognate(tok, specialization: str | None, **overrides):
     """cognate-tiny in float64 (no near-tie argmax can flip between the paths), weights perturbed
     off their init; the ACT head scaled so that tokens halt after different cycles."""
@@ -280,7 +269,7 @@ def _greedy_logged(model, tok, prompts, budgets, use_cache):
 
 
 @pytest.mark.parametrize("specialization", [None, "reasoning", "memory", "speed"])
-def test_cached_greedy_equals_the_full_rerun_for_cognate(specialization, single_thread):
+def test_cached_greedy_equals_the_full_rerun_for_cognate(specialization, single_thread, stop_at):
     # prompts of 4..19 tokens, several per length (batches of up to 4 rows), budgets 3..12 new
     # tokens: decoding crosses the tiny preset's 16-token window and its titans chunks of 8
     tok = build_tokenizer()
@@ -304,41 +293,23 @@ def test_cached_greedy_equals_the_full_rerun_for_cognate(specialization, single_
         assert len(torch.unique(torch.cat([s for _, s, _ in log]))) > 1
     # with an <eos> the model emits: rows stop at different steps, batches end early
     eos = torch.mode(torch.tensor([t for ids, _ in full for t in ids])).values.item()
-    stop_tok = _StopAt(tok, eos)
+    stop_tok = stop_at(tok, eos)
     stopped, _ = _greedy_logged(model, stop_tok, prompts, budgets, use_cache=True)
     assert stopped == _greedy_logged(model, stop_tok, prompts, budgets, use_cache=False)[0]
     assert 0 < sum(s for _, s in stopped) < len(prompts)
 
 
-class _NoCacheArgs(torch.nn.Module):
-    """A model whose forward takes no cache arguments at all."""
-
-    def __init__(self, inner) -> None:
-        super().__init__()
-        self.inner, self.widths = inner, []
-
-    def forward(self, input_ids, attention_mask=None):
-        self.widths.append(input_ids.shape[1])
-        return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-
-
-class _ReturnsNoCache(_NoCacheArgs):
-    """A model that takes `past_key_values` / `use_cache` but returns no cache."""
-
-    def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=None):
-        assert past_key_values is None
-        return SimpleNamespace(logits=super().forward(input_ids, attention_mask).logits)
-
-
-@pytest.mark.parametrize("wrapper", [_NoCacheArgs, _ReturnsNoCache])
-def test_a_model_without_a_cache_falls_back_to_the_full_rerun(wrapper, single_thread):
+@pytest.mark.parametrize("wrapper", ["no_cache_args", "returns_no_cache"])
+def test_a_model_without_a_cache_falls_back_to_the_full_rerun(
+    wrapper, no_cache_models, single_thread
+):
     from cognate_train.evaluation import _greedy
 
     tok = build_tokenizer()
     prompts = [ex.prompt for ex in _examples()[::3]]
     model = _tiny_cognate(tok, "speed")
     reference = _greedy(model, tok, prompts, [6] * len(prompts), 4, "cpu", use_cache=False)
-    wrapped = wrapper(model)
+    wrapped = no_cache_models[wrapper](model)
     assert _greedy(wrapped, tok, prompts, [6] * len(prompts), 4, "cpu") == reference
     # every call re-reads the whole sequence: per batch (length groups in order of appearance,
     # up to 4 rows), widths <bos> + prompt, then one more per step, 6 calls (no row stops)

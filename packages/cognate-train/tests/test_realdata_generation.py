@@ -61,20 +61,6 @@ def _model(tok, specialization: str) -> CognateForCausalLM:
     return model
 
 
-class _StopAt:
-    """The BPE tokenizer with another `<eos>`: a token the random model emits often, so that
-    rows stop early, at different steps."""
-
-    def __init__(self, tok, eos: int) -> None:
-        self.tok, self.bos_token_id, self.eos_token_id = tok, tok.bos_token_id, eos
-
-    def __call__(self, *args, **kwargs):
-        return self.tok(*args, **kwargs)
-
-    def decode(self, *args, **kwargs):
-        return self.tok.decode(*args, **kwargs)
-
-
 def _rerun(model, tok, prompt: str, n: int, max_len: int | None = None) -> tuple[list[int], str]:
     """The algorithm before the cache, for one prompt: the whole sequence through the model at
     every step, argmax of the last position, until `<eos>` (not kept) or `n` tokens."""
@@ -105,7 +91,7 @@ def _widths(model, call):
 
 
 @pytest.mark.parametrize("specialization", ["reasoning", "memory", "speed"])
-def test_cached_generation_equals_the_full_rerun(bpe, specialization):
+def test_cached_generation_equals_the_full_rerun(bpe, specialization, stop_at):
     model = _model(bpe, specialization)
     prompts = _prompts()
     lengths = [len(ids) for ids in bpe(prompts, add_special_tokens=False)["input_ids"]]
@@ -129,29 +115,19 @@ def test_cached_generation_equals_the_full_rerun(bpe, specialization):
 
     # an <eos> the model emits: rows stop early, at different steps
     eos = Counter(t for ids, _ in reference for t in ids).most_common(1)[0][0]
-    stop = _StopAt(bpe, eos)
+    stop = stop_at(bpe, eos)
     stopped = [_rerun(model, stop, p, NEW, MAX_LEN) for p in prompts]
     assert run(stop, MAX_LEN) == [text for _, text in stopped]
     assert 0 < sum(len(ids) < NEW for ids, _ in stopped) < len(prompts)
 
 
-class _NoCacheArgs(torch.nn.Module):
-    """A model whose forward takes no cache arguments at all."""
-
-    def __init__(self, inner) -> None:
-        super().__init__()
-        self.inner, self.widths = inner, []
-
-    def forward(self, input_ids, attention_mask=None):
-        self.widths.append(input_ids.shape[1])
-        return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-
-
-def test_a_model_without_a_cache_rereads_the_whole_sequence(bpe):
+def test_a_model_without_a_cache_rereads_the_whole_sequence(bpe, no_cache_models):
     model = _model(bpe, "speed")
     prompts = _prompts()
     reference = [_rerun(model, bpe, p, NEW, MAX_LEN)[1] for p in prompts]
-    wrapped = _NoCacheArgs(model).eval()  # (a wrapper in training mode would go back to it)
+    wrapped = no_cache_models["no_cache_args"](
+        model
+    ).eval()  # (a wrapper in training mode would go back to it)
     assert greedy_generate(wrapped, bpe, prompts, NEW, batch_size=2, max_len=MAX_LEN) == reference
     assert min(wrapped.widths) > 1 and max(wrapped.widths) == MAX_LEN - 1
 
