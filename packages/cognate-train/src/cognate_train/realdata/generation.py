@@ -33,8 +33,8 @@ def greedy_generate(
     a prompt is cut from the left to its last max(1, max_len - max_new_tokens - 1) tokens, so
     that `<bos>`, prompt and generation fit it. Results come back in the order of `prompts`.
     """
-    if max_new_tokens < 1 or batch_size < 1:
-        raise ValueError("max_new_tokens and batch_size must be positive")
+    evaluation._check_positive("max_new_tokens", max_new_tokens)
+    evaluation._check_positive("batch_size", batch_size)
     keep = None if max_len is None else max(1, max_len - max_new_tokens - 1)
     budgets = [max_new_tokens] * len(prompts)
     # looked up on the module at call time: benchmarks/eval_decoding.py swaps in use_cache=False
